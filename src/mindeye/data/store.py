@@ -1,0 +1,392 @@
+"""The subject store: the on-disk format every dataset is prepared into.
+
+One directory per prepared subject (format documented in docs/subject-store.md)::
+
+    STORE/
+      meta.json       source, subject, counts, preprocessing, format version, checksums
+      voxels.npy      (n_trials, n_voxels) float16/float32, one row per trial (memory-mapped)
+      trials.csv      trial, image_index, image_id, session, repetition, split
+      images.npy      (n_images, S, S, 3) uint8, one per unique image (memory-mapped)
+      images.csv      image_index, image_id, split, caption
+      targets/        target cache written by `mindeye embed` (one sub-directory per encoder key)
+
+Writes are atomic: everything is built in ``STORE.partial/`` and renamed to ``STORE`` only once
+complete, so a directory named STORE always holds a finished store. ``STORE.partial/`` is kept
+on interruption so preparations that support it can resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from mindeye import __version__
+from mindeye.errors import MindEyeError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+_DATA_FILES = ("voxels.npy", "trials.csv", "images.npy", "images.csv")
+_TRIAL_COLUMNS = ("trial", "image_index", "image_id", "session", "repetition", "split")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse to clobber an existing result: the user must choose another path or ask for --overwrite."""
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise MindEyeError(
+                f"output directory {out} already exists; choose another --out path, delete it, "
+                "or pass --overwrite to replace it"
+            )
+
+
+@dataclass
+class TrialTable:
+    """Per-trial metadata; all arrays have length n_trials."""
+
+    image_index: np.ndarray  # int64 index into the store's images
+    session: np.ndarray  # int64, 1-based
+    repetition: np.ndarray  # int64, 0-based: how many times this image was seen before
+    split: np.ndarray  # str: train / val / test
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def validate(self, n_images: int) -> None:
+        n = len(self.image_index)
+        for name in ("session", "repetition", "split"):
+            if len(getattr(self, name)) != n:
+                raise MindEyeError(
+                    f"trial table column '{name}' has {len(getattr(self, name))} rows but "
+                    f"image_index has {n}; every column needs one row per trial"
+                )
+        if n and (self.image_index.min() < 0 or self.image_index.max() >= n_images):
+            raise MindEyeError(
+                f"trial table refers to image index {int(self.image_index.max())} but only "
+                f"{n_images} images exist; every trial's image must be present"
+            )
+        bad = sorted(set(np.unique(self.split).tolist()) - set(SPLITS))
+        if bad:
+            raise MindEyeError(f"unknown split name(s) {bad}; use only {list(SPLITS)}")
+        # A unique image may appear in one split only, or results would leak between splits.
+        per_image: dict[int, str] = {}
+        for idx, sp in zip(self.image_index.tolist(), self.split.tolist()):
+            if per_image.setdefault(idx, sp) != sp:
+                raise MindEyeError(
+                    f"image index {idx} appears in both '{per_image[idx]}' and '{sp}' splits; "
+                    "splits must be made by unique image"
+                )
+
+
+class StoreWriter:
+    """Builds a store in ``OUT.partial`` and publishes it with one rename in :meth:`finalize`.
+
+    Voxels and images are written in blocks through memory maps, so a 25k x 16k subject never
+    sits in RAM. With ``resume=True`` an existing ``OUT.partial`` with the same shapes is reopened
+    and ``self.progress`` (a dict persisted in progress.json) tells the caller what is done.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        n_trials: int,
+        n_voxels: int,
+        n_images: int,
+        image_size: int,
+        voxel_dtype: str = "float16",
+        overwrite: bool = False,
+        resume: bool = False,
+    ) -> None:
+        self.out = Path(out)
+        check_output_dir(self.out, overwrite)
+        if voxel_dtype not in ("float16", "float32"):
+            raise MindEyeError(f"voxel dtype must be float16 or float32, got {voxel_dtype!r}")
+        for name, v in (("n_trials", n_trials), ("n_voxels", n_voxels), ("n_images", n_images),
+                        ("image_size", image_size)):
+            if int(v) <= 0:
+                raise MindEyeError(f"{name} must be positive, got {v}")
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+        self.shapes = {
+            "voxels": (int(n_trials), int(n_voxels)),
+            "images": (int(n_images), int(image_size), int(image_size), 3),
+        }
+        progress_file = self.tmp / "progress.json"
+        if resume and progress_file.exists():
+            self.progress = json.loads(progress_file.read_text())
+            if self.progress.get("shapes") != {k: list(v) for k, v in self.shapes.items()}:
+                raise MindEyeError(
+                    f"cannot resume {self.tmp}: it was started with different shapes "
+                    f"{self.progress.get('shapes')}; delete it to start again"
+                )
+            mode = "r+"
+        else:
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir(parents=True)
+            self.progress = {"shapes": {k: list(v) for k, v in self.shapes.items()}}
+            self._save_progress()
+            mode = "w+"
+        open_memmap = np.lib.format.open_memmap
+        if mode == "w+":
+            self.voxels = open_memmap(self.tmp / "voxels.npy", mode="w+", dtype=voxel_dtype,
+                                      shape=self.shapes["voxels"])
+            self.images = open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                      shape=self.shapes["images"])
+        else:
+            self.voxels = open_memmap(self.tmp / "voxels.npy", mode="r+")
+            self.images = open_memmap(self.tmp / "images.npy", mode="r+")
+        self.trials: TrialTable | None = None
+        self.image_ids: list[str] | None = None
+        self.image_captions: list[str] | None = None
+
+    def _save_progress(self) -> None:
+        path = self.tmp / "progress.json"
+        path.with_suffix(".tmp").write_text(json.dumps(self.progress))
+        os.replace(path.with_suffix(".tmp"), path)
+
+    def mark_done(self, key: str, value: Any = True) -> None:
+        """Record a finished unit of work (e.g. a session) so an interrupted run can skip it."""
+        self.voxels.flush()
+        self.images.flush()
+        self.progress[key] = value
+        self._save_progress()
+
+    def write_voxels(self, start: int, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[1] != self.shapes["voxels"][1]:
+            raise MindEyeError(
+                f"voxel block has shape {block.shape}; expected (rows, {self.shapes['voxels'][1]})"
+            )
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise MindEyeError(
+                f"voxel data contains NaN or inf (first at trial {start + int(bad[0])}, voxel "
+                f"{int(bad[1])}); remove or impute non-finite voxels before preparing the store"
+            )
+        self.voxels[start:start + len(block)] = block
+
+    def write_images(self, start: int, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        expected = self.shapes["images"][1:]
+        if block.dtype != np.uint8 or block.shape[1:] != expected:
+            raise MindEyeError(
+                f"image block has dtype {block.dtype} and shape {block.shape}; expected uint8 "
+                f"(n, {expected[0]}, {expected[1]}, 3)"
+            )
+        self.images[start:start + len(block)] = block
+
+    def set_trials(self, trials: TrialTable) -> None:
+        if len(trials) != self.shapes["voxels"][0]:
+            raise MindEyeError(
+                f"trial table has {len(trials)} rows but the voxel array has "
+                f"{self.shapes['voxels'][0]} trials; they must match one-to-one"
+            )
+        trials.validate(self.shapes["images"][0])
+        self.trials = trials
+
+    def set_images(self, image_ids: list[str], captions: list[str] | None = None) -> None:
+        if len(image_ids) != self.shapes["images"][0]:
+            raise MindEyeError(f"{len(image_ids)} image ids for {self.shapes['images'][0]} images")
+        if len(set(image_ids)) != len(image_ids):
+            raise MindEyeError("image ids must be unique")
+        self.image_ids = [str(i) for i in image_ids]
+        self.image_captions = captions
+
+    def finalize(self, meta: dict[str, Any], extra_files: dict[str, str] | None = None) -> Path:
+        """Write tables, checksums and meta.json, then rename ``.partial`` to the final path."""
+        if self.trials is None or self.image_ids is None:
+            raise RuntimeError("set_trials() and set_images() must be called before finalize()")
+        self.voxels.flush()
+        self.images.flush()
+        del self.voxels, self.images  # close the memory maps before renaming
+        t = self.trials
+        with open(self.tmp / "trials.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(_TRIAL_COLUMNS)
+            for i in range(len(t)):
+                idx = int(t.image_index[i])
+                w.writerow([i, idx, self.image_ids[idx], int(t.session[i]), int(t.repetition[i]), t.split[i]])
+        image_split = {int(i): s for i, s in zip(t.image_index.tolist(), t.split.tolist())}
+        with open(self.tmp / "images.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(("image_index", "image_id", "split", "caption"))
+            for i, iid in enumerate(self.image_ids):
+                cap = self.image_captions[i] if self.image_captions else ""
+                w.writerow([i, iid, image_split.get(i, "unused"), cap])
+        for name, text in (extra_files or {}).items():
+            (self.tmp / name).write_text(text)
+        n_trials, n_voxels = self.shapes["voxels"]
+        full_meta = {
+            "format_version": FORMAT_VERSION,
+            "mindeye_version": __version__,
+            "n_trials": n_trials,
+            "n_voxels": n_voxels,
+            "n_images": self.shapes["images"][0],
+            "image_size": self.shapes["images"][1],
+            **meta,
+            "checksums": {name: file_sha256(self.tmp / name) for name in _DATA_FILES},
+        }
+        (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
+        (self.tmp / "progress.json").unlink(missing_ok=True)
+        if self.out.exists():  # only reachable with overwrite=True
+            shutil.rmtree(self.out)
+        os.replace(self.tmp, self.out)
+        return self.out
+
+
+class SubjectStore:
+    """Read access to a prepared subject. Voxels and images are memory-mapped, never copied whole."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.exists():
+            partial = self.path.with_name(self.path.name + ".partial")
+            hint = (f" ({partial} exists: that preparation was interrupted; re-run it to resume or finish)"
+                    if partial.exists() else "")
+            raise MindEyeError(
+                f"{self.path} is not a mindeye subject store (no meta.json){hint}; create one with "
+                "`mindeye simulate`, `mindeye prepare arrays` or `mindeye prepare nsd`"
+            )
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        version = self.meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise MindEyeError(
+                f"{self.path} was written in store format version {version}, newer than this mindeye "
+                f"({__version__}) reads (version {FORMAT_VERSION}); upgrade mindeye (pip install -U mindeye)"
+            )
+        for name in _DATA_FILES:
+            if not (self.path / name).exists():
+                raise MindEyeError(f"{self.path} is incomplete: {name} is missing; prepare the store again")
+        self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
+        self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
+        with open(self.path / "trials.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.trials = TrialTable(
+            image_index=np.array([int(r["image_index"]) for r in rows], dtype=np.int64),
+            session=np.array([int(r["session"]) for r in rows], dtype=np.int64),
+            repetition=np.array([int(r["repetition"]) for r in rows], dtype=np.int64),
+            split=np.array([r["split"] for r in rows]),
+        )
+        with open(self.path / "images.csv", newline="") as f:
+            image_rows = list(csv.DictReader(f))
+        self.image_ids = [r["image_id"] for r in image_rows]
+        self.captions = [r.get("caption", "") for r in image_rows]
+
+    # -- basic facts -------------------------------------------------------------------------
+    @property
+    def n_voxels(self) -> int:
+        return int(self.voxels.shape[1])
+
+    @property
+    def n_trials(self) -> int:
+        return int(self.voxels.shape[0])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def verify_checksums(self) -> dict[str, bool]:
+        expected = self.meta.get("checksums", {})
+        return {name: file_sha256(self.path / name) == expected.get(name) for name in _DATA_FILES}
+
+    # -- splits --------------------------------------------------------------------------------
+    def trial_indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise MindEyeError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        return np.flatnonzero(self.trials.split == split)
+
+    def image_indices(self, split: str) -> np.ndarray:
+        """Unique images of a split, in ascending image-index order."""
+        return np.unique(self.trials.image_index[self.trial_indices(split)])
+
+    def repetitions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(image_indices (M,), trial matrix (M, R)) with -1 where an image has fewer than R trials."""
+        rows = self.trial_indices(split)
+        images = np.unique(self.trials.image_index[rows])
+        pos = {int(img): k for k, img in enumerate(images)}
+        groups: list[list[int]] = [[] for _ in images]
+        for r in rows.tolist():
+            groups[pos[int(self.trials.image_index[r])]].append(r)
+        width = max((len(g) for g in groups), default=0)
+        mat = np.full((len(images), width), -1, dtype=np.int64)
+        for k, g in enumerate(groups):
+            mat[k, : len(g)] = g
+        return images, mat
+
+    def split_voxels(
+        self, split: str, mode: Literal["averaged", "single"] = "averaged"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Voxels of a split as float32 with the image index of each row.
+
+        ``averaged``: one row per unique image, the mean of its repetitions (the paper's test setting).
+        ``single``: one row per trial (paper Table 8, single-trial evaluation).
+        """
+        if mode == "single":
+            rows = self.trial_indices(split)
+            return np.asarray(self.voxels[rows], dtype=np.float32), self.trials.image_index[rows]
+        if mode != "averaged":
+            raise MindEyeError(f"unknown test mode {mode!r}; use 'averaged' or 'single'")
+        images, mat = self.repetitions(split)
+        out = np.zeros((len(images), self.n_voxels), dtype=np.float32)
+        counts = (mat >= 0).sum(1)
+        for r in range(mat.shape[1]):
+            have = mat[:, r] >= 0
+            out[have] += np.asarray(self.voxels[mat[have, r]], dtype=np.float32)
+        out /= np.maximum(counts, 1)[:, None]
+        return out, images
+
+    # -- summary -------------------------------------------------------------------------------
+    def summary(self, check: bool = True) -> str:
+        t = self.trials
+        lines = [
+            f"subject store  {self.path}",
+            f"  source       {self.meta.get('source', '?')}  subject {self.meta.get('subject', '?')}",
+            f"  format       v{self.meta.get('format_version')} (written by mindeye "
+            f"{self.meta.get('mindeye_version', '?')})",
+            f"  trials       {self.n_trials}",
+            f"  voxels       {self.n_voxels} ({self.voxels.dtype})",
+            f"  images       {self.n_images} unique, {self.image_size}x{self.image_size} RGB uint8",
+            f"  sessions     {len(np.unique(t.session))} ({int(t.session.min())}-{int(t.session.max())})"
+            if len(t) else "  sessions     0",
+        ]
+        for split in SPLITS:
+            rows = self.trial_indices(split)
+            if len(rows) == 0:
+                continue
+            imgs = np.unique(t.image_index[rows])
+            reps = np.bincount(np.bincount(t.image_index[rows])[imgs])
+            rep_text = ", ".join(f"{k}x:{int(c)}" for k, c in enumerate(reps) if c)
+            lines.append(f"  {split:<6}       {len(rows)} trials, {len(imgs)} images (repetitions {rep_text})")
+        pre = self.meta.get("preprocessing")
+        if pre:
+            lines.append(f"  preprocessing {pre}")
+        cached = sorted(p.name for p in (self.path / "targets").glob("*") if p.is_dir()) \
+            if (self.path / "targets").exists() else []
+        lines.append(f"  targets      {', '.join(cached) if cached else 'none cached (run mindeye embed)'}")
+        if check:
+            res = self.verify_checksums()
+            bad = [k for k, ok in res.items() if not ok]
+            lines.append("  checksums    ok" if not bad else f"  checksums    MISMATCH in {', '.join(bad)}")
+        return "\n".join(lines)
