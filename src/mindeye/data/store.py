@@ -209,6 +209,13 @@ class StoreWriter:
         self.image_ids = [str(i) for i in image_ids]
         self.image_captions = captions
 
+    def abort(self) -> None:
+        """Remove the partial directory (for preparations that cannot resume)."""
+        for name in ("voxels", "images"):
+            if hasattr(self, name):
+                delattr(self, name)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def finalize(self, meta: dict[str, Any], extra_files: dict[str, str] | None = None) -> Path:
         """Write tables, checksums and meta.json, then rename ``.partial`` to the final path."""
         if self.trials is None or self.image_ids is None:

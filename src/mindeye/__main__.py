@@ -1,0 +1,5 @@
+import sys
+
+from mindeye.cli import main
+
+sys.exit(main())
