@@ -27,6 +27,7 @@ class DataConfig:
     store: str | None = None  # path of a prepared subject store (mindeye simulate / prepare)
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
     val_images: int = 0  # train images held out for validation when the store has no val split
+    n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)
 
 
 @dataclass
@@ -47,6 +48,8 @@ class BackboneConfig:
     skip: bool = True
     tokens: int = 257  # 257 = CLIP last hidden layer; 1 = final embedding only (paper Table 2)
     dim: int = 768
+    dropout_in: float = 0.5
+    dropout_block: float = 0.15
 
 
 @dataclass
@@ -77,6 +80,8 @@ class LowLevelConfig:
     upsampler_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
     projector_dim: int = 512
     norm_groups: int = 32
+    dropout_in: float = 0.5
+    dropout_block: float = 0.25
 
 
 @dataclass
@@ -118,6 +123,8 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     val_every: int = 1  # epochs between validation retrieval evaluations
     max_steps: int | None = None  # stop early (smoke tests / benchmarks)
+    backbone_mse_weight: float = 0.0  # MSE on the backbone output (paper Table 4 no-prior variants)
+    log_every: int = 20  # steps between progress-bar / metrics-log updates (host syncs only then)
     num_workers: int = 0
     compile: bool = False
 

@@ -1,0 +1,439 @@
+"""`mindeye train`: one trainer for the high-level model, the low-level model and the ridge baseline.
+
+Reference schedule (docs/choices.md): AdamW (no decay on biases/norms), OneCycle with
+pct_start = 2/epochs and final_div_factor 1000, BiMixCo for the first third of the epochs then
+SoftCLIP with a cosine-annealed temperature, prior loss weight 30. Checkpoints every epoch,
+atomically; ``resume=True`` continues exactly where the last finished epoch left off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mindeye.config import Config
+from mindeye.data.store import SubjectStore
+from mindeye.errors import MindEyeError
+from mindeye.models.factory import build_model, parameter_counts
+from mindeye.training import losses
+from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, write_run_files
+from mindeye.training.data import (
+    Targets,
+    load_eval_split,
+    load_repetitions,
+    load_trials,
+    train_val_images,
+)
+from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MindEyeError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def autocast_context(precision: str, device: str):
+    """bf16 autocast on GPU by default, fp32 on CPU (the 'auto' setting)."""
+    if precision == "auto":
+        precision = "bf16" if device.startswith("cuda") else "fp32"
+    if precision == "fp32":
+        return nullcontext(), precision
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype), precision
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only; biases and norm gains/biases get none (reference)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_norm = any(k in name.lower() for k in ("norm", ".ln", "null_", "pos_emb"))
+        (no_decay if p.ndim < 2 or name.endswith(".bias") or is_norm else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1).float(), dim=-1)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: str | Path, store: str | Path | None = None,
+                 device: str | None = None, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        store_path = store or cfg.data.store
+        if not store_path:
+            raise MindEyeError("no subject store given: pass --data STORE or set data.store in the config")
+        self.store_path = Path(store_path)
+        self.store = SubjectStore(self.store_path)
+        self.device = resolve_device(device)
+        self.dist: DistInfo = init_distributed(self.device)
+        if self.dist.enabled and self.device.startswith("cuda"):
+            self.device = f"cuda:{self.dist.local_rank}"
+        self.progress = progress and self.dist.is_main
+        if self.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if (self.run_dir / "checkpoint").exists() and not resume:
+            raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
+                               "or choose another --out")
+        self.resume = resume
+
+    # -- public ------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.model.kind == "ridge":
+            return self._fit_ridge()
+        task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
+        model = build_model(cfg.model, self.store.n_voxels).to(self.device)
+        counts = parameter_counts(model)
+        if self.dist.is_main:
+            write_run_files(self.run_dir, cfg, {
+                "kind": cfg.model.kind, "store": str(self.store_path.resolve()), "n_voxels": self.store.n_voxels,
+                "subject": self.store.meta.get("subject"), "source": self.store.meta.get("source"),
+                "parameters": counts, "processes": self.dist.world,
+            })
+        ddp_model: nn.Module = model
+        if self.dist.enabled:
+            ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
+        fused = self.device.startswith("cuda")
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.max_lr,
+                                      fused=fused if fused else None)
+        steps_per_epoch = task.steps_per_epoch()
+        total_steps = cfg.train.epochs * steps_per_epoch
+        pct_start = cfg.train.pct_start if cfg.train.pct_start is not None else min(0.5, 2 / cfg.train.epochs)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.train.max_lr, total_steps=total_steps, pct_start=pct_start,
+            final_div_factor=cfg.train.final_div_factor)
+        start_epoch, step = 0, 0
+        if self.resume and (self.run_dir / "checkpoint").exists():
+            state = load_checkpoint(self.run_dir, model, map_location=self.device)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng_cpu"])
+            if self.device.startswith("cuda") and "rng_cuda" in state:
+                torch.cuda.set_rng_state(state["rng_cuda"])
+            start_epoch, step = int(state["epoch"]), int(state["step"])
+            if self.progress:
+                print(f"resuming {self.run_dir} after epoch {start_epoch} (step {step})")
+        autocast, precision = autocast_context(cfg.train.precision, self.device)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        log_path = self.run_dir / "metrics.jsonl"
+        last_eval: dict[str, Any] = {}
+        for epoch in range(start_epoch, cfg.train.epochs):
+            ddp_model.train()
+            t0, seen = time.perf_counter(), 0
+            running: list[torch.Tensor] = []
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                       disable=not self.progress, leave=False, unit="step")
+            for batch in task.batches(epoch):
+                with autocast:
+                    loss, parts = task.loss(ddp_model, model, batch, epoch)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                step += 1
+                seen += cfg.train.batch_size
+                running.append(loss.detach())
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step == total_steps:
+                    # The only host sync in the loop: once every log_every steps.
+                    mean_loss = torch.stack(running).float().mean().item()
+                    running.clear()
+                    if not math.isfinite(mean_loss):
+                        raise MindEyeError(f"training diverged at step {step} (loss {mean_loss}); "
+                                           "lower train.max_lr or check the data")
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                    samples_s=f"{rate:.0f}")
+                    if self.dist.is_main:
+                        self._log(log_path, {"step": step, "epoch": epoch + 1, "loss": mean_loss,
+                                             "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
+                                             **{k: float(v) for k, v in parts.items()}})
+                if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
+                    break
+            bar.close()
+            done = epoch + 1
+            stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
+            if self.dist.is_main and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
+                last_eval = task.validate(model)
+                if last_eval:
+                    self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
+                    if self.progress:
+                        shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
+                        print(f"epoch {done}: {shown}")
+            if self.dist.is_main:
+                state = {"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
+                if self.device.startswith("cuda"):
+                    state["rng_cuda"] = torch.cuda.get_rng_state()
+                save_checkpoint(self.run_dir, model, state)
+            barrier(self.dist)
+            if stop:
+                break
+        return {"epochs": cfg.train.epochs, "steps": step, **last_eval}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _log(path: Path, record: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _fit_ridge(self) -> dict[str, Any]:
+        """Closed-form ridge to the flattened targets: the 'previous methods' baseline."""
+        from mindeye.training.checkpoint import save_weights
+
+        cfg = self.cfg
+        targets = Targets(self.store_path, cfg.targets.encoder, cfg.targets.weights)
+        train_imgs, val_imgs = train_val_images(self.store, cfg)
+        train = load_trials(self.store, train_imgs)
+        model = build_model(cfg.model, self.store.n_voxels)
+        x = train.voxels.float()
+        y = targets.get(train.image_index).flatten(1)
+        model.fit(x, y, alphas=cfg.model.ridge.alphas)
+        write_run_files(self.run_dir, cfg, {
+            "kind": "ridge", "store": str(self.store_path.resolve()), "n_voxels": self.store.n_voxels,
+            "subject": self.store.meta.get("subject"), "source": self.store.meta.get("source"),
+            "parameters": parameter_counts(model), "alpha": float(model.alpha),
+        })
+        save_weights(model, self.run_dir / "model.safetensors")
+        result: dict[str, Any] = {"alpha": float(model.alpha)}
+        if len(val_imgs):
+            val = load_eval_split(self.store, val_imgs)
+            preds = model.predict(val.voxels.float())
+            result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
+        self._log(self.run_dir / "metrics.jsonl", {"epoch": 1, **{f"val_{k}": v for k, v in result.items()}})
+        return result
+
+
+def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
+    """Validation-time top-1 retrieval among min(pool, N) candidates, both directions."""
+    from mindeye.evaluation.retrieval import retrieval_top1_among
+
+    res = retrieval_top1_among(preds.flatten(1).float(), targets.flatten(1).float(),
+                               pool=min(pool, len(preds)), draws=draws, seed=seed)
+    return {"image_retrieval": float(res["image_retrieval"]), "brain_retrieval": float(res["brain_retrieval"])}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tasks: what a batch is, what the loss is, how to validate
+# ----------------------------------------------------------------------------------------------------
+class HighLevelTask:
+    """Backbone -> projector (contrastive) + diffusion prior (MSE) on one repetition per training trial."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        cfg = trainer.cfg
+        self.targets = Targets(trainer.store_path, cfg.targets.encoder, cfg.targets.weights,
+                               views=cfg.targets.augmented_views)
+        expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+        if self.targets.shape != expected and not (cfg.model.backbone.tokens == 1 and self.targets.shape == (cfg.model.backbone.dim,)):
+            raise MindEyeError(
+                f"the {cfg.targets.encoder} targets have shape {self.targets.shape} but the model outputs "
+                f"{expected}; set model.backbone.tokens/dim to match the encoder"
+            )
+        train_imgs, val_imgs = train_val_images(trainer.store, cfg)
+        self.train = load_trials(trainer.store, train_imgs)
+        self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
+        if len(self.train) < cfg.train.batch_size:
+            raise MindEyeError(f"only {len(self.train)} training trials for batch size {cfg.train.batch_size}")
+        self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
+
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // self.t.cfg.train.batch_size  # drop the last partial batch (reference)
+
+    def batches(self, epoch: int):
+        cfg, dev = self.t.cfg, self.t.device
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.train), generator=gen)
+        bs = cfg.train.batch_size
+        for s in range(self.steps_per_epoch()):
+            idx = perm[s * bs:(s + 1) * bs]
+            image_index = self.train.image_index[idx.numpy()]
+            yield {
+                "voxels": self.train.voxels[idx].float(),  # global batch; sliced per rank in loss()
+                "targets": self.targets.get(image_index, gen if self.targets.views is not None else None),
+                "generator": gen,
+                "device": dev,
+            }
+
+    def _phase(self, epoch: int) -> str:
+        loss = self.t.cfg.train.loss
+        if loss == "bimixco+softclip":
+            return "bimixco" if epoch < self.mixco_epochs else "softclip"
+        return loss
+
+    def soft_temperature(self, epoch: int) -> float:
+        cfg = self.t.cfg.train
+        n = max(cfg.epochs - self.mixco_epochs, 1)
+        frac = (epoch - self.mixco_epochs) / max(n - 1, 1) if cfg.loss == "bimixco+softclip" else epoch / max(cfg.epochs - 1, 1)
+        return losses.soft_clip_temperature(min(max(frac, 0.0), 1.0), cfg.soft_temperature_start, cfg.soft_temperature_end)
+
+    def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
+        cfg, info = self.t.cfg, self.t.dist
+        phase = self._phase(epoch)
+        vox, tgt, gen = batch["voxels"], batch["targets"], batch["generator"]
+        perm = lambdas = None
+        if phase in ("bimixco", "mixco+infonce"):
+            # Mixing is drawn over the global batch so 1 and N processes see identical inputs.
+            vox, perm, lambdas = losses.mixco_mix(vox, beta=cfg.train.mixco_beta, prob=cfg.train.mixco_prob,
+                                                  generator=gen)
+        sl = local_slice(len(vox), info)
+        dev = batch["device"]
+        vox_l, tgt_l = vox[sl].to(dev, non_blocking=True), tgt[sl].to(dev, non_blocking=True)
+        out = ddp_model(vox_l)
+        emb = out["projector"] if out.get("projector") is not None else out["backbone"]
+        preds = gather_with_grad(_normalize(emb), info)
+        targets_n = _normalize(tgt.to(dev))
+        parts: dict[str, torch.Tensor] = {}
+        if phase == "bimixco":
+            contrastive = losses.bimixco_loss(preds, targets_n, perm.to(dev), lambdas.to(dev), cfg.train.mixco_temperature)
+        elif phase == "mixco+infonce":
+            contrastive = losses.mixco_nce(preds, targets_n, perm.to(dev), lambdas.to(dev), cfg.train.mixco_temperature)
+        elif phase == "softclip":
+            contrastive = losses.soft_clip_loss(preds, targets_n, self.soft_temperature(epoch))
+        elif phase == "clip":
+            contrastive = losses.clip_loss(preds, targets_n, cfg.train.mixco_temperature)
+        else:  # infonce
+            contrastive = losses.info_nce(preds, targets_n, cfg.train.mixco_temperature)
+        total = contrastive
+        parts["contrastive"] = contrastive.detach()
+        prior_target = tgt_l
+        if perm is not None:
+            # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
+            lam = lambdas[sl].to(dev).view(-1, *([1] * (tgt.dim() - 1)))
+            prior_target = lam * tgt_l + (1 - lam) * tgt.to(dev)[perm[sl].to(dev)]
+        if model.prior is not None:
+            prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
+            total = total + cfg.train.prior_loss_weight * prior_loss
+            parts["prior"] = prior_loss.detach()
+        if cfg.train.backbone_mse_weight > 0:
+            mse = F.mse_loss(out["backbone"].float(), prior_target.view_as(out["backbone"]).float())
+            total = total + cfg.train.backbone_mse_weight * mse
+            parts["backbone_mse"] = mse.detach()
+        return total, parts
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.val is None or len(self.val) < 2:
+            return {}
+        preds = embed_voxels(model, self.val.voxels, self.t.device)
+        return quick_retrieval(preds, self.targets.get(self.val.image_index), self.t.cfg.eval.pool)
+
+
+class LowLevelTask:
+    """Voxels -> SD-VAE latent (L1 / MSE) + 0.1 x SoftCLIP against the teacher's tokens."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        cfg = trainer.cfg
+        self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights)
+        self.teacher = None
+        if cfg.train.lowlevel_contrastive_weight > 0:
+            self.teacher = Targets(trainer.store_path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
+                                   views=cfg.targets.augmented_views)
+        train_imgs, val_imgs = train_val_images(trainer.store, cfg)
+        self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
+        self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
+        # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
+        self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
+
+    def steps_per_epoch(self) -> int:
+        return len(self.images) // self.t.cfg.train.batch_size
+
+    def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Per sample: random weighted average of its repetitions (p .5), their mean (p .3) or one (p .2)."""
+        b, r, _ = vox.shape
+        u = torch.rand(b, generator=gen)
+        w_rand = torch.rand(b, r, generator=gen) * mask
+        w_mean = mask.float()
+        pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
+        w_one = F.one_hot(pick, r).float()
+        w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
+        return torch.einsum("br,brv->bv", w, vox.float())
+
+    def batches(self, epoch: int):
+        cfg = self.t.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.images), generator=gen)
+        bs = cfg.train.batch_size
+        for s in range(self.steps_per_epoch()):
+            idx = perm[s * bs:(s + 1) * bs]
+            imgs = self.images[idx.numpy()]
+            batch = {"voxels": self.mix_repetitions(self.vox[idx], self.mask[idx], gen),
+                     "latents": self.latents.get(imgs), "device": self.t.device}
+            if self.teacher is not None:
+                batch["teacher"] = self.teacher.get(imgs, gen if self.teacher.views is not None else None)
+            yield batch
+
+    def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
+        cfg, info, dev = self.t.cfg, self.t.dist, batch["device"]
+        sl = local_slice(len(batch["voxels"]), info)
+        latent_pred, tokens = ddp_model(batch["voxels"][sl].to(dev))
+        target = batch["latents"][sl].to(dev).view_as(latent_pred)
+        diff = (latent_pred.float() - target) / self.latent_scale
+        recon = diff.abs().mean() if cfg.train.lowlevel_loss == "l1" else diff.pow(2).mean()
+        total, parts = recon, {"recon": recon.detach()}
+        if self.teacher is not None:
+            preds = gather_with_grad(_normalize(tokens), info)
+            teacher = _normalize(batch["teacher"].to(dev))
+            contrastive = losses.soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            total = total + cfg.train.lowlevel_contrastive_weight * contrastive
+            parts["contrastive"] = contrastive.detach()
+        return total, parts
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.val is None or len(self.val) < 2:
+            return {}
+        model.eval()
+        preds = []
+        for s in range(0, len(self.val), 64):
+            preds.append(model(self.val.voxels[s:s + 64].float().to(self.t.device))[0].float().cpu())
+        pred = torch.cat(preds)
+        target = self.latents.get(self.val.image_index).view_as(pred)
+        model.train()
+        return {"latent_l1": float(((pred - target).abs().mean() / self.latent_scale).item()),
+                "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
+
+
+@torch.no_grad()
+def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
+                 which: str = "projector") -> torch.Tensor:
+    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for s in range(0, len(voxels), batch_size):
+        x = voxels[s:s + batch_size].float().to(device)
+        if hasattr(model, "predict"):
+            outs.append(model.predict(x).float().cpu())
+            continue
+        out = model(x)
+        emb = out.get(which) if out.get(which) is not None else out["backbone"]
+        outs.append(emb.float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)
