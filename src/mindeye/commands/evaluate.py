@@ -1,0 +1,39 @@
+"""`mindeye evaluate {retrieval,recon}`: the paper's retrieval and reconstruction metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="retrieval (300-way, both directions) and reconstruction metrics",
+                       description="Evaluate runs: retrieval top-1 among 300 (30 draws, 95%% CI) and over the "
+                                   "whole test set, or the eight reconstruction metrics of paper Table 1.")
+    esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set")
+    r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
+    r.add_argument("--data", default=None, help="subject store (default: the one the run was trained on)")
+    r.add_argument("--mode", choices=["averaged", "single"], default=None,
+                   help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
+    r.add_argument("--out", default=None, help="also write all results to this JSON file")
+    r.set_defaults(func=run_retrieval)
+    try:
+        from mindeye.commands.evaluate_recon import add_recon_parser
+    except ModuleNotFoundError:
+        return
+    add_recon_parser(esub)
+
+
+def run_retrieval(args: argparse.Namespace) -> int:
+    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
+
+    results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed)
+               for run in args.run]
+    print(retrieval_table(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    return 0

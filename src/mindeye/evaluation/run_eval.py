@@ -1,0 +1,86 @@
+"""Evaluate a trained run: retrieval on the test set (paper Table 1 / 7 protocol)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mindeye.data.store import SubjectStore
+from mindeye.errors import MindEyeError
+from mindeye.models.factory import build_model
+from mindeye.training.checkpoint import load_weights, read_run
+from mindeye.training.data import Targets, load_eval_split
+from mindeye.training.trainer import embed_voxels, resolve_device
+
+
+def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
+    """(cfg, info, model in eval mode, store) for a run directory."""
+    run_dir = Path(run_dir)
+    cfg, info = read_run(run_dir)
+    store_path = store or info.get("store")
+    if not store_path:
+        raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
+    subject = SubjectStore(store_path)
+    if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
+        raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
+                           f"{subject.n_voxels}; evaluate on the subject it was trained for")
+    model = build_model(cfg.model, subject.n_voxels)
+    load_weights(model, run_dir / "model.safetensors", device="cpu")
+    model.to(device).eval()
+    return cfg, info, model, subject
+
+
+def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
+                       mode: str | None = None, seed: int = 0, write: bool = True) -> dict[str, Any]:
+    from mindeye.evaluation.retrieval import retrieval_top1_among, topk_full
+
+    device = resolve_device(device)
+    cfg, info, model, subject = load_run_model(run_dir, device, store)
+    if cfg.model.kind == "lowlevel":
+        raise MindEyeError("retrieval evaluation needs a high-level (mindeye) or ridge run, not a low-level one")
+    mode = mode or cfg.data.test_mode
+    test = load_eval_split(subject, subject.image_indices("test"), mode)
+    if len(test) < 2:
+        raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
+    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights).get(test.image_index)
+    preds = embed_voxels(model, test.voxels, device)
+    among = retrieval_top1_among(preds.flatten(1), targets.flatten(1), pool=cfg.eval.pool, draws=cfg.eval.draws,
+                                 seed=seed)
+    full = topk_full(preds.flatten(1), targets.flatten(1), ks=(1, 5))
+    result = {"run": str(run_dir), "kind": cfg.model.kind, "name": cfg.name, "test_mode": mode,
+              "n_test": len(test), **_jsonable(among), "full_test_set": _jsonable(full)}
+    if write:
+        out = Path(run_dir) / "eval"
+        out.mkdir(exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if hasattr(x, "item"):
+        return x.item()
+    return x
+
+
+def retrieval_table(results: list[dict[str, Any]]) -> str:
+    """A short fixed-width table of retrieval results (one row per run)."""
+    lines = [f"{'run':<24} {'image top-1 (300)':>18} {'brain top-1 (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]
+    for r in results:
+        pool = r.get("pool", 300)
+        img, brain = r["image_retrieval"], r["brain_retrieval"]
+        full = r.get("full_test_set", {})
+        top1 = full.get("image_top1", float("nan"))
+        top5 = full.get("image_top5", float("nan"))
+        lines.append(f"{r.get('name', r['run'])[:24]:<24} {100 * img:>17.1f}% {100 * brain:>17.1f}% "
+                     f"{100 * top1:>9.1f}% {100 * top5:>9.1f}%")
+        lines.append(f"{'':<24} (chance {100 / pool:.2f}%, {r.get('draws', 30)} draws of {pool})")
+    return "\n".join(lines)
