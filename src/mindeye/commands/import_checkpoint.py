@@ -1,0 +1,52 @@
+"""`mindeye import-checkpoint`: use the authors' published MindEye v1 weights with this package."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mindeye.config import load_config
+from mindeye.data.store import check_output_dir
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-checkpoint", help="convert an authors' MindEye v1 checkpoint into a mindeye run directory",
+        description="Map every tensor of an authors'-layout high-level checkpoint (voxel2clip.*, net.*, "
+                    "noise_scheduler.*) onto our model, check shapes, and write a run directory usable by "
+                    "`mindeye evaluate`, `mindeye reconstruct`, ...")
+    p.add_argument("--mindeye-v1", required=True, dest="checkpoint", help=".pth/.pt/.safetensors checkpoint file")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--config", default=None,
+                   help="config describing the model (default: the packaged configs/mindeye-subj01.yaml values)")
+    p.add_argument("--n-voxels", type=int, default=None,
+                   help="expected voxel count (default: read from the checkpoint; subj01 15724)")
+    p.add_argument("--data", default=None, help="subject store the run should evaluate on (recorded in run.json)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from mindeye.models.convert import convert_mindeye_v1_state_dict, load_mindeye_v1_checkpoint
+    from mindeye.models.factory import build_model
+    from mindeye.training.checkpoint import write_run_files
+
+    out = Path(args.out)
+    check_output_dir(out, args.overwrite)
+    cfg = load_config(args.config) if args.config else load_config(
+        None, ["model.kind=mindeye", "targets.weights=openai/clip-vit-large-patch14"])
+    state = load_mindeye_v1_checkpoint(args.checkpoint)
+    n_voxels = args.n_voxels
+    if n_voxels is None and "voxel2clip.lin0.0.weight" in state:
+        n_voxels = int(state["voxel2clip.lin0.0.weight"].shape[1])
+    converted = convert_mindeye_v1_state_dict(state, n_voxels=n_voxels)
+    model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
+    model.load_state_dict(converted, strict=True, assign=True)
+    write_run_files(out, cfg, {"kind": "mindeye", "store": args.data, "n_voxels": n_voxels,
+                               "imported_from": str(Path(args.checkpoint).resolve()), "format": "mindeye-v1"})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    print(f"imported {len(converted)} tensors from {args.checkpoint} into {out}")
+    return 0
