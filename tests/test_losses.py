@@ -124,7 +124,9 @@ def test_bimixco_and_mixco_nce_match_eq2(batch, tau: float) -> None:
     k = [2, 0, 1, 3, 5, 4]  # includes k_3 = 3: a sample mixed with itself
     lam = [0.3, 1.0, 0.9, 0.25, 0.05, 1.0]
     perm, lambdas = torch.tensor(k), torch.tensor(lam)
-    assert bimixco_loss(p, t, perm, lambdas, tau).item() == pytest.approx(ref_bimixco(p, t, k, lam, tau), rel=1e-4)
+    assert bimixco_loss(p, t, perm, lambdas, tau).item() == pytest.approx(
+        ref_bimixco(p, t, k, lam, tau), rel=1e-4
+    )
     assert mixco_nce(p, t, perm, lambdas, tau).item() == pytest.approx(
         ref_bimixco(p, t, k, lam, tau, bidirectional=False), rel=1e-4
     )
@@ -251,7 +253,9 @@ def test_soft_clip_temperature_schedule() -> None:
     assert soft_clip_temperature(0.0) == pytest.approx(0.004)
     assert soft_clip_temperature(1.0) == pytest.approx(0.0075)
     assert soft_clip_temperature(0.5) == pytest.approx((0.004 + 0.0075) / 2)
-    assert soft_clip_temperature(-1) == pytest.approx(0.004) and soft_clip_temperature(2) == pytest.approx(0.0075)
+    assert soft_clip_temperature(-1) == pytest.approx(0.004) and soft_clip_temperature(2) == pytest.approx(
+        0.0075
+    )
     values = [soft_clip_temperature(k / 159) for k in range(160)]  # 160 SoftCLIP epochs of 240
     assert all(a <= b for a, b in zip(values, values[1:]))
     # Cosine shape: a quarter of the way the temperature has moved (1 - cos(pi/4)) / 2 of the range.
@@ -273,7 +277,12 @@ def test_no_host_sync_on_cuda() -> None:
     try:
         _, perm, lam = mixco_mix(voxels)
         loss = bimixco_loss(preds, t, perm, lam, BIMIXCO_TEMPERATURE) + soft_clip_loss(preds, t, 0.004)
-        loss = loss + clip_loss(preds, t, 0.006) + info_nce(preds, t, 0.006) + mixco_nce(preds, t, perm, lam, 0.006)
+        loss = (
+            loss
+            + clip_loss(preds, t, 0.006)
+            + info_nce(preds, t, 0.006)
+            + mixco_nce(preds, t, perm, lam, 0.006)
+        )
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -113,8 +113,12 @@ class DummyPrior(nn.Module):
 
 @pytest.mark.parametrize(
     ("use_projector", "use_prior", "variant"),
-    [(False, False, "backbone"), (True, False, "backbone+projector"), (False, True, "backbone+prior"),
-     (True, True, "full")],
+    [
+        (False, False, "backbone"),
+        (True, False, "backbone+projector"),
+        (False, True, "backbone+prior"),
+        (True, True, "full"),
+    ],
 )
 def test_mindeye_model_variants(use_projector: bool, use_prior: bool, variant: str) -> None:
     torch.manual_seed(0)

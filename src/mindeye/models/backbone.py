@@ -53,7 +53,10 @@ class ResidualMLPBackbone(nn.Module):
         self.out_dim = out_dim
         self.skip = skip
         self.stem = nn.Sequential(
-            nn.Linear(n_voxels, hidden, bias=bias), _norm(norm, hidden), _activation(act), nn.Dropout(dropout_in)
+            nn.Linear(n_voxels, hidden, bias=bias),
+            _norm(norm, hidden),
+            _activation(act),
+            nn.Dropout(dropout_in),
         )
         self.blocks = nn.ModuleList(
             nn.Sequential(

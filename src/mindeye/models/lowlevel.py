@@ -51,14 +51,19 @@ class LowLevelModel(nn.Module):
         channels, height, width = spatial
         for c in block_out_channels:
             if c % norm_num_groups:
-                raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block_out_channels {c}")
+                raise ValueError(
+                    f"norm_num_groups={norm_num_groups} must divide every block_out_channels {c}"
+                )
         self.spatial = tuple(spatial)
         self.stem = nn.Sequential(
             nn.Linear(n_voxels, hidden, bias=False), nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout_in)
         )
         self.blocks = nn.ModuleList(
             nn.Sequential(
-                nn.Linear(hidden, hidden, bias=False), nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout_block)
+                nn.Linear(hidden, hidden, bias=False),
+                nn.LayerNorm(hidden),
+                nn.SiLU(),
+                nn.Dropout(dropout_block),
             )
             for _ in range(n_blocks)
         )

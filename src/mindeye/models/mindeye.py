@@ -28,7 +28,10 @@ class MindEyeModel(nn.Module):
     """Container whose attribute names (``backbone``, ``projector``, ``prior``) fix the checkpoint keys."""
 
     def __init__(
-        self, backbone: ResidualMLPBackbone, projector: Projector | None = None, prior: nn.Module | None = None
+        self,
+        backbone: ResidualMLPBackbone,
+        projector: Projector | None = None,
+        prior: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
