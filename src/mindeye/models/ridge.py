@@ -10,7 +10,8 @@ where Xs are the inputs standardised with the training mean/std and Yc the centr
 (bias = target mean) is not penalised. Both forms give the same W. Targets are processed in column chunks
 so a 257 x 768 = 197,376-wide target never needs a float64 (V, K) matrix at once; the solution is stored
 as float32 buffers (``weight`` (K, V), ``bias`` (K,), ``input_mean``/``input_std`` (V,), ``alpha`` (1,)),
-so ``state_dict()`` saves directly to safetensors.
+so ``state_dict()`` saves directly to safetensors. At full size (15,724 voxels -> 197,376 targets) the
+weight alone is 3.1e9 floats (12.4 GB), and a primal fit factorises a 15,724^2 float64 matrix (2 GB).
 
 Passing several alphas selects one on a held-out fold (lowest mean squared error), using one
 eigendecomposition for all alphas, then refits on all the data with the chosen alpha.
@@ -78,7 +79,9 @@ class RidgeRegression(nn.Module):
         alphas = [float(alpha)] if isinstance(alpha, int | float) else [float(a) for a in alpha]
         if not alphas or min(alphas) <= 0:
             raise MindEyeError(f"ridge alpha must be one or more positive numbers, got {alpha!r}")
-        x64, y64 = x.detach().to("cpu", torch.float64), y.detach().to("cpu", torch.float64)
+        # Targets stay in their dtype and go to float64 one column chunk at a time: a full-size float64
+        # copy of 25k x 197k CLIP targets would be ~40 GB.
+        x64, y64 = x.detach().to("cpu", torch.float64), y.detach().cpu()
         best = alphas[0]
         if len(alphas) > 1:
             best = self._select_alpha(x64, y64, alphas, val_fraction, generator, chunk_size)
@@ -88,7 +91,6 @@ class RidgeRegression(nn.Module):
     def _solve(self, x: torch.Tensor, y: torch.Tensor, alpha: float, chunk_size: int) -> None:
         mean, std = self._stats(x)
         xs = (x - mean) / std
-        y_mean = y.mean(dim=0)
         n, v = xs.shape
         primal = n >= v
         gram = xs.T @ xs if primal else xs @ xs.T
@@ -98,13 +100,15 @@ class RidgeRegression(nn.Module):
             raise MindEyeError(f"ridge system is singular at alpha={alpha}; use a larger alpha")
         dev = self.weight.device
         for c0 in range(0, self.n_outputs, chunk_size):
-            yc = y[:, c0 : c0 + chunk_size] - y_mean[c0 : c0 + chunk_size]
+            y_chunk = y[:, c0 : c0 + chunk_size].double()
+            y_mean = y_chunk.mean(dim=0)
+            yc = y_chunk - y_mean
             if primal:
                 w = torch.cholesky_solve(xs.T @ yc, chol)  # (V, c)
             else:
                 w = xs.T @ torch.cholesky_solve(yc, chol)  # (V, c)
             self.weight[c0 : c0 + chunk_size] = w.T.to(dev, torch.float32)
-        self.bias.copy_(y_mean.to(dev, torch.float32))
+            self.bias[c0 : c0 + chunk_size] = y_mean.to(dev, torch.float32)
         self.input_mean.copy_(mean.to(dev, torch.float32))
         self.input_std.copy_(std.to(dev, torch.float32))
         self.alpha.fill_(alpha)
@@ -129,8 +133,6 @@ class RidgeRegression(nn.Module):
         val_idx, fit_idx = order[:n_val], order[n_val:]
         mean, std = self._stats(x[fit_idx])
         xf, xv = (x[fit_idx] - mean) / std, (x[val_idx] - mean) / std
-        y_mean = y[fit_idx].mean(dim=0)
-        yf, yv = y[fit_idx] - y_mean, y[val_idx] - y_mean
         # One eigendecomposition serves every alpha: pred_val = M diag(1 / (s + alpha)) R^T Y.
         if xf.shape[0] >= xf.shape[1]:
             s, q = torch.linalg.eigh(xf.T @ xf)
@@ -141,11 +143,13 @@ class RidgeRegression(nn.Module):
         s = s.clamp_min(0)
         sse = torch.zeros(len(alphas), dtype=torch.float64)
         for c0 in range(0, y.shape[1], chunk_size):
-            b = r.T @ yf[:, c0 : c0 + chunk_size]
+            yf, yv = y[fit_idx, c0 : c0 + chunk_size].double(), y[val_idx, c0 : c0 + chunk_size].double()
+            y_mean = yf.mean(dim=0)
+            b = r.T @ (yf - y_mean)
             for i, a in enumerate(alphas):
                 pred = m @ (b / (s + a)[:, None])
-                sse[i] += (pred - yv[:, c0 : c0 + chunk_size]).square().sum()
-        val_mse = sse / yv.numel()
+                sse[i] += (pred + y_mean - yv).square().sum()
+        val_mse = sse / (n_val * y.shape[1])
         self.selection = {
             "alphas": torch.tensor(alphas, dtype=torch.float64),
             "val_mse": val_mse,
