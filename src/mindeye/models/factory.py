@@ -59,7 +59,9 @@ def build_lowlevel(cfg: ModelConfig, n_voxels: int) -> nn.Module:
         latent_channels=c.latent_channels,
         block_out_channels=tuple(c.upsampler_channels),
         projector_dim=c.projector_dim,
-        norm_groups=c.norm_groups,
+        norm_num_groups=c.norm_groups,
+        dropout_in=c.dropout_in,
+        dropout_block=c.dropout_block,
     )
 
 

@@ -212,7 +212,7 @@ class Trainer:
         model = build_model(cfg.model, self.store.n_voxels)
         x = train.voxels.float()
         y = targets.get(train.image_index).flatten(1)
-        model.fit(x, y, alphas=cfg.model.ridge.alphas)
+        model.fit(x, y, alpha=cfg.model.ridge.alphas, generator=torch.Generator().manual_seed(cfg.seed))
         write_run_files(self.run_dir, cfg, {
             "kind": "ridge", "store": str(self.store_path.resolve()), "n_voxels": self.store.n_voxels,
             "subject": self.store.meta.get("subject"), "source": self.store.meta.get("source"),
