@@ -103,7 +103,7 @@ class RidgeConfig:
 class ModelConfig:
     """Which model to train and the sizes of its parts."""
 
-    kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # high-level, low-level or ridge
+    kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # pipeline: high-level, low-level or ridge
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # high-level backbone
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # contrastive projector
     prior: PriorConfig = field(default_factory=PriorConfig)  # diffusion prior
@@ -117,14 +117,14 @@ class TrainConfig:
 
     epochs: int = 240  # passes over the training images
     batch_size: int = 32  # global batch: the same on 1 or N processes
-    max_lr: float = 3e-4  # not scaled by the number of processes
+    max_lr: float = 3e-4  # peak OneCycleLR learning rate (not scaled by the number of processes)
     weight_decay: float = 1e-2  # AdamW weight decay (not on biases and norms)
-    pct_start: float | None = None  # None = 2 / epochs (reference)
+    pct_start: float | None = None  # OneCycleLR warm-up fraction; null = 2 / epochs (reference)
     final_div_factor: float = 1000.0  # OneCycleLR final_div_factor
     loss: Literal["bimixco+softclip", "bimixco", "softclip", "clip", "infonce", "mixco+infonce"] = (
         "bimixco+softclip"  # contrastive loss (and its schedule) on the projector output
     )
-    mixco_fraction: float = 0.33  # first third of epochs use BiMixCo
+    mixco_fraction: float = 0.33  # fraction of epochs on BiMixCo before SoftCLIP (first third)
     mixco_beta: float = 0.15  # MixCo lambda ~ Beta(mixco_beta, mixco_beta)
     mixco_prob: float = 0.5  # probability that a sample is mixed
     mixco_temperature: float = 0.006  # BiMixCo temperature
