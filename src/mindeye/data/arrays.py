@@ -254,7 +254,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
     try:
         for start in tqdm(range(0, vox.shape[0], chunk), desc="voxels", unit="chunk", disable=not progress):
             if zscore:
-                block = np.asarray(vox[start:start + chunk], dtype=np.float64)
+                block = np.array(vox[start:start + chunk], dtype=np.float64)  # a writable copy
                 pos = session_pos[start:start + len(block)]
                 for k in np.unique(pos):
                     block[pos == k] = (block[pos == k] - mean[k]) / std[k]

@@ -180,7 +180,8 @@ class StoreWriter:
                 f"voxel data contains NaN or inf (first at trial {start + int(bad[0])}, voxel "
                 f"{int(bad[1])}); remove or impute non-finite voxels before preparing the store"
             )
-        stored = block.astype(self.voxels.dtype)
+        with np.errstate(over="ignore"):  # overflow is reported below, as an error
+            stored = block.astype(self.voxels.dtype)
         if not np.isfinite(stored).all():  # finite input that overflows the storage dtype (float16 > 65504)
             raise MindEyeError(
                 f"voxel values up to {float(np.abs(block).max()):.4g} overflow the store's "
