@@ -372,3 +372,14 @@ def test_summary(store):
     assert "checksums" not in s.summary(check=False)
     (s.path / "targets" / "clip-vit-l14-hidden-0123456789ab").mkdir(parents=True)
     assert "targets      clip-vit-l14-hidden-0123456789ab" in s.summary(check=False)
+
+
+def test_format_doc_mentions_every_file_column_and_meta_key(store):
+    s, _, _ = store
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "subject-store.md").read_text()
+    names = [p.name for p in s.path.iterdir()] + list(s.meta) + ["progress.json", "manifest.json", "targets.npy",
+                                                                  "views.npy", "STORE.partial"]
+    names += (s.path / "trials.csv").read_text().splitlines()[0].split(",")
+    names += (s.path / "images.csv").read_text().splitlines()[0].split(",")
+    missing = [n for n in names if f"`{n}`" not in doc]
+    assert not missing, f"docs/subject-store.md does not document {missing}"
