@@ -261,9 +261,8 @@ class StoreWriter:
         }
         (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         (self.tmp / "progress.json").unlink(missing_ok=True)
-        old = self.out.with_name(self.out.name + ".old")
+        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")  # a name no user directory has
         if self.out.exists():  # only reachable with overwrite=True; keep it until the new one is in place
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(self.out, old)
         os.replace(self.tmp, self.out)
         shutil.rmtree(old, ignore_errors=True)
