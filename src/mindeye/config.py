@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from mindeye.errors import MindEyeError
 # --------------------------------------------------------------------------------------------
 @dataclass
 class DataConfig:
+    """Which prepared subject store to read and how its test split is served."""
+
     store: str | None = None  # path of a prepared subject store (mindeye simulate / prepare)
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
     val_images: int = 0  # train images held out for validation when the store has no val split
@@ -32,146 +35,196 @@ class DataConfig:
 
 @dataclass
 class TargetsConfig:
+    """Frozen image encoders whose embeddings are the regression targets (cached by `mindeye embed`)."""
+
     encoder: str = "clip-vit-l14-hidden"  # high-level target encoder (registry name)
     weights: str | None = None  # HF id or local path; None = the encoder's default id
     lowlevel_encoder: str = "sd-vae"  # latent target of the low-level pipeline
-    lowlevel_weights: str | None = None
+    lowlevel_weights: str | None = None  # weights of lowlevel_encoder; None = its default id
     teacher_encoder: str = "vicregl-convnext"  # contrastive teacher of the low-level pipeline
-    teacher_weights: str | None = None
+    teacher_weights: str | None = None  # weights of teacher_encoder; None = its default id
     augmented_views: int = 0  # K cached augmented views per image sampled at train time (0 = none)
 
 
 @dataclass
 class BackboneConfig:
-    hidden: int = 4096
-    n_blocks: int = 4
-    skip: bool = True
+    """Residual MLP mapping flattened voxels to CLIP image tokens."""
+
+    hidden: int = 4096  # width of the residual MLP
+    n_blocks: int = 4  # residual blocks (paper Table 2 ablates 0, 2, 4)
+    skip: bool = True  # residual connections around each block
     tokens: int = 257  # 257 = CLIP last hidden layer; 1 = final embedding only (paper Table 2)
-    dim: int = 768
-    dropout_in: float = 0.5
-    dropout_block: float = 0.15
+    dim: int = 768  # width of each predicted token (CLIP ViT-L/14 projection dim)
+    dropout_in: float = 0.5  # dropout after the input layer
+    dropout_block: float = 0.15  # dropout inside each residual block
 
 
 @dataclass
 class ProjectorConfig:
-    enabled: bool = True
-    hidden: int = 2048
+    """Per-token MLP head trained contrastively for retrieval."""
+
+    enabled: bool = True  # train the contrastive projector head (retrieval)
+    hidden: int = 2048  # hidden width of the projector MLP
 
 
 @dataclass
 class PriorConfig:
-    enabled: bool = True
-    depth: int = 6
-    heads: int = 12
-    dim_head: int = 64
-    timesteps: int = 100
-    cond_drop_prob: float = 0.2
+    """Diffusion prior: backbone tokens -> CLIP image tokens, for reconstruction."""
+
+    enabled: bool = True  # train the diffusion prior (reconstruction)
+    depth: int = 6  # transformer layers
+    heads: int = 12  # attention heads
+    dim_head: int = 64  # width of each attention head
+    timesteps: int = 100  # diffusion timesteps (cosine schedule, predicts x0)
+    cond_drop_prob: float = 0.2  # probability of dropping the brain condition (classifier-free guidance)
     sample_steps: int = 100  # prior sampling steps at inference
     guidance: float = 3.5  # classifier-free guidance scale for prior sampling
 
 
 @dataclass
 class LowLevelConfig:
-    hidden: int = 4096
-    n_blocks: int = 4
-    spatial_channels: int = 64
-    spatial_size: int = 16
-    latent_channels: int = 4
-    upsampler_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
-    projector_dim: int = 512
-    norm_groups: int = 32
-    dropout_in: float = 0.5
-    dropout_block: float = 0.25
+    """Low-level pipeline: voxels -> Stable Diffusion VAE latent (blurry reconstruction)."""
+
+    hidden: int = 4096  # width of the low-level residual MLP
+    n_blocks: int = 4  # residual blocks of the low-level MLP
+    spatial_channels: int = 64  # channels of the spatial map the MLP output is reshaped to
+    spatial_size: int = 16  # side of that spatial map (64 x 16 x 16 in the paper)
+    latent_channels: int = 4  # channels of the target latent (SD VAE: 4 x 64 x 64)
+    upsampler_channels: list[int] = field(default_factory=lambda: [64, 128, 256])  # upsampler up-block widths
+    projector_dim: int = 512  # width of the contrastive projector tokens (1x1 convs)
+    norm_groups: int = 32  # GroupNorm groups in the upsampler
+    dropout_in: float = 0.5  # dropout after the low-level input layer
+    dropout_block: float = 0.25  # dropout inside each low-level residual block
 
 
 @dataclass
 class RidgeConfig:
-    alphas: list[float] = field(default_factory=lambda: [1e2, 1e3, 1e4, 1e5])
+    """Ridge-regression baseline."""
+
+    alphas: list[float] = field(default_factory=lambda: [1e2, 1e3, 1e4, 1e5])  # penalties tried; best on val
 
 
 @dataclass
 class ModelConfig:
-    kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
-    lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)
-    ridge: RidgeConfig = field(default_factory=RidgeConfig)
+    """Which model to train and the sizes of its parts."""
+
+    kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # pipeline: high-level, low-level or ridge
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)  # high-level backbone
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # contrastive projector
+    prior: PriorConfig = field(default_factory=PriorConfig)  # diffusion prior
+    lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)  # low-level pipeline
+    ridge: RidgeConfig = field(default_factory=RidgeConfig)  # ridge baseline
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 240
+    """Optimisation, losses and schedule."""
+
+    epochs: int = 240  # passes over the training images
     batch_size: int = 32  # global batch: the same on 1 or N processes
-    max_lr: float = 3e-4  # not scaled by the number of processes
-    weight_decay: float = 1e-2
-    pct_start: float | None = None  # None = 2 / epochs (reference)
-    final_div_factor: float = 1000.0
+    max_lr: float = 3e-4  # peak OneCycleLR learning rate (not scaled by the number of processes)
+    weight_decay: float = 1e-2  # AdamW weight decay (not on biases and norms)
+    pct_start: float | None = None  # OneCycleLR warm-up fraction; null = 2 / epochs (reference)
+    final_div_factor: float = 1000.0  # OneCycleLR final_div_factor
     loss: Literal["bimixco+softclip", "bimixco", "softclip", "clip", "infonce", "mixco+infonce"] = (
-        "bimixco+softclip"
+        "bimixco+softclip"  # contrastive loss (and its schedule) on the projector output
     )
-    mixco_fraction: float = 0.33  # first third of epochs use BiMixCo
-    mixco_beta: float = 0.15
-    mixco_prob: float = 0.5
-    mixco_temperature: float = 0.006
-    soft_temperature_start: float = 0.004
-    soft_temperature_end: float = 0.0075
+    mixco_fraction: float = 0.33  # fraction of epochs on BiMixCo before SoftCLIP (first third)
+    mixco_beta: float = 0.15  # MixCo lambda ~ Beta(mixco_beta, mixco_beta)
+    mixco_prob: float = 0.5  # probability that a sample is mixed
+    mixco_temperature: float = 0.006  # BiMixCo temperature
+    soft_temperature_start: float = 0.004  # SoftCLIP temperature when SoftCLIP starts (cosine-annealed)
+    soft_temperature_end: float = 0.0075  # SoftCLIP temperature at the last epoch
     prior_loss_weight: float = 30.0  # reference's weight (paper's alpha 0.3 is on a differently scaled loss)
-    lowlevel_loss: Literal["l1", "mse"] = "l1"
-    lowlevel_contrastive_weight: float = 0.1
-    lowlevel_temperature: float = 0.075
+    lowlevel_loss: Literal["l1", "mse"] = "l1"  # latent reconstruction loss of the low-level pipeline
+    lowlevel_contrastive_weight: float = 0.1  # weight of the low-level contrastive (teacher) loss
+    lowlevel_temperature: float = 0.075  # SoftCLIP temperature of the low-level contrastive loss
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     val_every: int = 1  # epochs between validation retrieval evaluations
     max_steps: int | None = None  # stop early (smoke tests / benchmarks)
     backbone_mse_weight: float = 0.0  # MSE on the backbone output (paper Table 4 no-prior variants)
     log_every: int = 20  # steps between progress-bar / metrics-log updates (host syncs only then)
-    num_workers: int = 0
-    compile: bool = False
+    num_workers: int = 0  # DataLoader worker processes
+    compile: bool = False  # torch.compile the model
 
 
 @dataclass
 class EvalConfig:
-    pool: int = 300
-    draws: int = 30
+    """Retrieval evaluation protocol."""
+
+    pool: int = 300  # retrieval candidates per draw (top-1 among pool)
+    draws: int = 30  # random draws of pool test samples; results averaged
 
 
 @dataclass
 class Config:
-    name: str = "mindeye"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    targets: TargetsConfig = field(default_factory=TargetsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    """A whole run: the top-level sections below plus a name and seed."""
+
+    name: str = "mindeye"  # run name (output files and logs)
+    seed: int = 0  # random seed for initialisation, shuffling and augmentation
+    data: DataConfig = field(default_factory=DataConfig)  # data source
+    targets: TargetsConfig = field(default_factory=TargetsConfig)  # target encoders
+    model: ModelConfig = field(default_factory=ModelConfig)  # model
+    train: TrainConfig = field(default_factory=TrainConfig)  # training
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation
 
     def validate(self) -> None:
-        positive = {
-            "train.epochs": self.train.epochs, "train.batch_size": self.train.batch_size,
-            "model.backbone.hidden": self.model.backbone.hidden, "model.backbone.tokens": self.model.backbone.tokens,
-            "model.backbone.dim": self.model.backbone.dim, "model.prior.timesteps": self.model.prior.timesteps,
-            "eval.pool": self.eval.pool, "eval.draws": self.eval.draws,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise MindEyeError(f"config value {key} must be positive, got {value}")
-        if self.model.backbone.n_blocks < 0:
-            raise MindEyeError(f"model.backbone.n_blocks must be >= 0, got {self.model.backbone.n_blocks}")
-        if not 0 <= self.train.mixco_fraction <= 1:
-            raise MindEyeError(f"train.mixco_fraction must be in [0, 1], got {self.train.mixco_fraction}")
-        if not 0 <= self.model.prior.cond_drop_prob < 1:
-            raise MindEyeError(f"model.prior.cond_drop_prob must be in [0, 1), got {self.model.prior.cond_drop_prob}")
-        if self.train.max_lr <= 0:
-            raise MindEyeError(f"train.max_lr must be positive, got {self.train.max_lr}")
-        if self.train.pct_start is not None and not 0 < self.train.pct_start < 1:
-            raise MindEyeError(f"train.pct_start must be in (0, 1), got {self.train.pct_start}")
-        if self.model.prior.heads <= 0 or self.model.prior.dim_head <= 0:
-            raise MindEyeError("model.prior.heads and model.prior.dim_head must be positive")
+        """Range checks the types cannot express; each message names the key and the allowed range."""
+        t, m = self.train, self.model
+        # Written as `not (ok)` so NaN fails every check.
+        ranges: list[tuple[str, Any, Any, str]] = [  # (key, value, ok, allowed)
+            *((k, v, v > 0, "positive") for k, v in {
+                "train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.max_lr": t.max_lr,
+                "train.final_div_factor": t.final_div_factor, "train.val_every": t.val_every,
+                "train.mixco_beta": t.mixco_beta, "train.mixco_temperature": t.mixco_temperature,
+                "train.soft_temperature_start": t.soft_temperature_start,
+                "train.soft_temperature_end": t.soft_temperature_end,
+                "train.lowlevel_temperature": t.lowlevel_temperature,
+                "model.backbone.hidden": m.backbone.hidden, "model.backbone.tokens": m.backbone.tokens,
+                "model.backbone.dim": m.backbone.dim, "model.projector.hidden": m.projector.hidden,
+                "model.prior.depth": m.prior.depth, "model.prior.heads": m.prior.heads,
+                "model.prior.dim_head": m.prior.dim_head, "model.prior.timesteps": m.prior.timesteps,
+                "model.prior.sample_steps": m.prior.sample_steps,
+                "model.lowlevel.hidden": m.lowlevel.hidden, "model.lowlevel.spatial_channels": m.lowlevel.spatial_channels,
+                "model.lowlevel.spatial_size": m.lowlevel.spatial_size,
+                "model.lowlevel.latent_channels": m.lowlevel.latent_channels,
+                "model.lowlevel.projector_dim": m.lowlevel.projector_dim,
+                "model.lowlevel.norm_groups": m.lowlevel.norm_groups,
+                "eval.pool": self.eval.pool, "eval.draws": self.eval.draws,
+            }.items()),
+            *((k, v, v >= 0, ">= 0") for k, v in {
+                "data.val_images": self.data.val_images, "targets.augmented_views": self.targets.augmented_views,
+                "model.backbone.n_blocks": m.backbone.n_blocks, "model.lowlevel.n_blocks": m.lowlevel.n_blocks,
+                "model.prior.guidance": m.prior.guidance, "train.weight_decay": t.weight_decay,
+                "train.prior_loss_weight": t.prior_loss_weight,
+                "train.lowlevel_contrastive_weight": t.lowlevel_contrastive_weight,
+                "train.num_workers": t.num_workers,
+            }.items()),
+            ("train.mixco_fraction", t.mixco_fraction, 0 <= t.mixco_fraction <= 1, "in [0, 1]"),
+            ("train.mixco_prob", t.mixco_prob, 0 <= t.mixco_prob <= 1, "in [0, 1]"),
+            ("model.prior.cond_drop_prob", m.prior.cond_drop_prob, 0 <= m.prior.cond_drop_prob < 1, "in [0, 1)"),
+            ("train.pct_start", t.pct_start, t.pct_start is None or 0 < t.pct_start < 1, "in (0, 1) or null"),
+            ("train.max_steps", t.max_steps, t.max_steps is None or t.max_steps > 0, "positive or null"),
+            ("model.lowlevel.upsampler_channels", m.lowlevel.upsampler_channels,
+             len(m.lowlevel.upsampler_channels) > 0 and all(c > 0 for c in m.lowlevel.upsampler_channels),
+             "a non-empty list of positive integers"),
+            ("model.ridge.alphas", m.ridge.alphas, len(m.ridge.alphas) > 0 and all(a > 0 for a in m.ridge.alphas),
+             "a non-empty list of positive numbers"),
+        ]
+        for key, value, ok, allowed in ranges:
+            if not ok:
+                raise MindEyeError(
+                    f"config value {key} must be {allowed}, got {value!r}; fix it in the config file "
+                    f"or with --set {key}=..."
+                )
 
 
 # --------------------------------------------------------------------------------------------
 # Generic dataclass <-> dict machinery
 # --------------------------------------------------------------------------------------------
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -207,6 +260,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp,) = typing.get_args(tp)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
+        if value is None:  # an empty section in YAML (`train:` with every key commented out)
+            value = {}
         if not isinstance(value, dict):
             raise MindEyeError(f"config key {key}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
@@ -220,6 +275,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise MindEyeError(f"config key {key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, which reads `3e-4` (no dot) as a string: accept numeric strings.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             return float(value)
         raise MindEyeError(f"config key {key}: expected a number, got {value!r}")
     if tp is str:
@@ -235,7 +293,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a helpful message."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))
     if unknown:
         raise MindEyeError(
             f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; valid keys here: "
@@ -264,7 +322,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or an empty section in the YAML file
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise MindEyeError(f"--set {override!r}: {part} is not a section")
         node = child

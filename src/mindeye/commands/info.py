@@ -19,4 +19,5 @@ def run(args: argparse.Namespace) -> int:
     store = SubjectStore(args.store)
     text = store.summary(check=not args.no_checksums)
     print(text)
-    return 1 if "MISMATCH" in text else 0
+    # Look only at the checksum line: a store path may itself contain the word.
+    return 1 if text.splitlines()[-1].startswith("  checksums    MISMATCH") else 0

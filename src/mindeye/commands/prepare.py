@@ -30,8 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_arrays)
     try:
         from mindeye.commands.prepare_nsd import add_prepare_parsers
-    except ModuleNotFoundError:
-        return
+    except ModuleNotFoundError as exc:
+        if exc.name == "mindeye.commands.prepare_nsd":
+            return  # not part of this build
+        raise  # a real missing dependency must not silently hide `prepare nsd`
     add_prepare_parsers(psub)
 
 

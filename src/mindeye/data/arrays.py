@@ -13,7 +13,10 @@ This is how BOLD5000, THINGS-fMRI, NOD or a lab's own data enter mindeye. Inputs
 from __future__ import annotations
 
 import csv
+import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,46 +28,58 @@ from mindeye.errors import MindEyeError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _open_voxels(path: Path, key: str | None):
+def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
+    """The voxel array (memory-mapped .npy or an h5py dataset, never read whole) and a closer."""
     if not path.exists():
-        raise MindEyeError(f"voxel file {path} not found")
-    if path.suffix == ".npy":
+        raise MindEyeError(f"voxel file {path} not found; give --voxels a .npy or .h5/.hdf5 file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")
-        except ValueError as exc:
-            raise MindEyeError(f"cannot read {path} as a numpy array ({exc})") from None
-        return arr
-    if path.suffix in (".h5", ".hdf5"):
+        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+            raise MindEyeError(f"cannot read {path} as a numpy array ({exc}); save it with numpy.save") from None
+        return arr, lambda: None
+    if suffix in (".h5", ".hdf5"):
         import h5py
 
-        f = h5py.File(path, "r")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise MindEyeError(f"cannot open {path} as an HDF5 file ({exc})") from None
         names: list[str] = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.ndim == 2 else None)
         if key is None:
             if len(names) != 1:
+                f.close()
                 raise MindEyeError(
                     f"{path} holds {len(names)} 2-D datasets ({', '.join(names) or 'none'}); "
                     "name the voxel dataset with --voxels-key"
                 )
             key = names[0]
-        if key not in f:
-            raise MindEyeError(f"{path} has no dataset {key!r}; 2-D datasets present: {', '.join(names) or 'none'}")
-        return f[key]
+        if key not in f or not isinstance(f[key], h5py.Dataset):
+            f.close()
+            raise MindEyeError(
+                f"{path} has no dataset {key!r}; pass one of its 2-D datasets to --voxels-key: "
+                f"{', '.join(names) or 'none'}"
+            )
+        return f[key], f.close
     raise MindEyeError(f"voxel file {path} must be .npy, .h5 or .hdf5")
 
 
 def _read_trials(path: Path) -> list[dict[str, str]]:
     if not path.exists():
-        raise MindEyeError(f"trial table {path} not found")
-    with open(path, newline="") as f:
+        raise MindEyeError(f"trial table {path} not found; give --trials a CSV with columns image_id, session, split")
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate the BOM spreadsheets write
         reader = csv.DictReader(f)
-        missing = {"image_id", "session", "split"} - set(reader.fieldnames or [])
+        fields = [c.strip() for c in reader.fieldnames or []]
+        missing = {"image_id", "session", "split"} - set(fields)
         if missing:
             raise MindEyeError(
                 f"trial table {path} lacks column(s) {sorted(missing)}; it needs image_id, session, split "
                 "(and optionally repetition), one row per voxel row"
             )
-        return list(reader)
+        reader.fieldnames = fields
+        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
 def _load_image(path: Path, size: int) -> np.ndarray:
@@ -75,7 +90,7 @@ def _load_image(path: Path, size: int) -> np.ndarray:
                 im = im.resize((size, size), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8)
     except OSError as exc:
-        raise MindEyeError(f"cannot read image {path}: {exc}") from None
+        raise MindEyeError(f"cannot read image {path}: {exc}; replace or re-export that file") from None
 
 
 def _resize_array_image(img: np.ndarray, size: int) -> np.ndarray:
@@ -84,12 +99,36 @@ def _resize_array_image(img: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def _zscore_sessions(writer: StoreWriter, sessions: np.ndarray) -> None:
-    for s in np.unique(sessions):
-        rows = np.flatnonzero(sessions == s)
-        block = np.asarray(writer.voxels[rows], dtype=np.float64)
-        std = block.std(0)
-        writer.voxels[rows] = (block - block.mean(0)) / np.where(std > 0, std, 1.0)
+def _check_finite(block: np.ndarray, start: int, path: Path) -> None:
+    if not np.isfinite(block).all():
+        bad = np.argwhere(~np.isfinite(block))[0]
+        raise MindEyeError(
+            f"voxel data in {path} contains NaN or inf (first at trial {start + int(bad[0])}, voxel "
+            f"{int(bad[1])}); remove or impute non-finite voxels before preparing the store"
+        )
+
+
+def _session_stats(vox: Any, session_pos: np.ndarray, n_sessions: int, chunk: int,
+                   path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per-session voxel mean and std (float64, from the source values, before any float16 rounding)."""
+    n, v = vox.shape
+    counts = np.bincount(session_pos, minlength=n_sessions).astype(np.float64)[:, None]
+    sums = np.zeros((n_sessions, v))
+    for start in range(0, n, chunk):
+        block = np.asarray(vox[start:start + chunk], dtype=np.float64)
+        _check_finite(block, start, path)
+        pos = session_pos[start:start + len(block)]
+        for k in np.unique(pos):
+            sums[k] += block[pos == k].sum(0)
+    mean = sums / counts
+    sq = np.zeros((n_sessions, v))  # second pass: squared deviations (no cancellation on large offsets)
+    for start in range(0, n, chunk):
+        block = np.asarray(vox[start:start + chunk], dtype=np.float64)
+        pos = session_pos[start:start + len(block)]
+        for k in np.unique(pos):
+            sq[k] += ((block[pos == k] - mean[k]) ** 2).sum(0)
+    std = np.sqrt(sq / counts)
+    return mean, np.where(std > 0, std, 1.0)  # constant voxels map to 0
 
 
 def prepare_arrays(
@@ -110,7 +149,19 @@ def prepare_arrays(
     """Validate everything first, then write the store atomically; see the module docstring."""
     voxels, images, trials, out = Path(voxels), Path(images), Path(trials), Path(out)
     check_output_dir(out, overwrite)
-    vox = _open_voxels(voxels, voxels_key)
+    if image_size <= 0:
+        raise MindEyeError(f"--image-size must be positive, got {image_size}")
+    vox, close = _open_voxels(voxels, voxels_key)
+    try:
+        return _prepare(vox, voxels, images, trials, out, zscore=zscore, image_size=image_size,
+                        voxel_dtype=voxel_dtype, source=source, subject=subject, overwrite=overwrite,
+                        progress=progress)
+    finally:
+        close()
+
+
+def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, zscore: bool, image_size: int,
+             voxel_dtype: str, source: str, subject: str, overwrite: bool, progress: bool) -> Path:
     if vox.ndim != 2:
         raise MindEyeError(f"voxels in {voxels} have shape {tuple(vox.shape)}; expected 2-D (n_trials, n_voxels)")
     if not np.issubdtype(vox.dtype, np.floating):
@@ -126,17 +177,36 @@ def prepare_arrays(
         )
     # Image ids -> loader.
     if images.is_dir():
-        files = {p.stem: p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        files: dict[str, Path] = {}
+        for p in sorted(images.iterdir()):
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if p.stem in files:
+                raise MindEyeError(
+                    f"image id {p.stem!r} has two files in {images} ({files[p.stem].name}, {p.name}); keep one"
+                )
+            files[p.stem] = p
         load = lambda iid: _load_image(files[iid], image_size)  # noqa: E731
         available = set(files)
-    elif images.suffix == ".npy" and images.exists():
-        arr = np.load(images, mmap_mode="r")
+    elif images.suffix.lower() == ".npy" and images.is_file():
+        try:
+            arr = np.load(images, mmap_mode="r")
+        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+            raise MindEyeError(f"cannot read {images} as a numpy array ({exc}); save it with numpy.save") from None
         if arr.ndim != 4 or arr.shape[-1] != 3:
-            raise MindEyeError(f"images in {images} have shape {arr.shape}; expected (n_images, H, W, 3)")
+            raise MindEyeError(f"images in {images} have shape {arr.shape}; expected (n_images, H, W, 3) RGB")
         if arr.dtype != np.uint8:
-            raise MindEyeError(f"images in {images} have dtype {arr.dtype}; expected uint8 RGB (0-255)")
+            raise MindEyeError(
+                f"images in {images} have dtype {arr.dtype}; expected uint8 RGB (0-255), "
+                "e.g. (x * 255).round().astype(np.uint8) for images in [0, 1]"
+            )
         load = lambda iid: _resize_array_image(np.asarray(arr[int(iid)]), image_size)  # noqa: E731
         available = {str(i) for i in range(arr.shape[0])}
+    elif images.exists():
+        raise MindEyeError(
+            f"images {images} is neither a .npy array nor a directory; give a (N, H, W, 3) uint8 .npy "
+            "or a directory of <image_id>.png/.jpg files"
+        )
     else:
         raise MindEyeError(f"images {images} not found; give a .npy array (N, H, W, 3) uint8 or a directory of images")
 
@@ -152,14 +222,20 @@ def prepare_arrays(
     try:
         session = np.array([int(r["session"]) for r in rows], dtype=np.int64)
     except ValueError:
-        raise MindEyeError(f"trial table {trials}: column 'session' must hold integers") from None
-    split = np.array([r["split"].strip() for r in rows])
+        raise MindEyeError(f"trial table {trials}: column 'session' must hold integers on every row") from None
+    split = np.array([r["split"] for r in rows], dtype=str)
     bad = sorted(set(split.tolist()) - set(SPLITS))
     if bad:
         raise MindEyeError(f"trial table {trials}: unknown split value(s) {bad}; use {list(SPLITS)}")
     image_index = np.array([index[r["image_id"]] for r in rows], dtype=np.int64)
-    if rows and rows[0].get("repetition", "") != "":
-        repetition = np.array([int(r["repetition"]) for r in rows], dtype=np.int64)
+    if any(r.get("repetition", "") != "" for r in rows):
+        try:
+            repetition = np.array([int(r["repetition"]) for r in rows], dtype=np.int64)
+        except ValueError:
+            raise MindEyeError(
+                f"trial table {trials}: column 'repetition' must hold integers on every row "
+                "(or leave the column out to number repetitions in presentation order)"
+            ) from None
     else:
         seen: dict[int, int] = {}
         repetition = np.zeros(len(rows), dtype=np.int64)
@@ -169,14 +245,23 @@ def prepare_arrays(
     table = TrialTable(image_index=image_index, session=session, repetition=repetition, split=split)
     table.validate(len(image_ids))
 
+    chunk = 1024
+    if zscore:  # statistics from the source values, so float16 storage rounds only the z-scores
+        sessions, session_pos = np.unique(session, return_inverse=True)
+        mean, std = _session_stats(vox, session_pos, len(sessions), chunk, voxels)
     writer = StoreWriter(out, n_trials=vox.shape[0], n_voxels=vox.shape[1], n_images=len(image_ids),
                          image_size=image_size, voxel_dtype=voxel_dtype, overwrite=overwrite)
     try:
-        chunk = 1024
         for start in tqdm(range(0, vox.shape[0], chunk), desc="voxels", unit="chunk", disable=not progress):
-            writer.write_voxels(start, np.asarray(vox[start:start + chunk], dtype=np.float32))
-        if zscore:
-            _zscore_sessions(writer, session)
+            if zscore:
+                block = np.array(vox[start:start + chunk], dtype=np.float64)  # a writable copy
+                pos = session_pos[start:start + len(block)]
+                for k in np.unique(pos):
+                    block[pos == k] = (block[pos == k] - mean[k]) / std[k]
+            else:
+                block = np.asarray(vox[start:start + chunk])
+                _check_finite(block, start, voxels)
+            writer.write_voxels(start, block.astype(np.float32))
         for k, iid in enumerate(tqdm(image_ids, desc="images", unit="img", disable=not progress)):
             writer.write_images(k, load(iid)[None])
         writer.set_trials(table)

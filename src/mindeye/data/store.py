@@ -180,7 +180,14 @@ class StoreWriter:
                 f"voxel data contains NaN or inf (first at trial {start + int(bad[0])}, voxel "
                 f"{int(bad[1])}); remove or impute non-finite voxels before preparing the store"
             )
-        self.voxels[start:start + len(block)] = block
+        with np.errstate(over="ignore"):  # overflow is reported below, as an error
+            stored = block.astype(self.voxels.dtype)
+        if not np.isfinite(stored).all():  # finite input that overflows the storage dtype (float16 > 65504)
+            raise MindEyeError(
+                f"voxel values up to {float(np.abs(block).max()):.4g} overflow the store's "
+                f"{self.voxels.dtype} voxels; pass --voxel-dtype float32, or --zscore to normalise them"
+            )
+        self.voxels[start:start + len(block)] = stored
 
     def write_images(self, start: int, block: np.ndarray) -> None:
         block = np.asarray(block)
@@ -206,6 +213,8 @@ class StoreWriter:
             raise MindEyeError(f"{len(image_ids)} image ids for {self.shapes['images'][0]} images")
         if len(set(image_ids)) != len(image_ids):
             raise MindEyeError("image ids must be unique")
+        if captions is not None and len(captions) != len(image_ids):
+            raise MindEyeError(f"{len(captions)} captions for {len(image_ids)} images; give one caption per image")
         self.image_ids = [str(i) for i in image_ids]
         self.image_captions = captions
 
@@ -252,9 +261,11 @@ class StoreWriter:
         }
         (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         (self.tmp / "progress.json").unlink(missing_ok=True)
-        if self.out.exists():  # only reachable with overwrite=True
-            shutil.rmtree(self.out)
+        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")  # a name no user directory has
+        if self.out.exists():  # only reachable with overwrite=True; keep it until the new one is in place
+            os.replace(self.out, old)
         os.replace(self.tmp, self.out)
+        shutil.rmtree(old, ignore_errors=True)
         return self.out
 
 
@@ -272,9 +283,19 @@ class SubjectStore:
                 f"{self.path} is not a mindeye subject store (no meta.json){hint}; create one with "
                 "`mindeye simulate`, `mindeye prepare arrays` or `mindeye prepare nsd`"
             )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MindEyeError(f"{meta_path} is not valid JSON ({exc}); prepare the store again") from None
+        if not isinstance(self.meta, dict):
+            raise MindEyeError(f"{meta_path} must hold a JSON object; prepare the store again")
         version = self.meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise MindEyeError(
+                f"{meta_path} has no valid format_version (got {version!r}); it was not written by "
+                "mindeye or is damaged: prepare the store again"
+            )
+        if version > FORMAT_VERSION:
             raise MindEyeError(
                 f"{self.path} was written in store format version {version}, newer than this mindeye "
                 f"({__version__}) reads (version {FORMAT_VERSION}); upgrade mindeye (pip install -U mindeye)"
@@ -282,20 +303,39 @@ class SubjectStore:
         for name in _DATA_FILES:
             if not (self.path / name).exists():
                 raise MindEyeError(f"{self.path} is incomplete: {name} is missing; prepare the store again")
-        self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
-        self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
-        with open(self.path / "trials.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        self.trials = TrialTable(
-            image_index=np.array([int(r["image_index"]) for r in rows], dtype=np.int64),
-            session=np.array([int(r["session"]) for r in rows], dtype=np.int64),
-            repetition=np.array([int(r["repetition"]) for r in rows], dtype=np.int64),
-            split=np.array([r["split"] for r in rows]),
-        )
-        with open(self.path / "images.csv", newline="") as f:
-            image_rows = list(csv.DictReader(f))
-        self.image_ids = [r["image_id"] for r in image_rows]
-        self.captions = [r.get("caption", "") for r in image_rows]
+        try:
+            self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
+            self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({exc}); prepare the store again") from None
+        if self.voxels.ndim != 2 or self.images.ndim != 4:
+            raise MindEyeError(
+                f"{self.path}: voxels.npy has shape {self.voxels.shape} and images.npy {self.images.shape}; "
+                "expected (trials, voxels) and (images, S, S, 3); prepare the store again"
+            )
+        try:
+            with open(self.path / "trials.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.trials = TrialTable(
+                image_index=np.array([int(r["image_index"]) for r in rows], dtype=np.int64),
+                session=np.array([int(r["session"]) for r in rows], dtype=np.int64),
+                repetition=np.array([int(r["repetition"]) for r in rows], dtype=np.int64),
+                split=np.array([r["split"] for r in rows], dtype=str),
+            )
+            with open(self.path / "images.csv", newline="") as f:
+                image_rows = list(csv.DictReader(f))
+            self.image_ids = [r["image_id"] for r in image_rows]
+            self.captions = [r.get("caption") or "" for r in image_rows]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise MindEyeError(
+                f"{self.path}: trials.csv or images.csv is malformed ({type(exc).__name__}: {exc}); "
+                "prepare the store again"
+            ) from None
+        if len(self.trials) != self.voxels.shape[0] or len(self.image_ids) != self.images.shape[0]:
+            raise MindEyeError(
+                f"{self.path} is inconsistent: {len(self.trials)} trial rows for {self.voxels.shape[0]} voxel "
+                f"rows, {len(self.image_ids)} image rows for {self.images.shape[0]} images; prepare the store again"
+            )
 
     # -- basic facts -------------------------------------------------------------------------
     @property
