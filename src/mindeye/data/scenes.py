@@ -214,7 +214,7 @@ def _background(bg: dict[str, Any], size: int) -> np.ndarray:
     else:
         raise ValueError(f"unknown background {kind!r}")
     t = np.broadcast_to(t, (size, size))[..., None]
-    return c1 * (1 - t) + c2 * t
+    return c1 + (c2 - c1) * t
 
 
 def render_scene(scene: dict[str, Any], size: int) -> np.ndarray:
@@ -236,10 +236,13 @@ def render_scene(scene: dict[str, Any], size: int) -> np.ndarray:
         t = _texture(o["texture"], u, v, r, o["texture_period"], o["texture_angle"])[..., None]
         color = np.asarray(o["rgb"], np.float32) * (1 - t) + np.asarray(o["rgb2"], np.float32) * t
         patch = img[y0:y1, x0:x1]
-        img[y0:y1, x0:x1] = patch * (1 - alpha) + color * alpha
+        patch += (color - patch) * alpha
+    img *= 255
+    img += 0.5
     if scene.get("grain_seed") is not None:  # a little sensor grain so no region is perfectly flat
-        img = img + np.random.default_rng(scene["grain_seed"]).normal(0, 0.012, (size, size, 1)).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        grain = np.random.default_rng(scene["grain_seed"]).standard_normal((size, size, 1), dtype=np.float32)
+        img += grain * np.float32(3.0)
+    return np.clip(img, 0, 255, out=img).astype(np.uint8)
 
 
 def sample_scenes(seed: int, indices: np.ndarray | range) -> list[dict[str, Any]]:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+import torch
+import torch.nn.functional as F
 
 from mindeye.data.scenes import attribute_names, attribute_vector, caption, render_scenes, sample_scenes
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
@@ -172,29 +173,27 @@ def _assign_sessions(counts: np.ndarray, sizes: list[int], rng: np.random.Genera
 # --------------------------------------------------------------------------------------------
 # encoding model
 # --------------------------------------------------------------------------------------------
-def _pool(x: np.ndarray, factor: int) -> np.ndarray:
-    """Block-average the last two axes by an integer factor."""
-    if factor == 1:
-        return x
-    *lead, h, w = x.shape
-    return x.reshape(*lead, h // factor, factor, w // factor, factor).mean(axis=(-3, -1))
-
-
 def feature_maps(images: np.ndarray, grid: int = 32) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 9, grid*grid) float32 low-level maps (see FEATURE_MAPS), roughly unit scale."""
-    x = np.asarray(images, dtype=np.float32).transpose(0, 3, 1, 2) / 255
-    fine = _pool(x, x.shape[-1] // (2 * grid))  # (N, 3, 2g, 2g)
-    r, g, b = fine[:, 0], fine[:, 1], fine[:, 2]
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    fine = F.avg_pool2d(x, x.shape[-1] // (2 * grid))  # (N, 3, 2g, 2g)
+    r, g, b = fine[:, 0:1], fine[:, 1:2], fine[:, 2:3]
     lum = 0.299 * r + 0.587 * g + 0.114 * b
-    lum_g = _pool(lum, 2)
-    contrast_fine = np.sqrt(_pool((lum - uniform_filter(lum, (1, 3, 3), mode="nearest")) ** 2, 2))
-    contrast_coarse = np.abs(lum_g - uniform_filter(lum_g, (1, 5, 5), mode="nearest"))
-    gx = np.diff(lum, axis=2, append=lum[:, :, -1:])
-    gy = np.diff(lum, axis=1, append=lum[:, -1:, :])
+
+    def blur(a: torch.Tensor, k: int) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(a, (k // 2,) * 4, mode="replicate"), k, stride=1)
+
+    def pool(a: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(a, 2)
+
+    lum_g = pool(lum)
+    gx = torch.diff(lum, dim=3, append=lum[..., -1:])
+    gy = torch.diff(lum, dim=2, append=lum[..., -1:, :])
     orient = [gx**2, (gx + gy) ** 2 / 2, gy**2, (gx - gy) ** 2 / 2]
-    maps = [(lum_g - 0.45) / 0.2, _pool(r - g, 2) / 0.25, _pool(b - (r + g) / 2, 2) / 0.2,
-            contrast_fine / 0.03, contrast_coarse / 0.04] + [np.sqrt(_pool(o, 2)) / 0.03 for o in orient]
-    return np.stack(maps, axis=1).reshape(len(x), len(FEATURE_MAPS), grid * grid).astype(np.float32)
+    maps = [(lum_g - 0.45) / 0.2, pool(r - g) / 0.25, pool(b - (r + g) / 2) / 0.2,
+            pool((lum - blur(lum, 3)) ** 2).sqrt() / 0.03, (lum_g - blur(lum_g, 5)).abs() / 0.04]
+    maps += [pool(o).sqrt() / 0.03 for o in orient]
+    return torch.cat(maps, dim=1).reshape(len(x), len(FEATURE_MAPS), grid * grid).numpy()
 
 
 class EncodingModel:
@@ -350,12 +349,12 @@ def measure_reliability(voxels: np.ndarray, trials: TrialTable, block: int = 204
 # --------------------------------------------------------------------------------------------
 # the whole subject
 # --------------------------------------------------------------------------------------------
-def _progress(iterable: Any, enabled: bool, desc: str, total: int | None = None) -> Any:
+def _progress(iterable: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
     if not enabled:
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, unit="chunk", leave=False)
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 
 
 def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overwrite: bool = False,
@@ -386,7 +385,7 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
                          image_size=spec.image_size, voxel_dtype="float16", overwrite=overwrite)
     low = np.empty((spec.n_images, len(model.low_cols)), dtype=np.float32)
     starts = range(0, spec.n_images, chunk)
-    for start in _progress(starts, progress, f"rendering {spec.n_images} images", len(starts)):
+    for start in _progress(starts, progress, f"rendering {spec.n_images} images", "chunk", len(starts)):
         images = render_scenes(scenes[start:start + chunk], spec.image_size)
         writer.write_images(start, images)
         low[start:start + len(images)] = model.low_level(images)
@@ -408,7 +407,7 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
     private = np.float32(np.sqrt(1 - brain.shared_noise_fraction))
 
     start = 0
-    for s, size in enumerate(_progress(spec.session_sizes(), progress, f"{spec.n_sessions} sessions")):
+    for s, size in enumerate(_progress(spec.session_sizes(), progress, "simulating sessions", "session")):
         rng = np.random.default_rng([seed, NOISE_STREAM, s + 1])
         rows = design.image_index[start:start + size]
         noise = rng.standard_normal((size, spec.n_voxels), dtype=np.float32) * private
