@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
@@ -89,15 +90,17 @@ def to_float_chw(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def resize_like_pil(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """Antialiased resize of float [0, 1] images ``(N, 3, H, W)``, rounded to 8 bits afterwards.
+def resize_uint8(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Antialiased resize of uint8 ``(N, H, W, 3)`` images -> float32 ``(N, 3, h, w)`` in [0, 1].
 
-    Rounding mirrors libraries that resize a uint8 PIL image (e.g. the CLIP processor), so a float
-    pipeline running on the GPU gives the same pixels as the reference CPU path (to within 1/255).
+    Resizing the 8-bit image (torchvision's uint8 kernels: within one grey level of a PIL resize, i.e.
+    of the CLIP processor) keeps our pixels equal to the reference preprocessing, on CPU and GPU.
     """
+    x = images.permute(0, 3, 1, 2)
     if tuple(x.shape[-2:]) != tuple(size):
-        x = torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
-    return x.mul(255.0).round_().clamp_(0, 255).div_(255.0)
+        interp = {"bicubic": TF.InterpolationMode.BICUBIC, "bilinear": TF.InterpolationMode.BILINEAR}[mode]
+        x = TF.resize(x, list(size), interpolation=interp, antialias=True)
+    return x.float().div_(255.0)
 
 
 def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:

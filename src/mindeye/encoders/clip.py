@@ -8,7 +8,7 @@ applied to ALL tokens -> (257, 768); every token is then divided by the norm of 
 hidden variant (the paper's "only CLS" model, SD image variations, LAION retrieval).
 
 Preprocessing (as the OpenAI/HF CLIP processor): shorter side resized to 224 bicubic (antialiased,
-rounded to 8 bits like a PIL resize), centre crop 224, CLIP mean/std.
+on the 8-bit image like a PIL resize), centre crop 224, CLIP mean/std.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ from mindeye.encoders.base import (
     default_dtype,
     hash_json,
     path_fingerprint,
-    resize_like_pil,
+    resize_uint8,
     resolve_weights,
     seeded,
     shortest_edge_size,
-    to_float_chw,
 )
 from mindeye.errors import MindEyeError
 
@@ -61,7 +60,7 @@ def vit_l14_config() -> CLIPVisionConfig:
 
 def clip_preprocessing(image_size: int, variant: Variant) -> dict[str, Any]:
     return {
-        "resize_shortest_edge": image_size, "interpolation": "bicubic", "antialias": True, "round_uint8": True,
+        "resize_shortest_edge": image_size, "interpolation": "bicubic", "antialias": True, "resize_dtype": "uint8",
         "center_crop": image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
         "output": "all tokens, post-layernorm + projection, / CLS norm" if variant == "hidden"
         else "image_embeds / norm",
@@ -100,8 +99,7 @@ class ClipImageEncoder(ImageEncoder):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_float_chw(images)
-        x = resize_like_pil(x, shortest_edge_size(*x.shape[-2:], self.image_size), "bicubic")
+        x = resize_uint8(images, shortest_edge_size(*images.shape[1:3], self.image_size), "bicubic")
         x = center_crop(x, self.image_size)
         return (x - self.mean) / self.std
 

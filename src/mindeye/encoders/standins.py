@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mindeye.encoders.base import ImageEncoder, hash_json, resize_like_pil, to_float_chw
+from mindeye.encoders.base import ImageEncoder, hash_json, resize_uint8, to_float_chw
 from mindeye.encoders.clip import CLIP_MEAN, CLIP_STD
 from mindeye.encoders.vicregl import IMAGENET_MEAN, IMAGENET_STD
 from mindeye.errors import MindEyeError
@@ -66,7 +66,7 @@ class _RandomFeatureEncoder(ImageEncoder):
         n_tokens = grid * grid + (1 if cls_token else 0)
         self.output_shape = (dim,) if only_cls else (n_tokens, dim)
         self.preprocessing = {
-            "resize": size, "interpolation": "bilinear", "antialias": True, "round_uint8": True,
+            "resize": size, "interpolation": "bilinear", "antialias": True, "resize_dtype": "uint8",
             "mean": list(mean), "std": list(std), "standin": name, "dim": dim, "grid": grid, "seed": seed,
             "version": _VERSION,
         }
@@ -75,7 +75,7 @@ class _RandomFeatureEncoder(ImageEncoder):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize_like_pil(to_float_chw(images), (self.size, self.size), "bilinear")
+        x = resize_uint8(images, (self.size, self.size), "bilinear")
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,8 +135,8 @@ class StandinVae(ImageEncoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         opp = torch.einsum("kc,nchw->nkhw", self.colour, x)
         means = F.avg_pool2d(opp, self.factor)
-        lum_sq = F.avg_pool2d(opp[:, :1] ** 2, self.factor)
-        contrast = (lum_sq - means[:, :1] ** 2).clamp_min(0).sqrt()
+        block_mean = F.interpolate(means[:, :1], scale_factor=self.factor, mode="nearest")
+        contrast = F.avg_pool2d((opp[:, :1] - block_mean) ** 2, self.factor).sqrt()  # std of L in each block
         return (torch.cat([means, contrast], dim=1) - self.offset) / self.scale
 
     @torch.inference_mode()
