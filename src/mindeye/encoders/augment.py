@@ -122,7 +122,7 @@ def augment_batch(images: np.ndarray | torch.Tensor, indices: np.ndarray, view: 
 
     ``indices`` are the images' indices in the store: they (with ``seed`` and ``view``) fix the randomness.
     """
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)  # a writable copy
     out = torch.empty_like(x)
     for i, idx in enumerate(np.asarray(indices).tolist()):
         rng = np.random.default_rng([seed, int(idx), int(view)])

@@ -77,7 +77,11 @@ class ImageEncoder(nn.Module):
 # ------------------------------------------------------------------------------------------------
 def as_uint8_images(images: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
     """Check and move a batch of uint8 RGB images ``(N, H, W, 3)`` (numpy or torch) to ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        arr = np.ascontiguousarray(images)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())  # memory maps are read-only
+    else:
+        x = images
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise MindEyeError(
             f"images must be uint8 RGB arrays of shape (N, H, W, 3); got {x.dtype} {tuple(x.shape)}"

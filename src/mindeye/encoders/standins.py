@@ -57,9 +57,10 @@ class RandomConvFeatures(nn.Module):
 
 class _RandomFeatureEncoder(ImageEncoder):
     def __init__(self, name: str, dim: int, grid: int, seed: int, size: int, mean: tuple, std: tuple,
-                 cls_token: bool, only_cls: bool, cls_normalise: bool) -> None:
+                 cls_token: bool, only_cls: bool, cls_normalise: bool, augmentation: str) -> None:
         super().__init__()
         self.name = name
+        self.augmentation = augmentation  # as the real encoder it stands in for
         self.features = RandomConvFeatures(dim, seed)
         self.size, self.grid = size, grid
         self.cls_token, self.only_cls, self.cls_normalise = cls_token, only_cls, cls_normalise
@@ -91,13 +92,13 @@ class _RandomFeatureEncoder(ImageEncoder):
 def standin_clip(variant: str = "hidden", dim: int = 64, grid: int = 4, seed: int = 1234) -> ImageEncoder:
     """Stand-in: fixed random features, NOT a pretrained network (see the module docstring)."""
     return _RandomFeatureEncoder(f"standin-clip-{variant}", dim, grid, seed, 64, CLIP_MEAN, CLIP_STD,
-                                 cls_token=True, only_cls=variant == "final", cls_normalise=True)
+                                 cls_token=True, only_cls=variant == "final", cls_normalise=True, augmentation="clip")
 
 
 def standin_vicregl(dim: int = 32, grid: int = 4, seed: int = 4321) -> ImageEncoder:
     """Stand-in: fixed random features, NOT a pretrained network (see the module docstring)."""
     return _RandomFeatureEncoder("standin-vicregl", dim, grid, seed, 64, IMAGENET_MEAN, IMAGENET_STD,
-                                 cls_token=False, only_cls=False, cls_normalise=False)
+                                 cls_token=False, only_cls=False, cls_normalise=False, augmentation="teacher")
 
 
 class StandinVae(ImageEncoder):

@@ -1,0 +1,1 @@
+"""One module per `mindeye` subcommand; each exposes ``add_parser(subparsers)``."""
