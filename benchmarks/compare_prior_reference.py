@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+import dalle2_pytorch.dalle2_pytorch as d2
 import torch
 from einops.layers.torch import Rearrange
 from torch import nn
 
-import dalle2_pytorch.dalle2_pytorch as d2
 from mindeye.models.convert import convert_mindeye_v1_state_dict, expected_v1_shapes
 from mindeye.models.prior import DiffusionPrior, PriorNetwork, relative_position_bucket
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 
 class LayerNorm(nn.Module):
-    """Gain-only LayerNorm (no bias) as in dalle2; eps 1e-5 in fp32, 1e-3 in half precision.
+    """Gain-only LayerNorm (no bias) as in dalle2; eps 1e-5 in fp32, 1e-3 in half precision (fp16/bf16).
 
     ``stable=True`` divides the input by its max along the features first (dalle2's final norm). The
     division is mathematically a no-op for a positive max, but it keeps half-precision variance finite.
@@ -39,7 +39,7 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        eps = 1e-3 if x.dtype in (torch.float16, torch.bfloat16) else 1e-5
         if self.stable:
             x = x / x.amax(dim=-1, keepdim=True).detach()
         return F.layer_norm(x, (x.shape[-1],), self.weight, None, eps)
@@ -82,12 +82,12 @@ class RotaryEmbedding(nn.Module):
         self.freqs = nn.Parameter(freqs, requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Rotate ``x`` (..., seq, features) by position along ``seq``; computed in fp32."""
-        rot = self.freqs.shape[0] * 2
-        pos = torch.arange(x.shape[-2], device=x.device, dtype=torch.float32)
-        angles = pos[:, None] * self.freqs.float()[None, :]  # (seq, rot/2)
+        """Rotate ``x`` (..., seq, features) by position along ``seq``; computed in fp32 (or better)."""
+        rot, dtype = self.freqs.shape[0] * 2, torch.promote_types(x.dtype, torch.float32)
+        pos = torch.arange(x.shape[-2], device=x.device, dtype=dtype)
+        angles = pos[:, None] * self.freqs.to(dtype)[None, :]  # (seq, rot/2)
         cos, sin = angles.cos(), angles.sin()
-        x_rot = x[..., :rot].float().unflatten(-1, (-1, 2))
+        x_rot = x[..., :rot].to(dtype).unflatten(-1, (-1, 2))
         x1, x2 = x_rot[..., 0], x_rot[..., 1]
         rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
         return torch.cat((rotated.to(x.dtype), x[..., rot:]), dim=-1)
@@ -124,16 +124,17 @@ class Attention(nn.Module):
         # Core in fp32 (the reference's softmax is fp32; doing it all in fp32 is as exact or better).
         # Cosine similarity: unit q and k, each times sqrt(scale), so logits = scale * cos(q, k) + bias
         # and SDPA must not scale again (scale=1).
+        dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             root = math.sqrt(self.cosine_sim_scale)
-            q = F.normalize(q.float(), dim=-1) * root
-            k = F.normalize(k.float(), dim=-1)[:, None] * root  # (B, 1, N+1, D): same key for all heads
-            v = v.float()[:, None]
+            q = F.normalize(q.to(dtype), dim=-1) * root
+            k = F.normalize(k.to(dtype), dim=-1)[:, None] * root  # (B, 1, N+1, D): same key for all heads
+            v = v.to(dtype)[:, None]
             out = F.scaled_dot_product_attention(
                 q,
                 k.expand(b, self.heads, n + 1, self.dim_head),
                 v.expand(b, self.heads, n + 1, self.dim_head),
-                attn_mask=bias.float(),
+                attn_mask=bias.to(dtype),
                 scale=1.0,
             )
         out = out.to(x.dtype).transpose(1, 2).reshape(b, n, self.heads * self.dim_head)
@@ -246,9 +247,9 @@ class PriorNetwork(nn.Module):
         brain_embed = torch.where(brain_keep, brain_embed, self.null_brain.to(brain_embed.dtype)[None])
         image = torch.where(image_keep, image_embed_noisy, self.null_image.to(image_embed_noisy.dtype)[None])
 
-        # The reference embeds t in the input dtype, then runs the MLP on a float32 copy.
+        # The reference embeds t in the input dtype, then runs the MLP on a float32 (or better) copy.
         time_emb = sinusoidal_embedding(t.to(image_embed_noisy.dtype), self.dim)
-        time_tok = self.time_mlp(time_emb.float())[:, None]
+        time_tok = self.time_mlp(time_emb.to(torch.promote_types(time_emb.dtype, torch.float32)))[:, None]
 
         x = torch.cat((brain_embed, time_tok.to(brain_embed.dtype), image + self.pos_emb), dim=1)
         bias = self.attn_bias(x.shape[1], device)
@@ -388,7 +389,7 @@ class DiffusionPrior(nn.Module):
         b, device = brain_embed.shape[0], brain_embed.device
         shape = (b, self.net.num_tokens, self.net.dim)
         sch = self.schedule
-        x = torch.randn(shape, device=device, generator=generator)
+        x = torch.randn(shape, device=device, dtype=brain_embed.dtype, generator=generator)
 
         if steps == n_total:  # DDPM, exactly as the reference
             for i in reversed(range(n_total)):
