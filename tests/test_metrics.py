@@ -105,8 +105,10 @@ def _two_way_loop(real: np.ndarray, recon: np.ndarray) -> float:
 
 
 def test_two_way_identity_features_is_one():
-    x = torch.randn(20, 7, 3)
+    x = torch.randn(20, 7, 3, dtype=torch.float64)
+    before = x.clone()
     assert M.two_way_identification(x, x) == 1.0
+    assert torch.equal(x, before)  # inputs are not modified
 
 
 def test_two_way_independent_random_is_chance():
@@ -162,6 +164,7 @@ def empty_hub(tmp_path, monkeypatch):
     return hub
 
 
+@pytest.mark.slow
 def test_random_init_feature_shapes():
     nets = FeatureNets.load(random_init=True, clip_config=_tiny_clip_config())
     x = torch.rand(2, 3, 256, 256)
@@ -211,6 +214,21 @@ def test_loads_torchvision_checkpoint_from_weights_dir(tmp_path, empty_hub):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_loads_clip_from_weights_dir_folder(tmp_path):
+    from transformers import CLIPVisionModelWithProjection
+
+    ref = CLIPVisionModelWithProjection(_tiny_clip_config()).eval()
+    ref.save_pretrained(tmp_path / "clip-vit-large-patch14")  # <weights_dir>/<last part of the HF id>
+    nets = FeatureNets.load(weights_dir=tmp_path, names=["clip"])
+    x = torch.rand(2, 3, 256, 256)
+    got = nets.nets["clip"](x)["clip"]
+    xr = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    xr = (xr - torch.tensor(fn.CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(fn.CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = ref(pixel_values=xr).image_embeds
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_swav_checkpoint_loading_strict_on_trunk():
     src = models.resnet50()
     sd = {f"module.{k}": v for k, v in src.state_dict().items() if not k.startswith("fc.")}
@@ -226,6 +244,7 @@ def test_swav_checkpoint_loading_strict_on_trunk():
 # ---------------------------------------------------------------- evaluate_reconstructions
 
 
+@pytest.mark.slow
 def test_evaluate_reconstructions_reports_values_and_unavailable(tmp_path, empty_hub):
     loaded = FeatureNets.load(random_init=True, names=["alexnet", "efficientnet_b1", "clip"],
                               clip_config=_tiny_clip_config())
@@ -252,7 +271,8 @@ def test_evaluate_reconstructions_reports_values_and_unavailable(tmp_path, empty
     f_recon = alex(M.prepare(recons))["alexnet5"]
     assert out["alexnet5"]["value"] == pytest.approx(M.two_way_identification(f_real, f_recon))
 
-    same = M.evaluate_reconstructions(reals, reals, nets, progress=False, metrics=["alexnet2", "efficientnet_b1"])
+    same = M.evaluate_reconstructions(reals[:2], reals[:2], nets, progress=False,
+                                      metrics=["alexnet2", "efficientnet_b1"])
     assert same == {"alexnet2": {"value": 1.0}, "efficientnet_b1": {"value": pytest.approx(0.0, abs=1e-9)}}
 
 
@@ -261,3 +281,15 @@ def test_evaluate_reports_not_loaded_nets():
                                      progress=False, metrics=["pixcorr", "swav"])
     assert "value" in out["pixcorr"]
     assert "not loaded" in out["swav"]["unavailable"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_metrics_on_cuda_match_cpu():
+    reals, recons = _images(9, n=3, h=256, w=256), _images(10, n=3, h=256, w=256)
+    nets = FeatureNets.load(random_init=True, names=["alexnet"])
+    cpu = M.evaluate_reconstructions(reals, recons, nets, progress=False, metrics=["pixcorr", "ssim", "alexnet5"])
+    gpu = M.evaluate_reconstructions(reals, recons, nets, device="cuda", progress=False,
+                                     metrics=["pixcorr", "ssim", "alexnet5"])
+    for m in cpu:
+        assert gpu[m]["value"] == pytest.approx(cpu[m]["value"], abs=1e-4)

@@ -177,6 +177,15 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _build_torchvision(name: str, wdir: Path | None, random_init: bool) -> FeatureExtractor:
+    # Find the checkpoint before building anything, so a missing file costs nothing.
+    path = None
+    if not random_init:
+        if name == "swav":
+            path = _find_checkpoint(Path(SWAV_URL).name, SWAV_URL, wdir, "SwAV ResNet-50")
+        else:
+            url = TORCHVISION_WEIGHTS[name].url
+            path = _find_checkpoint(Path(url).name, url, wdir, f"torchvision {name}")
+
     if name == "alexnet":
         net, nodes, resize = models.alexnet(weights=None), ["features.4", "features.11"], 256
     elif name == "inceptionv3":
@@ -191,13 +200,10 @@ def _build_torchvision(name: str, wdir: Path | None, random_init: bool) -> Featu
     else:  # pragma: no cover - guarded by FeatureNets.load
         raise ValueError(name)
 
-    if not random_init:
+    if path is not None:
         if name == "swav":
-            path = _find_checkpoint(Path(SWAV_URL).name, SWAV_URL, wdir, "SwAV ResNet-50")
             _load_swav_trunk(net, _load_state_dict(path), path)
         else:
-            weights = TORCHVISION_WEIGHTS[name]
-            path = _find_checkpoint(Path(weights.url).name, weights.url, wdir, f"torchvision {name}")
             net.load_state_dict(_load_state_dict(path), strict=True)
     net.eval()
     with warnings.catch_warnings():  # torchvision notes that train/eval graphs differ; we only use eval
