@@ -1,0 +1,53 @@
+"""`mindeye embed`: compute a frozen encoder's targets for every unique image of a store, once."""
+
+from __future__ import annotations
+
+import argparse
+
+from mindeye.encoders.registry import ENCODERS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    encoders = "\n".join(f"  {name:<20} {spec.summary}" for name, spec in ENCODERS.items())
+    p = sub.add_parser(
+        "embed",
+        help="cache a frozen encoder's targets (CLIP, SD VAE, VICRegL, stand-ins) inside a store",
+        description="Run a frozen image encoder once over every unique image of a subject store and save "
+                    "its outputs (float16) in STORE/targets/<encoder>-<fingerprint>/. Training and evaluation "
+                    "read targets from there only. An interrupted run resumes where it stopped; a cache made "
+                    "with other weights, preprocessing or images is never used.\n\nencoders:\n" + encoders,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, metavar="STORE", help="path of the subject store")
+    p.add_argument("--encoder", required=True, choices=list(ENCODERS), metavar="NAME",
+                   help="encoder registry name (see the list above)")
+    p.add_argument("--weights", default=None,
+                   help="Hugging Face id (looked up in the local cache only) or a local directory/file; "
+                        "default: the encoder's public weights")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default 64, or the one an interrupted run used)")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also cache K augmented views per image, sampled at train time (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="recompute even if a complete cache exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--random-init", action="store_true",
+                   help="FOR TESTS AND BENCHMARKS ONLY: use seeded random weights of the full-size architecture "
+                        "(the targets are meaningless)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mindeye.encoders.cache import embed_store, read_manifest
+
+    out = embed_store(
+        args.data, args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
+        views=args.views, random_init=args.random_init, progress=not args.no_progress, overwrite=args.overwrite,
+    )
+    m = read_manifest(out) or {}
+    views = f", {m['views']} augmented views" if m.get("views") else ""
+    print(f"{args.encoder}: {m.get('n_images')} images -> {out} "
+          f"(shape {tuple(m.get('output_shape', []))}, float16{views}, fingerprint {m.get('fingerprint', '')[:12]})")
+    if args.random_init:
+        print("note: --random-init targets come from random weights; use them for tests and benchmarks only")
+    return 0

@@ -1,0 +1,254 @@
+"""Reconstruction metrics of paper Table 1, following the reference protocol.
+
+Images come in as uint8 numpy (N, H, W, 3) or float tensors (N, 3, H, W) in [0, 1]. Reals and
+reconstructions are both resized to 256x256 first (no centre crop anywhere), then:
+
+- PixCorr: resize 425 (bilinear), Pearson r of the flattened RGB images per pair, mean.
+- SSIM: resize 425, RGB -> gray (scikit-image's rgb2gray weights), gaussian-weighted SSIM with
+  sigma 1.5, population covariance, data range 1 -- scikit-image's `structural_similarity`,
+  vectorised in torch (checked against scikit-image in the tests).
+- Alex(2), Alex(5), Incep, CLIP: two-way identification on the network features.
+- Eff, SwAV: mean correlation distance between paired features (lower is better).
+
+All resizes are bilinear with antialias (torchvision's current default for `Resize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mindeye.errors import MindEyeError
+from mindeye.evaluation.feature_nets import NET_METRICS, FeatureExtractor, FeatureNets, resize_short_side
+
+METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inceptionv3", "clip", "efficientnet_b1", "swav")
+TWO_WAY_METRICS = ("alexnet2", "alexnet5", "inceptionv3", "clip")
+CORRELATION_DISTANCE_METRICS = ("efficientnet_b1", "swav")
+
+PROTOCOL_SIZE = 256  # everything is brought to 256x256 first
+LOW_LEVEL_SIZE = 425  # PixCorr / SSIM resolution
+RGB2GRAY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
+
+
+ImageBatch = np.ndarray | torch.Tensor
+
+
+def to_float_images(images: ImageBatch, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) numpy / float (N, 3, H, W) tensor -> float32 (N, 3, H, W) in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if x.ndim != 4:
+        raise MindEyeError(f"expected a batch of images with 4 dims, got shape {tuple(x.shape)}")
+    if x.shape[1] != 3 and x.shape[-1] == 3:  # channels-last (numpy convention)
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] != 3:
+        raise MindEyeError(f"expected RGB images (N,H,W,3) or (N,3,H,W), got shape {tuple(x.shape)}")
+    x = x.to(device)
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    x = x.float()
+    if x.numel() and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        raise MindEyeError(
+            f"float images must be in [0, 1] (got min {x.min().item():.3g}, max {x.max().item():.3g}); "
+            "pass uint8 images or rescale to [0, 1]"
+        )
+    return x.clamp(0, 1)
+
+
+def prepare(images: ImageBatch, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The protocol's first step: float [0, 1] images resized to 256x256."""
+    x = to_float_images(images, device)
+    if x.shape[-2:] != (PROTOCOL_SIZE, PROTOCOL_SIZE):
+        x = F.interpolate(x, size=(PROTOCOL_SIZE, PROTOCOL_SIZE), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return x
+
+
+def rowwise_pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson r between a[i] and b[i] (flattened), float64. Shape (N,)."""
+    a = a.flatten(1).double()
+    b = b.flatten(1).double()
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+
+
+def _check_pair(real, recon) -> int:
+    if len(real) != len(recon):
+        raise MindEyeError(f"got {len(real)} real images but {len(recon)} reconstructions; they must pair up")
+    if len(real) == 0:
+        raise MindEyeError("no images to evaluate")
+    return len(real)
+
+
+def pixcorr_per_image(real256: torch.Tensor, recon256: torch.Tensor) -> torch.Tensor:
+    """PixCorr per pair for already-prepared (256x256) images."""
+    return rowwise_pearson(resize_short_side(real256, LOW_LEVEL_SIZE), resize_short_side(recon256, LOW_LEVEL_SIZE))
+
+
+def _gaussian_kernel1d(sigma: float, truncate: float, device, dtype) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)  # scipy.ndimage.gaussian_filter's radius
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def ssim_gray(im1: torch.Tensor, im2: torch.Tensor, sigma: float = 1.5, data_range: float = 1.0) -> torch.Tensor:
+    """Gaussian-weighted SSIM per image for gray images (N, H, W), float64.
+
+    Same as skimage.metrics.structural_similarity(gaussian_weights=True, sigma=sigma,
+    use_sample_covariance=False, data_range=data_range): scikit-image filters with
+    scipy's gaussian_filter (truncate 3.5) and then crops the (win_size-1)//2 border, so a
+    'valid' convolution gives exactly the kept pixels and padding never matters.
+    """
+    im1 = im1.double().unsqueeze(1)
+    im2 = im2.double().unsqueeze(1)
+    k = _gaussian_kernel1d(sigma, 3.5, im1.device, im1.dtype)
+    kh, kw = k.view(1, 1, -1, 1), k.view(1, 1, 1, -1)
+
+    def filt(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(x, kh), kw)
+
+    ux, uy = filt(im1), filt(im2)
+    vx = filt(im1 * im1) - ux * ux
+    vy = filt(im2 * im2) - uy * uy
+    vxy = filt(im1 * im2) - ux * uy
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, H, W) with scikit-image's rgb2gray weights."""
+    w = torch.tensor(RGB2GRAY, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+    return (x.double() * w).sum(1)
+
+
+def ssim_per_image(real256: torch.Tensor, recon256: torch.Tensor) -> torch.Tensor:
+    """SSIM per pair for already-prepared (256x256) images."""
+    g1 = rgb_to_gray(resize_short_side(real256, LOW_LEVEL_SIZE))
+    g2 = rgb_to_gray(resize_short_side(recon256, LOW_LEVEL_SIZE))
+    return ssim_gray(g2, g1)
+
+
+def _batched_mean(fn, real: ImageBatch, recon: ImageBatch, batch_size: int, device) -> float:
+    n = _check_pair(real, recon)
+    vals = [fn(prepare(real[i : i + batch_size], device), prepare(recon[i : i + batch_size], device)).cpu()
+            for i in range(0, n, batch_size)]
+    return torch.cat(vals).mean().item()
+
+
+def pixcorr(real: ImageBatch, recon: ImageBatch, batch_size: int = 64, device: str | torch.device = "cpu") -> float:
+    """Mean pixelwise Pearson correlation (256 -> 425 bilinear, flattened RGB)."""
+    return _batched_mean(pixcorr_per_image, real, recon, batch_size, device)
+
+
+def ssim(real: ImageBatch, recon: ImageBatch, batch_size: int = 64, device: str | torch.device = "cpu") -> float:
+    """Mean SSIM (256 -> 425, gray, gaussian sigma 1.5, population covariance, data range 1)."""
+    return _batched_mean(ssim_per_image, real, recon, batch_size, device)
+
+
+def _as_matrix(feats: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> a fresh float64 (N, F) copy (safe to modify in place)."""
+    x = torch.as_tensor(feats)
+    return x.reshape(len(x), -1).to(torch.float64, copy=True)
+
+
+def _zscore_rows_(x: torch.Tensor) -> torch.Tensor:
+    """Centre and L2-normalise rows in place (AlexNet(2) features are ~1.4 GB in float64 for 982 images)."""
+    x.sub_(x.mean(1, keepdim=True))
+    return x.div_(x.norm(dim=1, keepdim=True))
+
+
+def two_way_identification(real_feats: np.ndarray | torch.Tensor, recon_feats: np.ndarray | torch.Tensor) -> float:
+    """Two-way identification accuracy (chance 0.5), as in the reference / Ozcelik & VanRullen.
+
+    r[i, j] = Pearson r(real_i, recon_j) over flattened features. For each reconstruction j the
+    score is the share of the other N-1 reals i with r[i, j] < r[j, j]; the result is the mean over j.
+    """
+    real, recon = _as_matrix(real_feats), _as_matrix(recon_feats)
+    n = _check_pair(real, recon)
+    if n < 2:
+        raise MindEyeError("two-way identification needs at least 2 image pairs")
+    if real.shape != recon.shape:
+        raise MindEyeError(f"feature shapes differ: {tuple(real.shape)} vs {tuple(recon.shape)}")
+    r = _zscore_rows_(real) @ _zscore_rows_(recon).T  # (N reals, N recons)
+    congruent = torch.diagonal(r)  # r(real_j, recon_j)
+    wins = (r < congruent.unsqueeze(0)).sum(0)  # over i, per column j; the diagonal never counts
+    return (wins.double() / (n - 1)).mean().item()
+
+
+def correlation_distance(real_feats: np.ndarray | torch.Tensor, recon_feats: np.ndarray | torch.Tensor) -> float:
+    """Mean over pairs of 1 - Pearson r (scipy.spatial.distance.correlation, vectorised)."""
+    real, recon = _as_matrix(real_feats), _as_matrix(recon_feats)
+    _check_pair(real, recon)
+    if real.shape != recon.shape:
+        raise MindEyeError(f"feature shapes differ: {tuple(real.shape)} vs {tuple(recon.shape)}")
+    return (1.0 - rowwise_pearson(real, recon)).mean().item()
+
+
+def evaluate_reconstructions(
+    reals: ImageBatch,
+    recons: ImageBatch,
+    nets: FeatureNets,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, dict]:
+    """All Table 1 reconstruction metrics for paired reals / reconstructions.
+
+    Returns {metric: {"value": float}} or {metric: {"unavailable": reason}} for each requested
+    metric (default all of METRICS, in that order). Metrics whose network is Unavailable (or was
+    not loaded) are reported with the reason and the fix; the rest still run.
+    """
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise MindEyeError(f"unknown metric(s) {sorted(unknown)}; choose from {list(METRICS)}")
+    n = _check_pair(reals, recons)
+    if n < 2:
+        raise MindEyeError("reconstruction metrics need at least 2 image pairs (two-way identification)")
+
+    results: dict[str, dict] = {}
+    extractors: list[FeatureExtractor] = []
+    for net_name, provides in NET_METRICS.items():
+        wanted = [m for m in provides if m in metrics]
+        if not wanted:
+            continue
+        net = nets.nets.get(net_name)
+        if isinstance(net, FeatureExtractor):
+            extractors.append(net.to(device))
+        else:
+            reason = net.reason if net is not None else (
+                f"feature network '{net_name}' was not loaded; include it in FeatureNets.load(names=...)")
+            for m in wanted:
+                results[m] = {"unavailable": reason}
+
+    per_image: dict[str, list[torch.Tensor]] = {"pixcorr": [], "ssim": []}
+    feats: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for start in tqdm(range(0, n, batch_size), desc="reconstruction metrics", disable=not progress):
+        real = prepare(reals[start : start + batch_size], device)
+        recon = prepare(recons[start : start + batch_size], device)
+        if "pixcorr" in metrics:
+            per_image["pixcorr"].append(pixcorr_per_image(real, recon).cpu())
+        if "ssim" in metrics:
+            per_image["ssim"].append(ssim_per_image(real, recon).cpu())
+        for net in extractors:
+            f_real, f_recon = net(real), net(recon)
+            for m in f_real:
+                if m in metrics:
+                    lists = feats.setdefault(m, ([], []))
+                    lists[0].append(f_real[m].float().flatten(1).cpu())
+                    lists[1].append(f_recon[m].float().flatten(1).cpu())
+
+    for m in ("pixcorr", "ssim"):
+        if m in metrics:
+            results[m] = {"value": torch.cat(per_image[m]).mean().item()}
+    for m, (f_real, f_recon) in feats.items():
+        real_all, recon_all = torch.cat(f_real), torch.cat(f_recon)
+        fn = two_way_identification if m in TWO_WAY_METRICS else correlation_distance
+        results[m] = {"value": fn(real_all, recon_all)}
+    return {m: results[m] for m in METRICS if m in metrics}
