@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import re
 import shutil
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,37 @@ def _split_of(rel: Path) -> str | None:
     return None
 
 
+def check_shard(path: Path) -> None:
+    """Raise a MindEyeError naming ``path`` if the tar is unreadable or cut short.
+
+    Needed because tar readers (and so webdataset) stop silently at a truncated member or header.
+    Only the headers are read: every member's data must lie inside the file, followed by the
+    end-of-archive block of zeros.
+    """
+    bad = lambda why: MindEyeError(f"shard {path} is corrupt or truncated ({why}); download it again")  # noqa: E731
+    size = path.stat().st_size
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
+    end, last = 0, "the start"
+    for m in members:
+        end, last = m.offset_data + -(-m.size // 512) * 512, m.name
+        if end > size:
+            raise bad(f"member {m.name} needs {end} bytes but the file has {size}")
+    with open(path, "rb") as f:
+        f.seek(end)
+        marker = f.read(512)
+    if len(marker) < 512 or any(marker):
+        raise bad(f"no end-of-archive marker after {last}")
+
+
 def iter_shard(path: Path, select_files: Any = None) -> Iterator[dict[str, Any]]:
     """Samples of one tar via the webdataset library; a damaged tar becomes a MindEyeError naming it."""
     import webdataset as wds
+
+    check_shard(path)
 
     dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, select_files=select_files)
     try:
