@@ -121,12 +121,16 @@ def build_fake_nsd(
     return fake
 
 
-def write_betas(path: Path, betas_xyz: np.ndarray) -> None:
-    """(750, x, y, z) int16 -> NSD's HDF5 layout (750, z, y, x) or NIfTI (x, y, z, 750) by file suffix."""
+def write_betas(path: Path, betas_xyz: np.ndarray, chunks: tuple[int, ...] | None = None,
+                compression: str | None = None) -> None:
+    """(750, x, y, z) int16 -> NSD's HDF5 layout (750, z, y, x) or NIfTI (x, y, z, 750) by file suffix.
+
+    ``chunks=(750, 1, 1, 1)`` is the official NSD HDF5 layout (MATLAB's [1 1 1 750]); default contiguous.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".hdf5":
         with h5py.File(path, "w") as f:
-            f.create_dataset("betas", data=betas_xyz.transpose(0, 3, 2, 1))
+            f.create_dataset("betas", data=betas_xyz.transpose(0, 3, 2, 1), chunks=chunks, compression=compression)
     else:
         nib.save(nib.Nifti1Image(np.ascontiguousarray(betas_xyz.transpose(1, 2, 3, 0)), np.eye(4)), path)
 

@@ -82,6 +82,19 @@ def test_nifti_betas_give_the_same_store(fake, store, tmp_path):
     assert st.meta["betas_format"] == ["nifti"]
 
 
+@pytest.mark.parametrize("chunks,compression", [((TRIALS, 1, 1, 1), None), ((100, 5, 6, 7), "gzip")],
+                         ids=["official-per-voxel-chunks", "gzip-trial-chunks"])
+def test_chunked_hdf5_layouts_give_the_same_voxels(fake, store, tmp_path, chunks, compression):
+    root = tmp_path / "root"
+    shutil.copytree(fake.root, root)
+    path = root / fake.betas_path(1, 2).relative_to(fake.root)
+    write_betas(path, fake.betas[(1, 2)], chunks, compression)
+    assert nsd.BetasReader(path, fake.mask).by_voxel == (chunks[0] == TRIALS)
+    st = SubjectStore(prepare_nsd(root, 1, tmp_path / "s", sessions="2", image_size=SIZE, voxel_dtype="float32",
+                                  chunk_trials=7, progress=False))
+    np.testing.assert_array_equal(st.voxels, store.voxels[TRIALS: 2 * TRIALS])
+
+
 def test_images_are_resized_stimuli(fake, store):
     for k in (0, 7, len(store.image_ids) - 1):
         nsd_id = int(store.image_ids[k].removeprefix("nsd-"))

@@ -18,10 +18,11 @@ Image ids are ``"nsd-XXXXX"`` with XXXXX the **0-based** 73k index, i.e. the row
 ``nsdId`` column of nsd_stim_info_merged.csv and the value of the shards' ``coco73k.npy``
 (= NSD's 1-based "73k ID" minus one).
 
-The work streams one session at a time and reads each session's betas in chunks of trials, so peak
-memory is about one session of masked voxels (750 x n_voxels float32, ~50 MB) plus one chunk of whole
-volumes (``chunk_trials`` x 1.4 MB at 1.8 mm) -- see docs/nsd.md for a measurement. Each finished
-session is recorded with :meth:`StoreWriter.mark_done`, so an interrupted run resumes where it stopped.
+The work streams one session at a time and never holds a whole session's volumes: peak memory is
+about one session of masked voxels (750 x n_voxels float32, ~50 MB) plus, for contiguous HDF5 / NIfTI
+files, one block of ``chunk_trials`` whole volumes (1.4 MB each at 1.8 mm); measured ~175 MB resident
+for subject-1-sized data (docs/nsd.md). Each finished session is recorded with
+:meth:`StoreWriter.mark_done`, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -285,10 +286,15 @@ def load_mask(path: Path) -> np.ndarray:
 
 
 class BetasReader:
-    """One session's betas, read a chunk of trials at a time, masked to (trials, n_voxels) float32 PSC.
+    """One session's betas masked to (750 trials, n_voxels) float32 percent signal change.
 
     HDF5: dataset ``betas`` (750, z, y, x) = the NIfTI volume transposed. NIfTI: (x, y, z, 750).
-    Either way voxels come out in C order of the (x, y, z) mask.
+    Either way voxels come out in C order of the (x, y, z) mask. How it reads depends on the layout:
+
+    * NSD's official HDF5 files are chunked (750, 1, 1, 1) -- all trials of one voxel per chunk --
+      so they are read voxel row by voxel row (a (z, y) line of x), touching only the chunks of
+      lines that hold mask voxels (a few % of the file);
+    * contiguous HDF5 and NIfTI files are read ``chunk_trials`` whole volumes at a time.
     """
 
     def __init__(self, path: Path, mask: np.ndarray) -> None:
@@ -305,9 +311,9 @@ class BetasReader:
                 raise MindEyeError(f"cannot read dataset 'betas' from {path} ({exc}); download it again") from None
             shape = tuple(self._data.shape)
             self.n_trials, volume = (shape[0], shape[1:][::-1]) if len(shape) == 4 else (0, shape)
-            # Flat index of every mask voxel inside a (z, y, x) volume, in (x, y, z) C order.
-            x, y, z = np.nonzero(mask)
-            self._flat_zyx = (z * mask.shape[1] + y) * mask.shape[0] + x
+            chunks = self._data.chunks
+            self.by_voxel = bool(chunks) and chunks[0] > 1 and len(shape) == 4 and int(np.prod(chunks[1:])) < 64
+            self.trial_step = int(chunks[0]) if chunks and not self.by_voxel else 1
         else:
             import nibabel as nib
 
@@ -317,6 +323,7 @@ class BetasReader:
                 raise MindEyeError(f"cannot read {path} ({exc}); download it again") from None
             shape = tuple(self._img.shape)
             self.n_trials, volume = (shape[3], shape[:3]) if len(shape) == 4 else (0, shape)
+            self.by_voxel, self.trial_step = False, 1
         if tuple(volume) != mask.shape or self.n_trials != TRIALS_PER_SESSION:
             self.close()
             raise MindEyeError(
@@ -325,21 +332,34 @@ class BetasReader:
                 "the betas must be the same subject and resolution (func1pt8mm) as the mask"
             )
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        if self.kind == "hdf5":
-            chunk = self._data[start:stop]  # (k, z, y, x) int16
-            vox = chunk.reshape(len(chunk), -1)[:, self._flat_zyx]
-        else:
-            chunk = np.asarray(self._img.dataobj[..., start:stop])  # (x, y, z, k), read in trial order
-            vox = chunk[self.mask].T
-        return vox.astype(np.float32) / np.float32(BETAS_SCALE)
-
     def read_session(self, chunk_trials: int) -> np.ndarray:
         out = np.empty((self.n_trials, int(self.mask.sum())), dtype=np.float32)
-        for start in range(0, self.n_trials, chunk_trials):
-            stop = min(start + chunk_trials, self.n_trials)
-            out[start:stop] = self.read(start, stop)
+        if self.by_voxel:
+            self._read_by_voxel(out)
+        else:
+            step = -(-chunk_trials // self.trial_step) * self.trial_step  # whole HDF5 chunks
+            for start in range(0, self.n_trials, step):
+                stop = min(start + step, self.n_trials)
+                out[start:stop] = self._read_trials(start, stop)
+        out /= np.float32(BETAS_SCALE)
         return out
+
+    def _read_trials(self, start: int, stop: int) -> np.ndarray:
+        if self.kind == "hdf5":
+            chunk = self._data[start:stop]  # (k, z, y, x) int16
+            x, y, z = np.nonzero(self.mask)  # C order over (x, y, z)
+            return chunk[:, z, y, x]
+        chunk = np.asarray(self._img.dataobj[..., start:stop])  # (x, y, z, k); trials are contiguous
+        return chunk[self.mask].T
+
+    def _read_by_voxel(self, out: np.ndarray) -> None:
+        column = np.full(self.mask.shape, -1, dtype=np.int64)
+        column[self.mask] = np.arange(out.shape[1])  # store column of each mask voxel
+        for z in range(self.mask.shape[2]):
+            for y in np.flatnonzero(self.mask[:, :, z].any(0)):
+                xs = np.flatnonzero(self.mask[:, y, z])
+                line = self._data[:, z, y, xs[0]: xs[-1] + 1]  # (750, span) int16
+                out[:, column[xs, y, z]] = line[:, xs - xs[0]]
 
     def close(self) -> None:
         if self.kind == "hdf5" and hasattr(self, "_file"):
@@ -353,9 +373,18 @@ def zscore_session(x: np.ndarray, stat_rows: np.ndarray | None = None) -> np.nda
 
     A voxel with zero variance becomes 0 rather than NaN.
     """
-    ref = x if stat_rows is None else x[stat_rows]
-    mean = ref.mean(0, dtype=np.float64)
-    std = ref.std(0, dtype=np.float64)
+    rows = np.arange(len(x)) if stat_rows is None else np.asarray(stat_rows)
+    # Two passes over blocks of rows in float64: exact enough, and no full-size float64 temporary
+    # (that would double the peak memory of a session).
+    block = 64
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for i in range(0, len(rows), block):
+        total += x[rows[i:i + block]].sum(0, dtype=np.float64)
+    mean = total / len(rows)
+    sq = np.zeros(x.shape[1], dtype=np.float64)
+    for i in range(0, len(rows), block):
+        sq += ((x[rows[i:i + block]] - mean) ** 2).sum(0)
+    std = np.sqrt(sq / len(rows))
     std[std == 0] = 1.0
     x -= mean.astype(np.float32)
     x /= std.astype(np.float32)
@@ -486,8 +515,10 @@ def prepare_nsd(
             if stat_rows is not None and len(stat_rows) < 2:
                 raise MindEyeError(f"session {s} has fewer than 2 non-shared trials; drop --zscore-exclude-test")
             zscore_session(x, stat_rows)
-            keep_s = keep[rows]
-            writer.write_voxels(int(kept_rows_before[rows[0]]), x[keep_s])
+            kept = np.flatnonzero(keep[rows])
+            start = int(kept_rows_before[rows[0]])
+            for i in range(0, len(kept), 128):  # blocks: no second full-session copy
+                writer.write_voxels(start + i, x[kept[i:i + 128]])
             del x
             bar.set_postfix_str(f"session {s}: images")
             for i in rows[first_seen[rows]]:
