@@ -214,6 +214,13 @@ def test_loads_torchvision_checkpoint_from_weights_dir(tmp_path, empty_hub):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_wrong_checkpoint_file_is_a_user_error(tmp_path, empty_hub):
+    fname = models.EfficientNet_B1_Weights.DEFAULT.url.rsplit("/", 1)[1]
+    torch.save({"not": torch.zeros(1)}, tmp_path / fname)
+    with pytest.raises(WeightsUnavailableError, match=r"does not match.*download.pytorch.org"):
+        FeatureNets.load(weights_dir=tmp_path, names=["efficientnet_b1"])
+
+
 def test_loads_clip_from_weights_dir_folder(tmp_path):
     from transformers import CLIPVisionModelWithProjection
 

@@ -204,7 +204,14 @@ def _build_torchvision(name: str, wdir: Path | None, random_init: bool) -> Featu
         if name == "swav":
             _load_swav_trunk(net, _load_state_dict(path), path)
         else:
-            net.load_state_dict(_load_state_dict(path), strict=True)
+            try:
+                net.load_state_dict(_load_state_dict(path), strict=True)
+            except RuntimeError as e:
+                url = TORCHVISION_WEIGHTS[name].url
+                raise WeightsUnavailableError(
+                    f"{path} does not match torchvision's {name}: {str(e).splitlines()[0][:300]}. "
+                    f"Replace it with {url}."
+                ) from e
     net.eval()
     with warnings.catch_warnings():  # torchvision notes that train/eval graphs differ; we only use eval
         warnings.filterwarnings("ignore", message=".*tracing the model in eval mode.*")
@@ -250,8 +257,8 @@ def _build_clip(clip: str, wdir: Path | None, random_init: bool, clip_config) ->
     if random_init:
         model = CLIPVisionModelWithProjection(clip_config or vit_l14_vision_config())
     else:
-        # Local folders first (explicit path, then weights_dir/<last part of the id>), then the HF
-        # cache without network, then the hub itself.
+        # Offline first: <weights_dir>/<last part of the id> if it exists, then `clip` as a local
+        # folder or from the HF cache, and only then the hub itself (never for a path).
         sources = [clip]
         if wdir is not None and not Path(clip).is_dir():
             local = wdir / Path(clip).name
@@ -260,21 +267,25 @@ def _build_clip(clip: str, wdir: Path | None, random_init: bool, clip_config) ->
         model, errors = None, []
         for src in sources:
             for local_only in (True, False):
+                if _looks_local(src) and not Path(src).expanduser().is_dir():
+                    errors.append(f"{src}: no such folder")
+                    break
                 if not local_only and _looks_local(src):
                     continue  # a path, not a hub id: never go online for it
                 try:
-                    model = CLIPVisionModelWithProjection.from_pretrained(src, local_files_only=local_only)
+                    model = CLIPVisionModelWithProjection.from_pretrained(
+                        Path(src).expanduser() if _looks_local(src) else src, local_files_only=local_only)
                     break
                 except Exception as e:  # any failure means "not available"
-                    errors.append(f"{src}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                    errors.append(f"{src}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}")
             if model is not None:
                 break
         if model is None:
             raise _Missing(
-                f"CLIP vision model '{clip}' could not be loaded ({'; '.join(errors)}). Download "
+                f"CLIP vision model '{clip}' could not be loaded ({'; '.join(dict.fromkeys(errors))}). Download "
                 f"https://huggingface.co/{DEFAULT_CLIP} (e.g. `hf download {DEFAULT_CLIP}`) while online, "
                 f"or pass a local folder with config.json + weights via --clip, or put it as "
-                f"<--weights-dir>/{Path(clip).name}."
+                f"<--weights-dir>/{Path(clip).name} (HF_HUB_OFFLINE=1 skips the online attempt)."
             )
     size = model.config.image_size
     return FeatureExtractor("clip", model.eval(), size, CLIP_MEAN, CLIP_STD)
