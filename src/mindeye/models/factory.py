@@ -42,7 +42,7 @@ def build_mindeye(cfg: ModelConfig, n_voxels: int) -> nn.Module:
 
         p = cfg.prior
         net = PriorNetwork(dim=b.dim, depth=p.depth, heads=p.heads, dim_head=p.dim_head, num_tokens=b.tokens,
-                           cond_drop_prob=p.cond_drop_prob)
+                           cond_drop_prob=p.cond_drop_prob, rotary_dim=min(32, p.dim_head))
         prior = DiffusionPrior(net, timesteps=p.timesteps)
     return MindEyeModel(backbone, projector, prior)
 

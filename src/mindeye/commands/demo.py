@@ -1,0 +1,26 @@
+"""`mindeye demo`: the main job end to end (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="run the whole pipeline end to end (simulate -> ... -> report)",
+        description="Simulate (or use a prepared store), embed targets, train the high-level, low-level and ridge "
+                    "models, evaluate retrieval, reconstruct, compute the reconstruction metrics and write "
+                    "report.html. Finished steps are skipped on a re-run, so an interrupted demo resumes.")
+    p.add_argument("--out", required=True, help="output directory (store, runs, reconstructions, report)")
+    p.add_argument("--config", default=None,
+                   help="demo config (default configs/demo.yaml; configs/demo-nsd-subj01.yaml for real NSD on a GPU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a demo config value, e.g. --set recon_limit=20")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mindeye.demo import run_demo
+
+    run_demo(args.out, args.config, args.overrides)
+    return 0
