@@ -81,7 +81,8 @@ def embed_command(store_path: str | Path, encoder_name: str, weights: str | None
 
 
 def _encode_into(encoder: ImageEncoder, images: np.ndarray, out: np.ndarray, batch_size: int,
-                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None) -> None:
+                 transform: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                 on_batch: Callable[[int], Any] | None = None) -> None:
     """Encode ``images`` (a memory-mapped slice) batch by batch into ``out`` as float16.
 
     The next batch is read from disk (and augmented) in a background thread while the current one is
@@ -105,6 +106,8 @@ def _encode_into(encoder: ImageEncoder, images: np.ndarray, out: np.ndarray, bat
                     f"weights, or run with --device cpu to compute in float32"
                 )
             out[s:s + len(y)] = y.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(y))
 
 
 def embed_store(
@@ -207,16 +210,14 @@ def embed_store(
             lo, hi = c * chunk_size, min((c + 1) * chunk_size, n)
             images = store.images[lo:hi]  # memory-mapped; read batch by batch
             if need_targets:
-                _encode_into(enc, images, targets[lo:hi], batch_size)
-                bar.update(hi - lo)
+                _encode_into(enc, images, targets[lo:hi], batch_size, on_batch=bar.update)
             if need_views:
                 for k in range(n_views):
                     def view_k(batch: np.ndarray, start: int, k: int = k, lo: int = lo) -> np.ndarray:
                         idx = np.arange(lo + start, lo + start + len(batch))
                         return augment.augment_batch(batch, idx, k, enc.augmentation, seed).numpy()
 
-                    _encode_into(enc, images, view_arr[lo:hi, k], batch_size, view_k)
-                    bar.update(hi - lo)
+                    _encode_into(enc, images, view_arr[lo:hi, k], batch_size, view_k, on_batch=bar.update)
             # Data first, then the manifest: a chunk counts as done only once its bytes are on disk.
             targets.flush()
             if n_views:
