@@ -42,7 +42,11 @@ def run(args: argparse.Namespace) -> int:
     n_voxels = args.n_voxels
     if n_voxels is None and "voxel2clip.lin0.0.weight" in state:
         n_voxels = int(state["voxel2clip.lin0.0.weight"].shape[1])
-    converted = convert_mindeye_v1_state_dict(state, n_voxels=n_voxels)
+    b, pr = cfg.model.backbone, cfg.model.prior
+    sizes = dict(hidden=b.hidden, n_blocks=b.n_blocks, tokens=b.tokens, dim=b.dim,
+                 proj_hidden=cfg.model.projector.hidden, depth=pr.depth, heads=pr.heads, dim_head=pr.dim_head,
+                 rotary_dim=min(32, pr.dim_head), timesteps=pr.timesteps)
+    converted = convert_mindeye_v1_state_dict(state, n_voxels=n_voxels, **sizes)
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     model.load_state_dict(converted, strict=True, assign=True)
     write_run_files(out, cfg, {"kind": "mindeye", "store": args.data, "n_voxels": n_voxels,
