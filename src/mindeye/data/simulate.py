@@ -269,22 +269,40 @@ class EncodingModel:
         z = (attrs - self.attr_mean) / self.attr_scale
         return np.logaddexp(0, 1.5 * (z @ self.attr_weights - self.high_threshold))
 
-    def combine(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Standardise both parts over images, mix the mid-level voxels, return (N, n_voxels) float32."""
-        def standardise(a: np.ndarray) -> np.ndarray:
-            a -= a.mean(0)
-            a /= a.std(0) + 1e-8
-            return a
-
-        low, high = standardise(low), standardise(high)
-        signal = np.empty((len(low), len(self.area)), dtype=np.float32)
+    def respond(self, images: np.ndarray, attrs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Raw responses of a chunk of images: (N, n_voxels) with the mid-level columns left at 0,
+        and the low- and high-level parts (N, n_mid) of the mid-level voxels, to be mixed by
+        :meth:`mix_mid` once every part is standardised over all images."""
+        low, high = self.low_level(images), self.high_level(attrs)
         low_area, high_area = self.area[self.low_cols], self.area[self.high_cols]
-        signal[:, self.low_cols[low_area == 0]] = low[:, low_area == 0]
-        signal[:, self.high_cols[high_area == 2]] = high[:, high_area == 2]
+        out = np.zeros((len(images), len(self.area)), dtype=np.float32)
+        out[:, self.low_cols[low_area == 0]] = low[:, low_area == 0]
+        out[:, self.high_cols[high_area == 2]] = high[:, high_area == 2]
+        return out, low[:, low_area == 1], high[:, high_area == 1]
+
+    def mix_mid(self, signal: np.ndarray, mid_low: np.ndarray, mid_high: np.ndarray, chunk: int) -> None:
+        """Write the mid-level voxels (in place) as a mixture of their standardised parts."""
+        cols = self.low_cols[self.area[self.low_cols] == 1]
         a = self.mix.astype(np.float32)
-        signal[:, self.low_cols[low_area == 1]] = np.sqrt(a) * low[:, low_area == 1] \
-            + np.sqrt(1 - a) * high[:, high_area == 1]
-        return standardise(signal)
+        for start in range(0, len(signal), chunk):
+            rows = slice(start, start + chunk)
+            signal[rows, cols] = np.sqrt(a) * mid_low[rows] + np.sqrt(1 - a) * mid_high[rows]
+
+
+def _standardise_columns(a: np.ndarray, chunk: int = 1024) -> None:
+    """Give every column of ``a`` zero mean and unit variance, in place, a block of rows at a time."""
+    total, sq = np.zeros(a.shape[1]), np.zeros(a.shape[1])
+    for start in range(0, len(a), chunk):
+        block = a[start:start + chunk].astype(np.float64)
+        total += block.sum(0)
+        sq += (block * block).sum(0)
+    mean = total / len(a)
+    sd = np.sqrt(np.maximum(sq / len(a) - mean**2, 0)) + 1e-8
+    mean, inv = mean.astype(np.float32), (1 / sd).astype(np.float32)
+    for start in range(0, len(a), chunk):
+        block = a[start:start + chunk]
+        block -= mean
+        block *= inv
 
 
 def _add_unexplained(signal: np.ndarray, brain: BrainSpec, rng: np.random.Generator, chunk: int) -> None:
@@ -300,8 +318,7 @@ def _add_unexplained(signal: np.ndarray, brain: BrainSpec, rng: np.random.Genera
         extra = rng.standard_normal((n, n_vox), dtype=np.float32) * half
         extra += (rng.standard_normal((n, brain.unexplained_factors), dtype=np.float32) * half) @ loadings
         signal[rows] = keep * signal[rows] + add * extra
-    signal -= signal.mean(0)
-    signal /= signal.std(0) + 1e-8
+    _standardise_columns(signal, chunk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,14 +400,22 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
 
     writer = StoreWriter(out, n_trials=spec.n_trials, n_voxels=spec.n_voxels, n_images=spec.n_images,
                          image_size=spec.image_size, voxel_dtype="float16", overwrite=overwrite)
-    low = np.empty((spec.n_images, len(model.low_cols)), dtype=np.float32)
+    # Noiseless responses of every image (the only n_images x n_voxels array held in memory).
+    signal = np.empty((spec.n_images, spec.n_voxels), dtype=np.float32)
+    n_mid = int((model.area == 1).sum())
+    mid_low = np.empty((spec.n_images, n_mid), dtype=np.float32)
+    mid_high = np.empty((spec.n_images, n_mid), dtype=np.float32)
     starts = range(0, spec.n_images, chunk)
     for start in _progress(starts, progress, f"rendering {spec.n_images} images", "chunk", len(starts)):
         images = render_scenes(scenes[start:start + chunk], spec.image_size)
         writer.write_images(start, images)
-        low[start:start + len(images)] = model.low_level(images)
-    signal = model.combine(low, model.high_level(attrs))
-    del low
+        rows = slice(start, start + len(images))
+        signal[rows], mid_low[rows], mid_high[rows] = model.respond(images, attrs[rows])
+    for part in (signal, mid_low, mid_high):
+        _standardise_columns(part, chunk)
+    model.mix_mid(signal, mid_low, mid_high, chunk)
+    del mid_low, mid_high
+    _standardise_columns(signal, chunk)
     _add_unexplained(signal, brain, np.random.default_rng([seed, MODEL_STREAM, 1]), chunk)
 
     # Noise: per-voxel level from the target ncsnr (signal sd is 1), part shared across voxels.
@@ -420,7 +445,7 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
         start += size
     del signal
 
-    reliability = measure_reliability(writer.voxels, design)
+    reliability = measure_reliability(writer.voxels, design, block=512)
     reliability["target_ncsnr_median"] = round(float(np.median(ncsnr_target)), 4)
     split_sizes = {sp: {"images": int(len(np.unique(design.image_index[design.split == sp]))),
                         "trials": int((design.split == sp).sum())} for sp in ("train", "val", "test")}
