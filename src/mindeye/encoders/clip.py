@@ -1,0 +1,173 @@
+"""OpenAI CLIP ViT-L/14 image tower (transformers) as MindEye's high-level target.
+
+``clip-vit-l14-hidden``: last hidden state (257 x 1024) -> vision post-layernorm -> visual projection
+applied to ALL tokens -> (257, 768); every token is then divided by the norm of the CLS token
+(Versatile Diffusion's normalisation), so row 0 is the unit-norm CLIP image embedding.
+
+``clip-vit-l14-final``: the usual (768,) image embedding, L2-normalised; identical to row 0 of the
+hidden variant (the paper's "only CLS" model, SD image variations, LAION retrieval).
+
+Preprocessing (as the OpenAI/HF CLIP processor): shorter side resized to 224 bicubic (antialiased,
+on the 8-bit image like a PIL resize), centre crop 224, CLIP mean/std.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from mindeye.encoders.base import (
+    ImageEncoder,
+    center_crop,
+    config_to_dict,
+    default_dtype,
+    hash_json,
+    path_fingerprint,
+    resize_uint8,
+    resolve_weights,
+    seeded,
+    shortest_edge_size,
+)
+from mindeye.errors import MindEyeError
+
+if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only CLIP needs it
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_WEIGHTS = "openai/clip-vit-large-patch14"
+DOWNLOAD_HINT = (
+    "Download it with `huggingface-cli download openai/clip-vit-large-patch14` "
+    "(https://huggingface.co/openai/clip-vit-large-patch14) on a machine with network access."
+)
+_VERSION = 1  # bump when the derivation changes, so old caches are invalidated
+
+Variant = Literal["hidden", "final"]
+
+
+def vit_l14_config() -> CLIPVisionConfig:
+    """The ViT-L/14 image tower's architecture (for random-weight benchmarks)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
+    )
+
+
+def clip_preprocessing(image_size: int, variant: Variant) -> dict[str, Any]:
+    return {
+        "resize_shortest_edge": image_size, "interpolation": "bicubic", "antialias": True, "resize_dtype": "uint8",
+        "center_crop": image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+        "output": "all tokens, post-layernorm + projection, / CLS norm" if variant == "hidden"
+        else "image_embeds / norm",
+        "version": _VERSION,
+    }
+
+
+def describe(variant: Variant, random_init: bool, config: Any) -> dict[str, Any]:
+    size = config_to_dict(config).get("image_size", 224) if random_init and config is not None else 224
+    return clip_preprocessing(int(size), variant)
+
+
+def weights_id(weights: str | None, random_init: bool, config: Any) -> str:
+    if random_init:
+        return "random-init:" + hash_json(config_to_dict(config) or "vit-l14")
+    return "weights:" + path_fingerprint(resolve_weights("clip-vit-l14", weights, DEFAULT_WEIGHTS, DOWNLOAD_HINT))
+
+
+class ClipImageEncoder(ImageEncoder):
+    augmentation = "clip"
+
+    def __init__(self, model: CLIPVisionModelWithProjection, variant: Variant, weights_id: str,
+                 preprocessing: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        cfg = model.config
+        self.variant = variant
+        self.name = f"clip-vit-l14-{variant}"
+        self.image_size = int(cfg.image_size)
+        n_tokens = (cfg.image_size // cfg.patch_size) ** 2 + 1
+        self.output_shape = (n_tokens, cfg.projection_dim) if variant == "hidden" else (cfg.projection_dim,)
+        self.preprocessing = preprocessing
+        self.weights_id = weights_id
+        self.compute_dtype = next(model.parameters()).dtype
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        x = resize_uint8(images, shortest_edge_size(*images.shape[1:3], self.image_size), "bicubic")
+        x = center_crop(x, self.image_size)
+        return (x - self.mean) / self.std
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Unnormalised (N, 257, 768): post-layernorm and visual projection applied to every token."""
+        vision = self.model.vision_model
+        hidden = vision(pixel_values=pixel_values).last_hidden_state
+        return self.model.visual_projection(vision.post_layernorm(hidden))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.variant == "final":
+            emb = self.model(pixel_values=pixel_values).image_embeds.float()
+            return emb / emb.norm(dim=-1, keepdim=True)
+        t = self.tokens(pixel_values).float()
+        return t / t[:, :1].norm(dim=-1, keepdim=True)  # every token / the CLS token's norm
+
+
+def _vision_config(path: Path) -> CLIPVisionConfig:
+    """The image tower's config from a full CLIP or a vision-only checkpoint directory.
+
+    A full CLIP config keeps ``projection_dim`` at the top level; the vision part alone would fall back
+    to the class default, so it is copied over explicitly.
+    """
+    from transformers import CLIPVisionConfig
+
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise MindEyeError(f"{path} has no config.json; --weights must be a Hugging Face CLIP model directory")
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("model_type") == "clip":
+        vision = dict(cfg.get("vision_config") or {})
+        vision["projection_dim"] = cfg.get("projection_dim", vision.get("projection_dim", 512))
+        return CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("model_type", "transformers_version")})
+    return CLIPVisionConfig.from_pretrained(path)
+
+
+def build(variant: Variant, weights: str | None = None, device: str = "cpu", random_init: bool = False,
+          config: Any = None, dtype: torch.dtype | None = None) -> ClipImageEncoder:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    dtype = dtype or default_dtype(device)
+    if random_init:
+        cfg = CLIPVisionConfig(**config_to_dict(config)) if config is not None else vit_l14_config()
+        with seeded():
+            model = CLIPVisionModelWithProjection(cfg)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+    else:
+        path = resolve_weights(f"clip-vit-l14-{variant}", weights, DEFAULT_WEIGHTS, DOWNLOAD_HINT)
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a full CLIP checkpoint's text weights are expected to be unused
+        try:
+            model, info = CLIPVisionModelWithProjection.from_pretrained(
+                path, config=_vision_config(path), dtype=dtype, local_files_only=True, output_loading_info=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise MindEyeError(
+                f"could not load CLIP weights from {path}: {exc}. --weights must point at a Hugging Face "
+                f"CLIP model directory (config.json + model.safetensors), e.g. a copy of {DEFAULT_WEIGHTS}"
+            ) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if info.get("missing_keys"):  # never run with silently random-initialised layers
+            raise MindEyeError(
+                f"{path} lacks CLIP image-tower weights ({len(info['missing_keys'])} missing, e.g. "
+                f"{sorted(info['missing_keys'])[:3]}); point --weights at a CLIP model such as {DEFAULT_WEIGHTS}"
+            )
+    enc = ClipImageEncoder(model, variant, weights_id(weights, random_init, config),
+                           describe(variant, random_init, config))
+    return enc.to(device)
