@@ -244,9 +244,10 @@ class ImageGenerator:
         return latents
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ImageGenerator:
-        self.unet.to(device=device, dtype=dtype)
+        kw = {"device": device} if dtype is None else {"device": device, "dtype": dtype}
+        self.unet.to(**kw)
         if isinstance(self.codec, DiffusersVaeCodec):
-            self.codec.vae.to(device=device, dtype=dtype)
+            self.codec.vae.to(**kw)
         return self
 
 

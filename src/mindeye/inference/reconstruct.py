@@ -224,3 +224,79 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
         raise MindEyeError("the generator produced non-finite latents (NaN/inf); nothing was written for this "
                            "batch. Try --dtype float32 or check the generator weights")
     return generator.codec.decode(latents).cpu()
+
+
+def reconstruct_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    generator_name: str = "versatile-diffusion",
+    settings: ReconstructSettings | None = None,
+    lowlevel: str | Path | None = None,
+    weights: str | None = None,
+    judge_weights: str | None = None,
+    store: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
+
+    ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
+    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
+    """
+    from mindeye.data.store import SubjectStore
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
+    from mindeye.inference.generators import generator_spec, load_generator
+    from mindeye.models.factory import build_model
+    from mindeye.training.checkpoint import load_weights, read_run
+    from mindeye.training.data import load_eval_split
+    from mindeye.training.trainer import embed_voxels
+
+    settings = settings or ReconstructSettings()
+    settings.validate()
+    spec = generator_spec(generator_name)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg, info = read_run(run_dir)
+    if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
+        raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
+                           f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
+    tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+    if tokens != spec.condition_shape:
+        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} embeddings but generator '{spec.name}' is "
+                           f"conditioned on {spec.condition_shape[0]}x{spec.condition_shape[1]} ({spec.condition_encoder}); "
+                           "pick the matching --generator")
+    if cfg.targets.encoder != spec.condition_encoder:
+        print(f"note: the run's targets come from {cfg.targets.encoder}; best-of-N is judged with "
+              f"{spec.condition_encoder}", flush=True)
+    # Load the (large, possibly missing) generator first so a missing download fails before any work.
+    generator = load_generator(spec.name, weights, device=device, dtype=dtype)
+    store_obj = SubjectStore(resolve_store(store, info, cfg))
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    rows = slice(0, limit) if limit else slice(None)
+    voxels, image_index = split.voxels[rows], split.image_index[rows]
+    model = build_model(cfg.model, int(info.get("n_voxels", store_obj.n_voxels)))
+    load_weights(model, run_dir / "model.safetensors")
+    model.to(device).eval()
+    backbone = embed_voxels(model, voxels, device, which="backbone").half()
+    projector = embed_voxels(model, voxels, device, which="projector").half()
+
+    blurry = None
+    lowlevel_desc = None
+    if lowlevel is not None:
+        low = Path(lowlevel)
+        if (low / "config.yaml").exists():  # a low-level run: make its blurry images first
+            reconstruct_blurry(low, out_dir / "blurry", store=store, device=device, limit=limit, progress=progress)
+            low = out_dir / "blurry"
+        blurry = BlurryImages(low)
+        lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
+    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device)
+    config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
+              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
+              "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
+    if settings.prior_steps is None:
+        settings.prior_steps = cfg.model.prior.sample_steps
+    prior = model.prior.eval()
+    return reconstruct(backbone, projector, image_index, prior, generator, judge.encode, out_dir, settings,
+                       blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress)
