@@ -252,3 +252,24 @@ def test_missing_weights_name_model_id_and_flag(tmp_path, monkeypatch):
     assert "versatile-diffusion" in msg and "shi-labs/versatile-diffusion" in msg and "--weights" in msg
     with pytest.raises(MindEyeError, match="unknown generator"):
         load_generator("dalle")
+
+
+def test_commands_registered_and_parse():
+    import argparse
+
+    from mindeye.commands import reconstruct as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.add_parser(parser.add_subparsers(dest="command"))
+    a = parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--img2img-strength", "0.5"])
+    assert a.func is cmd.run and a.samples == 16 and a.steps == 20 and a.guidance == 3.5
+    assert a.img2img_strength == 0.5 and a.generator == "versatile-diffusion"
+    b = parser.parse_args(["reconstruct-blurry", "--run", "L", "--out", "B"])
+    assert b.func is cmd.run_blurry
+
+
+def test_reconstruct_command_rejects_a_non_run(tmp_path):
+    from mindeye.cli import main
+
+    assert main(["reconstruct", "--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert main(["reconstruct-blurry", "--run", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
