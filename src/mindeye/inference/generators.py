@@ -346,4 +346,4 @@ def load_demo_generator(weights: str | None = None, device: str | torch.device =
     spec = GENERATORS["demo-latent-diffusion"]
     gen = ImageGenerator(spec.name, unet.eval().requires_grad_(False), codec, tuple(meta["condition_shape"]),
                          meta["scheduler"], spec.condition_norm, f"bundled:{st.name}:{meta.get('sha', '')}")
-    return gen.to(device, torch.float32)
+    return gen.to(device)
