@@ -1,0 +1,88 @@
+"""`mindeye reconstruct` (prior -> generator -> img2img -> best-of-N) and `mindeye reconstruct-blurry`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reconstruct", help="reconstruct test images from brain activity with an image generator",
+        description="For every test brain sample of a high-level run: sample --samples embeddings from its "
+                    "diffusion prior, generate one image each (img2img from the blurry low-level image when "
+                    "--lowlevel is given), keep the one whose CLIP embedding best matches the brain's. Writes "
+                    "OUT/images/*.png and OUT/index.json; re-running resumes. See docs/reconstruction.md.")
+    p.add_argument("--run", required=True, help="high-level run directory (with a diffusion prior)")
+    p.add_argument("--lowlevel", default=None,
+                   help="low-level run directory, or a `reconstruct-blurry` output directory (enables img2img)")
+    p.add_argument("--generator", default="versatile-diffusion", choices=GENERATOR_NAMES)
+    p.add_argument("--weights", default=None, help="generator weights: HF id or local pipeline directory")
+    p.add_argument("--clip-weights", default=None, help="weights of the best-of-N CLIP judge (HF id or path)")
+    p.add_argument("--samples", type=int, default=16, help="prior samples / images per brain sample")
+    p.add_argument("--steps", type=int, default=20, help="UniPC steps")
+    p.add_argument("--guidance", type=float, default=3.5, help="generator classifier-free guidance scale")
+    p.add_argument("--img2img-strength", type=float, default=0.15,
+                   help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper)")
+    p.add_argument("--prior-steps", type=int, default=None, help="prior sampling steps (default: the run's)")
+    p.add_argument("--prior-guidance", type=float, default=None, help="prior guidance (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
+    p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--data", default=None, help="subject store (default: the run's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="generator precision (auto: float16 on GPU, float32 on CPU)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+    b = sub.add_parser(
+        "reconstruct-blurry", help="decode a low-level run's predicted VAE latents into blurry images",
+        description="Run a low-level model on the test split and decode its latents with the VAE its targets "
+                    "came from. Writes OUT/images/*.png and OUT/index.json; re-running resumes.")
+    b.add_argument("--run", required=True, help="low-level run directory")
+    b.add_argument("--weights", default=None, help="VAE weights (default: the run's targets.lowlevel_weights)")
+    b.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--data", default=None, help="subject store (default: the run's)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=run_blurry)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_run
+    from mindeye.training.checkpoint import read_run
+    from mindeye.training.trainer import resolve_device
+
+    cfg, _ = read_run(args.run)
+    settings = ReconstructSettings(
+        samples=args.samples, steps=args.steps, guidance=args.guidance, img2img_strength=args.img2img_strength,
+        prior_steps=args.prior_steps,
+        prior_guidance=cfg.model.prior.guidance if args.prior_guidance is None else args.prior_guidance,
+        seed=args.seed, batch_brains=args.batch_brains, save_all=args.save_all)
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
+                            weights=args.weights, judge_weights=args.clip_weights, store=args.data,
+                            device=resolve_device(args.device), dtype=dtype, limit=args.limit,
+                            progress=not args.no_progress)
+    print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
+    return 0
+
+
+def run_blurry(args: argparse.Namespace) -> int:
+    from mindeye.inference.blurry import reconstruct_blurry
+    from mindeye.training.trainer import resolve_device
+
+    index = reconstruct_blurry(args.run, args.out, store=args.data, weights=args.weights,
+                               device=resolve_device(args.device), limit=args.limit, batch_size=args.batch_size,
+                               progress=not args.no_progress)
+    print(json.dumps({"out": str(args.out), "images": len(index["images"])}))
+    return 0

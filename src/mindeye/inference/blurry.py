@@ -1,0 +1,133 @@
+"""Blurry low-level reconstructions: predicted VAE latents -> the VAE decoder -> PNGs (paper 2.2, Fig. 7).
+
+``reconstruct_blurry`` runs a low-level run's model (voxels -> (latent, tokens)) on the test split and
+decodes the latents with the VAE its targets came from (``cfg.targets.lowlevel_encoder`` /
+``lowlevel_weights``). Output (resumable: images already in the index are skipped)::
+
+    OUT/index.json          kind "blurry", the run, the decoder, and per image its file
+    OUT/images/IIIII.png    blurry reconstruction of store image IIIII
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mindeye.errors import MindEyeError
+from mindeye.inference.reconstruct import finished, load_png, open_index, save_png, write_index
+
+
+def decode_latents_to_pngs(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    voxels: torch.Tensor,
+    image_index: np.ndarray,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    batch_size: int = 32,
+    image_ids: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``predict`` voxels (b, V) -> latents, ``decode`` latents -> uint8 (b, H, W, 3); one PNG per row."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = open_index(out_dir, "blurry", config)
+    todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
+    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="blurry", unit="img",
+               disable=not progress)
+    for b0 in range(0, len(todo), batch_size):
+        rows = todo[b0:b0 + batch_size]
+        with torch.no_grad():
+            latents = predict(voxels[rows])
+            if not torch.isfinite(latents).all():
+                raise MindEyeError("the low-level model predicted non-finite latents; nothing was written for "
+                                   "this batch (check the run's weights)")
+            images = decode(latents)
+        for j, m in enumerate(rows):
+            idx = int(image_index[m])
+            rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png"}
+            if image_ids is not None:
+                rec["image_id"] = image_ids[idx]
+            save_png(images[j], out_dir / rec["file"])
+            index["images"][str(idx)] = rec
+        write_index(out_dir, index)
+        bar.update(len(rows))
+    bar.close()
+    return index
+
+
+def reconstruct_blurry(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    store: str | Path | None = None,
+    weights: str | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
+    from mindeye.data.store import SubjectStore
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.models.factory import build_model
+    from mindeye.training.checkpoint import load_weights, read_run
+    from mindeye.training.data import load_eval_split
+
+    run_dir = Path(run_dir)
+    cfg, info = read_run(run_dir)
+    if cfg.model.kind != "lowlevel":
+        raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run; blurry reconstructions need a low-level run "
+                           "(trained with model.kind=lowlevel)")
+    store_obj = SubjectStore(resolve_store(store, info, cfg))
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    rows = slice(0, limit) if limit else slice(None)
+    model = build_model(cfg.model, int(info.get("n_voxels", store_obj.n_voxels)))
+    load_weights(model, run_dir / "model.safetensors")
+    model.to(device).eval()
+    dec_weights = weights or cfg.targets.lowlevel_weights
+    decoder = get_encoder(cfg.targets.lowlevel_encoder, weights=dec_weights, device=device)
+
+    def predict(v: torch.Tensor) -> torch.Tensor:
+        return model(v.float().to(device))[0]
+
+    config = {"run": str(run_dir.resolve()), "decoder": cfg.targets.lowlevel_encoder,
+              "decoder_weights": dec_weights, "decoder_fingerprint": getattr(decoder, "fingerprint", None),
+              "test_mode": cfg.data.test_mode}
+    return decode_latents_to_pngs(predict, decoder.decode, split.voxels[rows], split.image_index[rows], out_dir,
+                                  config, batch_size, store_obj.image_ids, progress)
+
+
+def resolve_store(store: str | Path | None, info: dict[str, Any], cfg: Any) -> Path:
+    path = store or info.get("store") or cfg.data.store
+    if not path:
+        raise MindEyeError("no subject store known for this run; pass --data STORE")
+    return Path(path)
+
+
+class BlurryImages:
+    """The blurry reconstructions in a ``reconstruct-blurry`` output directory, by store image index."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+        path = self.dir / "index.json"
+        if not path.exists():
+            raise MindEyeError(f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
+                               "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
+        import json
+
+        index = json.loads(path.read_text())
+        if index.get("kind") != "blurry":
+            raise MindEyeError(f"{self.dir} holds '{index.get('kind')}' output, not blurry reconstructions")
+        self.index = index
+
+    def get(self, image_index: int) -> np.ndarray:
+        rec = self.index["images"].get(str(int(image_index)))
+        if rec is None or not (self.dir / rec["file"]).exists():
+            raise MindEyeError(f"{self.dir} has no blurry reconstruction of image {image_index}; re-run "
+                               "`mindeye reconstruct-blurry` for the same test split")
+        return load_png(self.dir / rec["file"])

@@ -1,0 +1,302 @@
+"""Brain samples -> N prior samples -> N generated images (img2img from the blurry image) -> best of N.
+
+For each test brain sample (paper 3.2): the diffusion prior turns the backbone output into N CLIP image
+embeddings, each renormalised by its CLS token; the generator makes one image per embedding, starting
+from the noised latent of the low-level (blurry) reconstruction; the image whose CLIP embedding has the
+highest cosine to the brain's projector output is kept.
+
+Every random draw of brain sample ``i`` comes from its own generator seeded with ``item_seed(seed, i)``,
+so results do not depend on batching or on where an interrupted run resumed. Finished images are
+recorded in ``OUT/index.json`` (rewritten atomically after each batch) and skipped on restart.
+
+Output::
+
+    OUT/index.json                  settings, models, and per image: file, chosen sample, all N scores
+    OUT/images/IIIII.png            the chosen reconstruction of store image IIIII
+    OUT/samples/IIIII_KK.png        all N candidates (with save_all)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mindeye import __version__
+from mindeye.errors import MindEyeError
+from mindeye.inference.generators import ImageGenerator
+from mindeye.inference.img2img import check_strength, img2img_start
+
+INDEX_NAME = "index.json"
+
+
+@dataclass
+class ReconstructSettings:
+    samples: int = 16  # prior samples (and images) per brain sample
+    steps: int = 20  # UniPC steps of the full schedule
+    guidance: float = 3.5  # generator classifier-free guidance
+    img2img_strength: float = 0.15  # paper Table 5: 0 = pure noise, 1 = the blurry image itself
+    prior_steps: int | None = None  # None = the prior's full schedule (reference: 100)
+    prior_guidance: float = 3.5
+    seed: int = 0
+    batch_brains: int = 1  # brain samples per generator batch (batch = batch_brains x samples x 2 for CFG)
+    save_all: bool = False
+
+    def validate(self) -> None:
+        if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
+            raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
+        check_strength(self.img2img_strength)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change the images (batching and save_all do not)."""
+        d = asdict(self)
+        d.pop("batch_brains")
+        d.pop("save_all")
+        return d
+
+
+class BlurrySource(Protocol):
+    def get(self, image_index: int) -> np.ndarray: ...  # uint8 (H, W, 3)
+
+
+class Prior(Protocol):
+    def sample(self, brain_embed: torch.Tensor, cond_scale: float = 1.0, timesteps: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+def item_seed(seed: int, image_index: int) -> int:
+    """Seed of one brain sample's random draws (prior noise, then generator noise)."""
+    return (int(seed) * 1_000_003 + int(image_index)) % (2**63 - 1)
+
+
+def select_best(candidates: torch.Tensor, target: torch.Tensor) -> tuple[int, list[float]]:
+    """Index of the candidate embedding (N, ...) with the highest cosine to ``target`` (flattened), and all cosines."""
+    cand = F.normalize(candidates.flatten(1).float(), dim=-1)
+    tgt = F.normalize(target.flatten().float().to(cand.device), dim=0)
+    scores = cand @ tgt
+    return int(scores.argmax()), [float(s) for s in scores.cpu()]
+
+
+def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
+    """Write one uint8 (H, W, 3) image atomically (a kill never leaves a truncated PNG)."""
+    from PIL import Image
+
+    arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {arr.dtype} {arr.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def load_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"))
+
+
+def write_index(out_dir: Path, index: dict[str, Any]) -> None:
+    tmp = out_dir / (INDEX_NAME + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out_dir / INDEX_NAME)
+
+
+def open_index(out_dir: Path, kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The existing index of ``out_dir`` if it was made with the same ``config``, else a fresh one."""
+    path = out_dir / INDEX_NAME
+    if not path.exists():
+        return {"kind": kind, "mindeye_version": __version__, "config": config, "images": {}}
+    index = json.loads(path.read_text())
+    old = json.loads(json.dumps(index.get("config", {})))
+    new = json.loads(json.dumps(config))  # normalise tuples etc. the same way
+    if index.get("kind") != kind or old != new:
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise MindEyeError(
+            f"{out_dir} already holds {index.get('kind', 'other')} output made with different settings "
+            f"(differing: {', '.join(diff) or 'kind'}); use another --out, or the same settings to resume"
+        )
+    return index
+
+
+def finished(index: dict[str, Any], out_dir: Path, image_index: int) -> bool:
+    rec = index["images"].get(str(int(image_index)))
+    return rec is not None and (out_dir / rec["file"]).exists()
+
+
+def _fit(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) -> uint8 (size, size, 3) (bilinear, antialiased) for use as a candidate image."""
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    if x.shape[0] == size and x.shape[1] == size:
+        return x
+    f = F.interpolate(x.permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return f[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+
+
+def reconstruct(
+    backbone: torch.Tensor,
+    projector: torch.Tensor,
+    image_index: np.ndarray,
+    prior: Prior,
+    generator: ImageGenerator,
+    judge: Callable[[torch.Tensor], torch.Tensor],
+    out_dir: str | Path,
+    settings: ReconstructSettings,
+    blurry: BlurrySource | None = None,
+    config: dict[str, Any] | None = None,
+    image_ids: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Reconstruct every row of ``backbone`` (M, T, D) into ``out_dir``; returns the index written.
+
+    ``projector`` (M, ...) are the retrieval embeddings the best-of-N judge compares to; ``judge`` maps
+    uint8 images (n, H, W, 3) to embeddings of the same shape. ``blurry`` supplies the low-level image of
+    each store image index for img2img (None: pure-noise start whatever the strength). ``config`` is
+    extra provenance (runs, weights) stored in the index and checked on resume.
+    """
+    settings.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n, device = settings.samples, generator.device
+    strength = settings.img2img_strength if blurry is not None else 0.0
+    start = img2img_start(strength, settings.steps)
+    full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
+                   "settings": settings.identity(), "img2img": blurry is not None, "img2img_start_step": start,
+                   **(config or {})}
+    index = open_index(out_dir, "reconstruction", full_config)
+    todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
+    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
+               disable=not progress)
+    for b0 in range(0, len(todo), settings.batch_brains):
+        rows = todo[b0:b0 + settings.batch_brains]
+        images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, device)
+        embeds = judge(images.to(device) if isinstance(images, torch.Tensor) else images)
+        for j, m in enumerate(rows):
+            idx = int(image_index[m])
+            cand = images[j * n:(j + 1) * n]
+            best, scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+            rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png", "chosen": best,
+                                   "scores": scores, "seed": item_seed(settings.seed, idx)}
+            if image_ids is not None:
+                rec["image_id"] = image_ids[idx]
+            if settings.save_all:
+                rec["samples"] = [f"samples/{idx:05d}_{k:02d}.png" for k in range(n)]
+                for k in range(n):
+                    save_png(cand[k], out_dir / rec["samples"][k])
+            save_png(cand[best], out_dir / rec["file"])
+            index["images"][str(idx)] = rec
+        write_index(out_dir, index)
+        bar.update(len(rows))
+    bar.close()
+    return index
+
+
+def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,
+              generator: ImageGenerator, settings: ReconstructSettings, blurry: BlurrySource | None,
+              start: int, n: int, device: torch.device) -> torch.Tensor:
+    """uint8 images (len(rows) x n, H, W, 3): n candidates per brain sample, in row order."""
+    size = generator.image_size
+    if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
+        return torch.cat([_fit(blurry.get(int(image_index[m])), size)[None].repeat(n, 1, 1, 1) for m in rows])
+    conds, noises, inits = [], [], []
+    for m in rows:
+        g = torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m])))
+        brain = backbone[m:m + 1].to(device, torch.float32).repeat(n, *([1] * (backbone.ndim - 1)))
+        emb = prior.sample(brain, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps, generator=g)
+        conds.append(generator.prepare_condition(emb))
+        noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
+        if start > 0:
+            init = generator.codec.encode(_fit(blurry.get(int(image_index[m])), size)[None])
+            inits.append(init.to(device).repeat(n, 1, 1, 1))
+    latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
+                                settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance)
+    if not torch.isfinite(latents).all():
+        raise MindEyeError("the generator produced non-finite latents (NaN/inf); nothing was written for this "
+                           "batch. Try --dtype float32 or check the generator weights")
+    return generator.codec.decode(latents).cpu()
+
+
+def reconstruct_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    generator_name: str = "versatile-diffusion",
+    settings: ReconstructSettings | None = None,
+    lowlevel: str | Path | None = None,
+    weights: str | None = None,
+    judge_weights: str | None = None,
+    store: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
+
+    ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
+    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
+    """
+    from mindeye.data.store import SubjectStore
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
+    from mindeye.inference.generators import generator_spec, load_generator
+    from mindeye.models.factory import build_model
+    from mindeye.training.checkpoint import load_weights, read_run
+    from mindeye.training.data import load_eval_split
+    from mindeye.training.trainer import embed_voxels
+
+    settings = settings or ReconstructSettings()
+    settings.validate()
+    spec = generator_spec(generator_name)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg, info = read_run(run_dir)
+    if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
+        raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
+                           f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
+    tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+    if tokens != spec.condition_shape:
+        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} embeddings but generator '{spec.name}' is "
+                           f"conditioned on {spec.condition_shape[0]}x{spec.condition_shape[1]} ({spec.condition_encoder}); "
+                           "pick the matching --generator")
+    if cfg.targets.encoder != spec.condition_encoder:
+        print(f"note: the run's targets come from {cfg.targets.encoder}; best-of-N is judged with "
+              f"{spec.condition_encoder}", flush=True)
+    # Load the (large, possibly missing) generator first so a missing download fails before any work.
+    generator = load_generator(spec.name, weights, device=device, dtype=dtype)
+    store_obj = SubjectStore(resolve_store(store, info, cfg))
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    rows = slice(0, limit) if limit else slice(None)
+    voxels, image_index = split.voxels[rows], split.image_index[rows]
+    model = build_model(cfg.model, int(info.get("n_voxels", store_obj.n_voxels)))
+    load_weights(model, run_dir / "model.safetensors")
+    model.to(device).eval()
+    backbone = embed_voxels(model, voxels, device, which="backbone").half()
+    projector = embed_voxels(model, voxels, device, which="projector").half()
+
+    blurry = None
+    lowlevel_desc = None
+    if lowlevel is not None:
+        low = Path(lowlevel)
+        if (low / "config.yaml").exists():  # a low-level run: make its blurry images first
+            reconstruct_blurry(low, out_dir / "blurry", store=store, device=device, limit=limit, progress=progress)
+            low = out_dir / "blurry"
+        blurry = BlurryImages(low)
+        lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
+    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device)
+    config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
+              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
+              "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
+    if settings.prior_steps is None:
+        settings.prior_steps = cfg.model.prior.sample_steps
+    prior = model.prior.eval()
+    return reconstruct(backbone, projector, image_index, prior, generator, judge.encode, out_dir, settings,
+                       blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress)
