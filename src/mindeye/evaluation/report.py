@@ -70,8 +70,9 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     """About n round tick values covering [lo, hi]."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
-    if hi <= lo:
-        hi = lo + (abs(lo) or 1.0)
+    if hi <= lo:  # a single value: centre it
+        half = abs(lo) / 2 or 0.5
+        lo, hi = lo - half, hi + half
     raw = (hi - lo) / max(n - 1, 1)
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
@@ -140,12 +141,12 @@ def svg_line_chart(series: Sequence[Series], title: str, xlabel: str, ylabel: st
     return "".join(parts)
 
 
-def svg_scatter(groups: Sequence[tuple[str, np.ndarray]], title: str, width: int = 560, height: int = 460) -> str:
+def svg_scatter(groups: Sequence[tuple[str, np.ndarray]], title: str, width: int = 680, height: int = 460) -> str:
     """2-D scatter plot, one colour per group, as inline SVG."""
     pts = np.concatenate([g for _, g in groups])
     lo, hi = pts.min(0), pts.max(0)
     span = np.where(hi - lo > 0, hi - lo, 1.0)
-    pad, top, legend = 16, 28, 150
+    pad, top, legend = 16, 28, 250
     pw, ph = width - 2 * pad - legend, height - top - pad
     parts = [f'<svg class="scatter" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
@@ -225,7 +226,7 @@ def curve_series(records: list[dict[str, Any]]) -> tuple[list[Series], list[Seri
 # Embeddings for the UMAP and the retrieved-image row
 # ----------------------------------------------------------------------------------------------------
 @dataclass
-class TestEmbeddings:
+class SplitEmbeddings:
     image_index: np.ndarray  # (N,) all test images, ascending
     targets: np.ndarray  # (N, F) CLIP-image targets, flattened
     backbone: np.ndarray  # (N, F)
@@ -236,7 +237,7 @@ class TestEmbeddings:
 
 
 def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int = 100,
-                    seed: int = 0) -> TestEmbeddings:
+                    seed: int = 0) -> SplitEmbeddings:
     """Targets, backbone / projector outputs for the whole test split; prior samples for the first few."""
     import torch
 
@@ -262,11 +263,11 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     def flat(x):
         return None if x is None else x.flatten(1).float().numpy()
 
-    return TestEmbeddings(test.image_index, flat(targets), flat(backbone), flat(projector), flat(prior), note,
+    return SplitEmbeddings(test.image_index, flat(targets), flat(backbone), flat(projector), flat(prior), note,
                           cfg.targets.encoder)
 
 
-def umap_section(emb: TestEmbeddings, limit: int, seed: int = 0) -> str:
+def umap_section(emb: SplitEmbeddings, limit: int, seed: int = 0) -> str:
     """UMAP (cosine) of targets / backbone / projector / prior samples for the first `limit` test images."""
     try:
         import umap
