@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_HIGH = [
     "model.backbone.hidden=128", "model.backbone.n_blocks=1", "model.projector.hidden=64",
     "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "model.prior.sample_steps=10",
-    "train.batch_size=32", "train.log_every=2", "train.epochs=1", "train.max_steps=8", "data.val_images=20",
+    "train.batch_size=32", "train.log_every=4", "train.epochs=2", "train.val_every=1", "data.val_images=20",
 ]
 SHOWN = 6  # test images in the grid
 UMAP_N = 24
@@ -156,6 +156,9 @@ def test_training_curves_match_metrics_jsonl(exp):
     labels = {label for label, _ in lines}
     assert {"contrastive", "prior", "image_retrieval", "brain_retrieval"} <= labels
     assert "alpha" not in labels  # the ridge's alpha is a setting, not a curve
+    ridge = json.loads((exp["ridge"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (f"validation (epoch 1): brain_retrieval {ridge['val_brain_retrieval']:.3f}, image_retrieval "
+            f"{ridge['val_image_retrieval']:.3f}") in html  # one evaluation: numbers, not a chart
     # every point lies inside its chart's frame (axes cover the data)
     for svg in re.findall(r'<svg class="chart".*?</svg>', html, re.S):
         x, y, w, h = map(float, re.search(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)" '

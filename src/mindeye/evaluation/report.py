@@ -94,7 +94,7 @@ class Series:
     y: Sequence[float]
 
 
-def svg_line_chart(series: Sequence[Series], title: str, xlabel: str, ylabel: str, width: int = 460,
+def svg_line_chart(series: Sequence[Series], title: str, xlabel: str, ylabel: str, width: int = 560,
                    height: int = 280) -> str:
     """A line chart (one polyline per series, dots where a series has few points) as inline SVG."""
     series = [s for s in series if len(s.x)]
@@ -105,7 +105,7 @@ def svg_line_chart(series: Sequence[Series], title: str, xlabel: str, ylabel: st
     ok = np.isfinite(ys)
     xt, yt = nice_ticks(float(xs.min()), float(xs.max())), nice_ticks(float(ys[ok].min()), float(ys[ok].max()))
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
-    left, right, top, bottom = 58, 12, 28, 42
+    left, right, top, bottom = 58, 140, 28, 42  # the legend sits in the right margin
     pw, ph = width - left - right, height - top - bottom
 
     def px(v: float) -> float:
@@ -134,9 +134,9 @@ def svg_line_chart(series: Sequence[Series], title: str, xlabel: str, ylabel: st
                      f'stroke="{color}" stroke-width="1.8"/>')
         if len(pts) <= 30:
             parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.6" fill="{color}"/>' for a, b in pts]
-        ly = top + 14 + 14 * k
-        parts.append(f'<rect x="{left + pw - 150}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{left + pw - 136}" y="{ly + 1}">{esc(s.label)}</text>')
+        ly = top + 8 + 16 * k
+        parts.append(f'<rect x="{left + pw + 18}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{left + pw + 32}" y="{ly + 1}">{esc(s.label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -489,8 +489,8 @@ def build_report(
     """Write the HTML report for a high-level run (and optional low-level / ridge runs, reconstructions,
     blurry images and reconstruction metrics); returns its path (default RUN/report.html).
 
-    blurry defaults to RECONS/blurry when that holds blurry images (what `mindeye reconstruct --lowlevel
-    LOW_RUN` writes). retrieved: a directory in the reconstruction index format holding retrieved images.
+    blurry defaults to RECONS/blurry, or the blurry directory the recon index names as its img2img
+    source, when those hold blurry images. retrieved: a directory in the reconstruction index format holding retrieved images.
     embed_samples caps the test images in the UMAP (and the prior samples drawn for it).
     """
     from mindeye.evaluation.run_eval import load_run_model
@@ -510,8 +510,11 @@ def build_report(
     if lowlevel is not None:
         runs.append(read_run_info(lowlevel, "low-level"))
     recon_dir = read_recon_dir(recons) if recons is not None else None
-    if blurry is None and recons is not None and (Path(recons) / "blurry" / "index.json").exists():
-        blurry = Path(recons) / "blurry"
+    if blurry is None and recon_dir is not None:  # where `mindeye reconstruct --lowlevel` put / found them
+        for cand in (recon_dir.path / "blurry", recon_dir.config.get("lowlevel")):
+            if cand and (Path(cand) / "index.json").exists():
+                blurry = Path(cand)
+                break
     blurry_dir = read_recon_dir(blurry) if blurry is not None else None
     retrieved_dir = read_recon_dir(retrieved) if retrieved is not None else None
     metric_files = [read_metrics(p) for p in metrics]
@@ -566,8 +569,11 @@ def build_report(
             block.append(svg_line_chart(loss, "training loss", "step", "loss"))
         if comps:
             block.append(svg_line_chart(comps, "loss components", "step", "loss"))
-        if vals:
+        if vals and max(len(v.x) for v in vals) > 1:
             block.append(svg_line_chart(vals, "validation", "epoch", "value"))
+        elif vals:  # one evaluation (e.g. the ridge): a line of numbers says more than a chart
+            shown = ", ".join(f"{v.label} {v.y[0]:.3f}" for v in vals)
+            block.append(f"<p class='note validation'>validation (epoch {vals[0].x[0]}): {esc(shown)}</p>")
         if not (loss or comps or vals):
             block.append(f"<p class='note'>{esc(r.path)}/metrics.jsonl has no records.</p>")
         elif r.role == "ridge":
