@@ -259,9 +259,9 @@ PROBE = ("<script>window.addEventListener('load',function(){var imgs=Array.proto
          "document.title='PROBE '+imgs.length+' '+ok+' '+lines+' '+rows;});</script>")
 
 
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium); the browser "
+                                              "test needs it")
 def test_renders_in_headless_chromium(exp, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); the browser test needs it")
     probe = tmp_path / "probe.html"
     probe.write_text(exp["html"].replace("</body>", PROBE + "</body>"))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
