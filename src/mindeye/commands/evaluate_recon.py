@@ -1,0 +1,62 @@
+"""`mindeye evaluate recon`: the eight reconstruction metrics of paper Table 1 for reconstruction directories."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_recon_parser(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "recon", help="reconstruction metrics (PixCorr, SSIM, AlexNet, Inception, CLIP, EfficientNet, SwAV)",
+        description="Pair every PNG of a `mindeye reconstruct` (or `reconstruct-blurry`) output directory with "
+                    "its ground-truth image from the subject store and compute the metrics of paper Table 1. "
+                    "Metrics whose network weights are missing are reported as unavailable with the reason. "
+                    "Writes --out (JSON) and a Markdown table next to it (.md). See docs/evaluation.md.")
+    p.add_argument("--recons", action="append", required=True, metavar="DIR",
+                   help="reconstruction directory (repeatable: one table row each, plus the mean)")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="row name for each --recons, in the same order (default: the directory name)")
+    p.add_argument("--data", default=None, help="subject store (default: the one named in the recon index)")
+    p.add_argument("--weights-dir", default=None,
+                   help="folder with the metric networks' checkpoints (torchvision files, SwAV, CLIP folder)")
+    p.add_argument("--clip", default=None, help="CLIP ViT-L/14 for the CLIP metric: HF id or local folder")
+    p.add_argument("--metrics", default=None, metavar="LIST",
+                   help="comma-separated subset, e.g. pixcorr,ssim,clip (default: all eight)")
+    p.add_argument("--pixel-only", action="store_true",
+                   help="compute only PixCorr and SSIM (no network weights needed; the others are listed "
+                        "as unavailable)")
+    p.add_argument("--retrieval", default=None, metavar="JSON",
+                   help="retrieval results (RUN/eval/retrieval.json or `evaluate retrieval --out`) for the "
+                        "table's retrieval columns")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--title", default=None, help="title of the Markdown table")
+    p.add_argument("--out", required=True, help="metrics JSON to write (the .md table goes next to it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_recon)
+
+
+def run_recon(args: argparse.Namespace) -> int:
+    from mindeye.errors import MindEyeError
+    from mindeye.evaluation.metrics import METRICS
+    from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
+    from mindeye.training.trainer import resolve_device
+
+    metrics = list(METRICS)
+    if args.metrics:
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = sorted(set(metrics) - set(METRICS))
+        if unknown:
+            raise MindEyeError(f"unknown metric(s) {unknown} in --metrics; choose from {', '.join(METRICS)}")
+    if args.batch_size < 1:
+        raise MindEyeError("--batch-size must be at least 1")
+    result = evaluate_recon_dirs(
+        args.recons, names=args.name or None, store=args.data, weights_dir=args.weights_dir, clip=args.clip,
+        device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
+        retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress)
+    json_path, md_path = write_metrics(result, args.out, title=args.title)
+    print(md_path.read_text())
+    print(json.dumps({"metrics": str(json_path), "table": str(md_path),
+                      "rows": [r["name"] for r in result["rows"]]}))
+    return 0

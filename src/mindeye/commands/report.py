@@ -1,0 +1,47 @@
+"""`mindeye report`: one self-contained HTML page (metrics table, curves, image grids, UMAP)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML report (metrics, training curves, images, UMAP)",
+        description="One HTML page with everything embedded (no external resources): the paper-Table-1 metrics "
+                    "table, training curves, ground truth / blurry / reconstructed / retrieved test images and a "
+                    "UMAP of the embedding spaces (paper Figure 9). See docs/evaluation.md.")
+    p.add_argument("--run", required=True, help="high-level (mindeye) run directory")
+    p.add_argument("--lowlevel", default=None, help="low-level run directory (training curves)")
+    p.add_argument("--ridge", default=None, help="ridge baseline run directory (retrieval row, curves)")
+    p.add_argument("--recons", default=None, help="`mindeye reconstruct` output directory")
+    p.add_argument("--blurry", default=None,
+                   help="`mindeye reconstruct-blurry` output directory (default: RECONS/blurry if present)")
+    p.add_argument("--retrieved", default=None, help="directory of retrieved images in the recon index format")
+    p.add_argument("--metrics", nargs="+", action="extend", default=[], metavar="JSON",
+                   help="metrics JSON(s) written by `mindeye evaluate recon`")
+    p.add_argument("--data", default=None, help="subject store (default: the run's)")
+    p.add_argument("--images", type=int, default=12, help="test images in the image grid")
+    p.add_argument("--umap-samples", type=int, default=100,
+                   help="test images in the UMAP (each adds a prior sample; keep it small on a CPU)")
+    p.add_argument("--no-umap", action="store_true", help="skip the UMAP (and the prior sampling it needs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the UMAP")
+    p.add_argument("--title", default=None)
+    p.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mindeye.errors import MindEyeError
+    from mindeye.evaluation.report import build_report
+    from mindeye.training.trainer import resolve_device
+
+    if args.umap_samples < 2 and not args.no_umap:
+        raise MindEyeError("--umap-samples must be at least 2 (or pass --no-umap)")
+    out = build_report(args.run, lowlevel=args.lowlevel, ridge=args.ridge, recons=args.recons, blurry=args.blurry,
+                       metrics=args.metrics, out=args.out, retrieved=args.retrieved, store=args.data,
+                       umap=not args.no_umap, n_images=args.images, embed_samples=args.umap_samples,
+                       device=resolve_device(args.device), seed=args.seed, title=args.title)
+    print(f"report: {out}")
+    return 0

@@ -1,0 +1,329 @@
+"""Reconstruction metrics for reconstruction output directories (`mindeye evaluate recon`).
+
+A reconstruction directory is what `mindeye reconstruct` or `mindeye reconstruct-blurry` writes:
+``DIR/index.json`` (kind, config with the generator / run / store, and per store image index the PNG
+file) plus the PNGs. Here each PNG is paired with its ground-truth image from the subject store and
+the eight metrics of paper Table 1 are computed with :func:`mindeye.evaluation.metrics.evaluate_reconstructions`.
+Metrics whose network weights are missing are kept in the result as ``{"unavailable": reason}``.
+
+Result of :func:`evaluate_recon_dirs` (also the metrics.json format)::
+
+    {"mindeye_version": ..., "metrics_order": [...],
+     "rows": [{"name", "recons", "kind", "generator", "generator_weights", "store", "high_run",
+               "n_images", "image_index": [...], "metrics": {metric: {"value"} | {"unavailable"}},
+               "retrieval": {"image_retrieval", "brain_retrieval", ...} (when given)}, ...],
+     "mean": {metric: value, ...} (with several rows; only metrics every row has)}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mindeye import __version__
+from mindeye.errors import MindEyeError
+from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
+from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
+
+INDEX_NAME = "index.json"
+PIXEL_METRICS = ("pixcorr", "ssim")  # need no network weights
+RETRIEVAL_KEYS = ("image_retrieval", "brain_retrieval")
+
+
+@dataclass
+class ReconDir:
+    """A reconstruction output directory: its index and the PNG of each store image index (sorted)."""
+
+    path: Path
+    index: dict[str, Any]
+    image_index: np.ndarray  # (N,) store image indices, ascending
+    files: list[Path]  # PNG per image_index entry
+
+    @property
+    def kind(self) -> str:
+        return str(self.index.get("kind", "unknown"))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.index.get("config") or {}
+
+    @property
+    def generator(self) -> str | None:
+        """What made the images: the generator for reconstructions, the decoder for blurry images."""
+        cfg = self.config
+        if self.kind == "blurry":
+            return f"{cfg['decoder']} decoder" if cfg.get("decoder") else None
+        return cfg.get("generator")
+
+    def image_ids(self) -> list[str | None]:
+        recs = self.index["images"]
+        return [recs[str(int(i))].get("image_id") for i in self.image_index]
+
+    def store_path(self) -> Path | None:
+        """The subject store the images were made from, if the index (or its run) says."""
+        cfg = self.config
+        if cfg.get("store"):
+            return Path(cfg["store"])
+        run = cfg.get("run") or cfg.get("high_run")
+        if run and (Path(run) / "run.json").exists():
+            store = json.loads((Path(run) / "run.json").read_text()).get("store")
+            return Path(store) if store else None
+        return None
+
+
+def read_recon_dir(path: str | os.PathLike) -> ReconDir:
+    """Read DIR/index.json and check that every PNG it lists exists."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MindEyeError(f"reconstruction directory {path} does not exist; make it with `mindeye reconstruct "
+                           "--run RUN --out DIR` (or `mindeye reconstruct-blurry`) or fix the path")
+    index_path = path / INDEX_NAME
+    if not index_path.exists():
+        raise MindEyeError(f"{path} holds no reconstructions (no {INDEX_NAME}); make them with `mindeye "
+                           "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MindEyeError(f"{index_path} is not valid JSON ({exc}); re-run the reconstruction to rewrite it") from None
+    images = index.get("images") if isinstance(index, dict) else None
+    if not isinstance(images, dict):
+        raise MindEyeError(f"{index_path} has no 'images' table; it was not written by `mindeye reconstruct`")
+    if not images:
+        raise MindEyeError(f"{path} is empty: its {INDEX_NAME} lists no images; run (or resume) the "
+                           "reconstruction that writes into it")
+    try:
+        order = sorted(images, key=int)
+        recs = [images[k] for k in order]
+        image_index = np.array([int(r.get("image_index", k)) for k, r in zip(order, recs)], dtype=np.int64)
+        files = [path / r["file"] for r in recs]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise MindEyeError(f"{index_path} is malformed ({type(exc).__name__}: {exc}); re-run the reconstruction") from None
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise MindEyeError(f"{path}: {len(missing)} PNG file(s) listed in {INDEX_NAME} are missing (e.g. "
+                           f"{missing[0]}); re-run the same reconstruct command to resume and rewrite them")
+    return ReconDir(path, index, image_index, files)
+
+
+def load_pngs(files: Sequence[Path]) -> np.ndarray:
+    """uint8 (N, H, W, 3); all files must have the same size."""
+    from PIL import Image
+
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        except OSError as exc:
+            raise MindEyeError(f"cannot read {f} as an image ({exc}); re-create it") from None
+    sizes: dict[tuple[int, ...], list[Path]] = {}
+    for f, a in zip(files, arrays):
+        sizes.setdefault(a.shape[:2], []).append(f)
+    if len(sizes) > 1:
+        desc = "; ".join(f"{h}x{w}: {len(fs)} file(s), e.g. {fs[0]}" for (h, w), fs in sizes.items())
+        raise MindEyeError(f"the reconstructions have different sizes ({desc}); all images of one directory "
+                           "must have one size: regenerate the odd ones with the same settings")
+    return np.stack(arrays)
+
+
+def ground_truth(store, recon: ReconDir) -> np.ndarray:
+    """The store images (uint8 (N, S, S, 3)) the reconstructions belong to, checked against the index."""
+    bad = recon.image_index[(recon.image_index < 0) | (recon.image_index >= store.n_images)]
+    if len(bad):
+        raise MindEyeError(f"{recon.path}/{INDEX_NAME} refers to image index {int(bad[0])} but {store.path} has "
+                           f"only {store.n_images} images; the reconstructions were made from another store: "
+                           "pass that store with --data")
+    for i, rec_id in zip(recon.image_index.tolist(), recon.image_ids()):
+        if rec_id is not None and store.image_ids[i] != rec_id:
+            raise MindEyeError(f"{recon.path}: image {i} is '{rec_id}' in the reconstruction index but "
+                               f"'{store.image_ids[i]}' in {store.path}; the reconstructions were made from "
+                               "another store: pass that store with --data")
+    return np.asarray(store.images[recon.image_index])
+
+
+def pixel_only_nets() -> FeatureNets:
+    """Every feature network marked unavailable: only PixCorr and SSIM are computed."""
+    reason = ("skipped (--pixel-only): this metric needs pretrained network weights; run `mindeye evaluate "
+              "recon` without --pixel-only, with the weights in --weights-dir (see docs/evaluation.md)")
+    return FeatureNets({name: Unavailable(reason) for name in NET_NAMES})
+
+
+def load_feature_nets(weights_dir: str | os.PathLike | None = None, clip: str | None = None,
+                      device: str = "cpu", metrics: Sequence[str] = METRICS) -> FeatureNets:
+    """FeatureNets for the requested metrics only (missing weights become Unavailable, never random)."""
+    names = [net for net, provides in NET_METRICS.items() if any(m in metrics for m in provides)]
+    if not names:
+        return FeatureNets({})
+    return FeatureNets.load(weights_dir, clip or DEFAULT_CLIP, device=device, names=names)
+
+
+def read_retrieval(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Retrieval results from RUN/eval/retrieval.json (one dict) or `evaluate retrieval --out` (a list)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MindEyeError(f"retrieval results {path} not found; write them with `mindeye evaluate retrieval "
+                           "--run RUN` (RUN/eval/retrieval.json) or its --out option")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MindEyeError(f"{path} is not valid JSON ({exc})") from None
+    items = data if isinstance(data, list) else [data]
+    for r in items:
+        if not isinstance(r, dict) or not all(k in r for k in RETRIEVAL_KEYS):
+            raise MindEyeError(f"{path} is not a retrieval result (needs {list(RETRIEVAL_KEYS)}); use the JSON "
+                               "written by `mindeye evaluate retrieval`")
+    return items
+
+
+def _retrieval_summary(r: dict[str, Any]) -> dict[str, Any]:
+    keep = ("run", "name", "image_retrieval", "brain_retrieval", "image_ci95", "brain_ci95", "pool", "draws",
+            "n_test", "test_mode", "full_test_set")
+    return {k: r[k] for k in keep if k in r}
+
+
+def evaluate_recon_dirs(
+    recons: Sequence[str | os.PathLike],
+    names: Sequence[str] | None = None,
+    store: str | os.PathLike | None = None,
+    nets: FeatureNets | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    clip: str | None = None,
+    device: str = "cpu",
+    metrics: Sequence[str] = METRICS,
+    pixel_only: bool = False,
+    retrieval: str | os.PathLike | list[dict[str, Any]] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
+
+    store: the subject store (default: the one named in each directory's index / run).
+    nets: pre-loaded feature networks (else loaded once from weights_dir / clip; pixel_only skips them).
+    retrieval: retrieval JSON path or results; one result applies to every non-blurry row, a list as
+        long as ``recons`` pairs up with them.
+    """
+    from mindeye.data.store import SubjectStore
+
+    if not recons:
+        raise MindEyeError("no reconstruction directory given; pass --recons DIR")
+    if names is not None and len(names) not in (0, len(recons)):
+        raise MindEyeError(f"got {len(names)} --name for {len(recons)} --recons; give one name per --recons "
+                           "(in the same order) or none")
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise MindEyeError(f"unknown metric(s) {sorted(unknown)}; choose from {list(METRICS)}")
+    dirs = [read_recon_dir(p) for p in recons]  # check them all before any slow work
+    retrievals: list[dict[str, Any] | None] = [None] * len(dirs)
+    if retrieval is not None:
+        items = read_retrieval(retrieval) if isinstance(retrieval, str | os.PathLike) else list(retrieval)
+        if len(items) == 1:  # one run's retrieval: every reconstruction row, not blurry ones (no retrieval)
+            retrievals = [None if d.kind == "blurry" else items[0] for d in dirs]
+        elif len(items) == len(dirs):
+            retrievals = list(items)
+        else:
+            raise MindEyeError(f"the retrieval JSON holds {len(items)} results for {len(dirs)} --recons; give "
+                               "one result (for all rows) or one per --recons")
+    if nets is None:
+        nets = pixel_only_nets() if pixel_only else load_feature_nets(weights_dir, clip, device, metrics)
+
+    rows = []
+    stores: dict[Path, SubjectStore] = {}
+    for k, recon in enumerate(dirs):
+        store_path = Path(store) if store is not None else recon.store_path()
+        if store_path is None:
+            raise MindEyeError(f"{recon.path}/{INDEX_NAME} does not say which subject store it was made from; "
+                               "pass it with --data STORE")
+        if store_path not in stores:
+            stores[store_path] = SubjectStore(store_path)
+        subject = stores[store_path]
+        reals = ground_truth(subject, recon)
+        fakes = load_pngs(recon.files)
+        if len(reals) < 2:
+            raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
+                               "need at least 2")
+        values = evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
+                                          progress=progress, metrics=metrics)
+        row: dict[str, Any] = {
+            "name": names[k] if names else recon.path.name,
+            "recons": str(recon.path.resolve()),
+            "kind": recon.kind,
+            "generator": recon.generator,
+            "generator_weights": recon.config.get("generator_weights"),
+            "store": str(subject.path.resolve()),
+            "high_run": recon.config.get("high_run") or recon.config.get("run"),
+            "n_images": int(len(reals)),
+            "image_size": {"real": int(reals.shape[1]), "recon": int(fakes.shape[1])},
+            "image_index": recon.image_index.tolist(),
+            "metrics": values,
+        }
+        if retrievals[k] is not None:
+            row["retrieval"] = _retrieval_summary(retrievals[k])
+        rows.append(row)
+
+    result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics), "rows": rows}
+    if len(rows) > 1:
+        keys = [*metrics, *(RETRIEVAL_KEYS if all("retrieval" in r for r in rows) else ())]
+        mean = {}
+        for m in keys:
+            vals = [table_row(r).get(m) for r in rows]
+            nums = [v["value"] for v in vals if isinstance(v, dict) and "value" in v]
+            if len(nums) == len(rows):
+                mean[m] = float(np.mean(nums))
+        result["mean"] = mean
+    return result
+
+
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.json row -> a `tables.markdown_table` row (metric cells + retrieval columns)."""
+    out: dict[str, Any] = {"name": row.get("name", "?"), **row.get("metrics", {})}
+    ret = row.get("retrieval") or {}
+    for k in RETRIEVAL_KEYS:
+        if k in ret:
+            out[k] = {"value": float(ret[k])}
+    return out
+
+
+def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
+    """Paper-Table-1 Markdown table of an :func:`evaluate_recon_dirs` result (mean row with several rows)."""
+    from mindeye.evaluation.tables import markdown_table
+
+    rows = [table_row(r) for r in result["rows"]]
+    text = markdown_table(rows, title=title)
+    lines = ["", "Images: " + "; ".join(
+        f"{r['name']}: {r['n_images']} from {r['recons']} (made by {r.get('generator') or 'unknown'})"
+        for r in result["rows"])]
+    return text + "\n".join(lines) + "\n"
+
+
+def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
+    """Write metrics.json and the Markdown table next to it (same name, .md)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    md = out.with_suffix(".md")
+    md.write_text(metrics_markdown(result, title))
+    return out, md
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A metrics.json written by :func:`write_metrics`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MindEyeError(f"metrics file {path} not found; write it with `mindeye evaluate recon --recons DIR "
+                           "--out metrics.json`")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MindEyeError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise MindEyeError(f"{path} is not a reconstruction metrics file (no 'rows'); write it with "
+                           "`mindeye evaluate recon`")
+    return data
