@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-all", action="store_true", help="also write all k candidates as PNGs")
     p.add_argument("--limit", type=int, default=None, help="only the first N test samples")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists searched (default: the index's)")
+    p.add_argument("--refine", type=int, default=4,
+                   help="IVF-PQ indexes: fetch REFINE x k neighbours and re-score them exactly with the stored "
+                        "embeddings (default 4; 1: off)")
     p.add_argument("--size", type=int, default=None, help="side of the written PNGs (default: the store's images)")
     p.add_argument("--images-root", default=None,
                    help="where a directory/store collection lives now, if it moved since the index was built")
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     index = retrieve(args.run, args.index, args.out, k=args.k, store=args.data, device=args.device,
                      weights=args.weights, query=args.query, save_all=args.save_all, limit=args.limit,
-                     nprobe=args.nprobe, size=args.size, images_root=args.images_root, overwrite=args.overwrite,
+                     nprobe=args.nprobe, refine=args.refine, size=args.size, images_root=args.images_root, overwrite=args.overwrite,
                      progress=not args.no_progress)
     recs = list(index["images"].values())
     cfg = index["config"]

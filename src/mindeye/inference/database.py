@@ -365,7 +365,7 @@ def ivfpq_params(n: int, dim: int, nlist: int | None = None, m: int | None = Non
     if dim % m:
         raise MindEyeError(f"--pq-m {m} must divide the embedding dimension {dim}")
     nbits = int(max(1, min(8, math.floor(math.log2(max(2, n // 39))))))  # PQ codebooks need ~39 points per code
-    nprobe = int(min(nlist, max(8, nlist // 16)))
+    nprobe = int(min(nlist, max(32, nlist // 16)))
     return {"nlist": nlist, "m": int(m), "nbits": nbits, "nprobe": nprobe}
 
 
@@ -566,15 +566,32 @@ class DatabaseIndex:
         rows[order] = arr[flat[order]]
         return _normalised(rows).reshape(*np.shape(ids), -1)
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (M, k), best first, for unit-normalised float32 queries (M, dim)."""
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
+               refine: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (M, k), best first, for float32 queries (M, dim) (normalised here).
+
+        For an approximate (IVF-PQ) index with stored embeddings, ``refine`` x k candidates are fetched and
+        re-scored with the exact stored embeddings (faiss' IndexRefine idea), which recovers most of what
+        product quantisation loses; ids are -1 where fewer than k were found.
+        """
         queries = _normalised(queries)
         if queries.shape[1] != self.dim:
             raise MindEyeError(f"query embeddings have dimension {queries.shape[1]} but the index {self.path} holds "
                                f"{self.dim}-d {self.encoder} embeddings; query it with embeddings of the same encoder")
+        k = min(k, self.index.ntotal)
         if hasattr(self.index, "nprobe"):
             self.index.nprobe = int(nprobe or self.manifest["index"].get("nprobe", 1))
-        scores, ids = self.index.search(queries, min(k, self.index.ntotal))
+        exact = self.manifest["index"]["type"] == "flat" or refine <= 1 or not (self.path / EMBEDDINGS).exists()
+        if exact:
+            return self.index.search(queries, k)
+        _, short = self.index.search(queries, min(self.index.ntotal, refine * k))
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for m, row in enumerate(short):
+            row = row[row >= 0]
+            s = self.embeddings(row) @ queries[m]
+            top = np.argsort(-s, kind="stable")[:k]
+            scores[m, :len(top)], ids[m, :len(top)] = s[top], row[top]
         return scores, ids
 
 
@@ -656,6 +673,7 @@ def retrieve(
     save_all: bool = False,
     limit: int | None = None,
     nprobe: int | None = None,
+    refine: int = 4,
     size: int | None = None,
     images_root: str | None = None,
     overwrite: bool = False,
@@ -699,7 +717,7 @@ def retrieve(
     q, query = query_embeddings(brain, db.dim, query, cfg.targets.encoder, db.encoder)
     _check_encoders(cfg.targets.encoder, db, query, subject.path, cfg.targets.weights)
 
-    knn_scores, ids = db.search(q, k, nprobe)
+    knn_scores, ids = db.search(q, k, nprobe, refine)
     if (ids < 0).any():  # IVF with too few probed lists can return fewer than k
         print(f"note: some queries found fewer than {k} neighbours; raise --nprobe", flush=True)
     db.source.check(ids[ids >= 0].ravel())  # every candidate on disk before anything is written
@@ -720,6 +738,7 @@ def retrieve(
     tmp.mkdir(parents=True)
     config = {"index": str(db.path.resolve()), "index_encoder": db.encoder, "index_fingerprint":
               db.manifest["fingerprint"], "index_type": db.manifest["index"]["type"], "k": k, "query": query,
+              "nprobe": nprobe, "refine": refine,
               "index_source": db.source.describe(),
               "rerank": "stored-embeddings" if use_stored else f"encode:{cfg.targets.encoder}",
               "high_run": str(Path(run_dir).resolve()), "store": str(subject.path.resolve()), "test_mode": "averaged",
@@ -728,6 +747,8 @@ def retrieve(
     records = []
     for m in tqdm(range(len(image_index)), desc="retrieve", unit="img", disable=not progress):
         cand = ids[m][ids[m] >= 0]
+        if len(cand) == 0:
+            raise MindEyeError(f"the index returned no neighbour for test sample {m}; raise --nprobe")
         pics = db.source.load(cand) if (save_all or enc is not None) else None
         if use_stored:
             emb = db.embeddings(cand)
