@@ -140,7 +140,8 @@ def test_webdataset_shards(store, tmp_path):
     for shard, idx in ((0, [0, 1, 2]), (1, [3, 4])):
         with tarfile.open(tmp_path / f"shard-{shard}.tar", "w") as tar:
             for i in idx:
-                members = {f"{i:06d}.png": _png(np.asarray(s.images[i])), f"{i:06d}.json": b"{}"}
+                ext = "PNG" if i == 3 else "png"  # extensions are matched case-insensitively
+                members = {f"{i:06d}.{ext}": _png(np.asarray(s.images[i])), f"{i:06d}.json": b"{}"}
                 if i == 4:  # a sample with two images: jpg is preferred, as in the source list order
                     members[f"{i:06d}.jpg"] = _png(np.asarray(s.images[9]))  # PNG bytes decode fine
                 for name, data in members.items():
@@ -151,11 +152,20 @@ def test_webdataset_shards(store, tmp_path):
     db = DatabaseIndex.open(out)
     assert db.manifest["count"] == 5 and db.manifest["source"]["type"] == "webdataset"
     assert [Path(p).name for p in db.source.location] == ["shard-0.tar"] * 3 + ["shard-1.tar"] * 2
-    assert db.source.member == ["000000.png", "000001.png", "000002.png", "000003.png", "000004.jpg"]
+    assert db.source.member == ["000000.png", "000001.png", "000002.png", "000003.PNG", "000004.jpg"]
     want = _encode("standin-clip-final", s.images[[0, 1, 2, 3, 9]])
     np.testing.assert_allclose(np.load(out / "embeddings.npy"), want, atol=2e-3)
     for i, j in enumerate([0, 1, 2, 3, 9]):  # random access by byte offset gives the same images
         np.testing.assert_array_equal(db.source.load([i])[0], s.images[j])
+
+    # interrupted in the second shard's chunk, resumed: the stream restarts mid-collection
+    pattern, kw = [str(tmp_path / "shard-0.tar"), str(tmp_path / "shard-1.tar")], dict(chunk_size=2, batch_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(pattern, "standin-clip-final", tmp_path / "re", encoder=_FlakyEncoder(4), progress=False, **kw)
+    enc = _FlakyEncoder(None)
+    build_index(pattern, "standin-clip-final", tmp_path / "re", encoder=enc, progress=False, **kw)
+    assert enc.images == 3
+    np.testing.assert_allclose(np.load(tmp_path / "re" / "embeddings.npy"), want, atol=2e-3)
 
 
 def test_ivfpq_recall_and_auto_choice(monkeypatch):

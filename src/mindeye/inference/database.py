@@ -185,23 +185,23 @@ class ImageSource:
         import webdataset as wds
 
         shards = list(dict.fromkeys(self.location[start:]))  # in id order, each once
-        want = {(loc, mem): i for i, (loc, mem) in enumerate(zip(self.location, self.member)) if i >= start}
+        want = {(loc, *_split_key(mem)): i for i, (loc, mem) in enumerate(zip(self.location, self.member))
+                if i >= start}
         expected = start
         for shard in shards:
             ds = wds.WebDataset(shard, shardshuffle=False, empty_check=False)
             try:
                 for sample in ds:
+                    sample = {k if k.startswith("__") else k.lower(): v for k, v in sample.items()}
                     ext = _first_image_ext(sample)
-                    if ext is None:
-                        continue
-                    key = (shard, f"{sample['__key__']}.{ext}")
-                    if key not in want:
+                    key = (shard, sample["__key__"], ext)
+                    if ext is None or key not in want:
                         continue
                     if want[key] != expected:
-                        raise MindEyeError(f"shard {shard} changed since it was listed (member {key[1]} out of "
+                        raise MindEyeError(f"shard {shard} changed since it was listed (sample {key[1]} out of "
                                            "order); re-run the build with --overwrite")
                     expected += 1
-                    yield decode_image(sample[ext], f"{shard}:{key[1]}")
+                    yield decode_image(sample[ext], f"{shard}:{key[1]}.{ext}")
             except MindEyeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - tarfile / webdataset raise many kinds
@@ -320,11 +320,12 @@ def _expand_shards(items: Sequence[str | Path]) -> list[Path]:
             matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
             for m in matches:
                 p = Path(m)
+                if not p.exists():
+                    raise MindEyeError(f"--images {m} does not exist; give a directory of images, a subject store "
+                                       "or .tar shards (files, globs or brace patterns)")
                 if p.is_dir() or p.suffix.lower() != ".tar":
                     raise MindEyeError(f"--images {m}: give one directory (of images, of shards, or a subject store) "
                                        "or any number of .tar shard files/patterns")
-                if not p.is_file():
-                    raise MindEyeError(f"shard {p} does not exist; check the --images path or pattern")
                 out.append(p.resolve())
     if not out:
         raise MindEyeError(f"no shard matches {', '.join(map(str, items))}")
