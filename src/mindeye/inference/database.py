@@ -756,6 +756,9 @@ def retrieve(
         else:
             batch = np.stack([square(p, enc_size) if enc_size else p for p in pics])
             emb = enc.encode(batch).float().flatten(1).cpu().numpy()
+        if emb.shape[1] != brain_flat.shape[1]:
+            raise MindEyeError(f"cannot re-rank: the candidates' {cfg.targets.encoder} embeddings have dimension "
+                               f"{emb.shape[1]} but the run's brain embedding {brain_flat.shape[1]}")
         best, scores = rerank(emb, brain_flat[m])
         idx = int(image_index[m])
         chosen = pics[best] if pics is not None else db.source.load([cand[best]])[0]
