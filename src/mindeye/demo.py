@@ -183,6 +183,33 @@ def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, res
     _done(t0)
 
 
+def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
+
+    offline = demo.metrics_weights_dir is None and demo.clip_weights is None
+    t0 = _step("reconstruction metrics" + (" (PixCorr, SSIM: no metric-network weights configured)" if offline else ""))
+    res = evaluate_recon_dirs(
+        [out / "recons" / "final", out / "recons" / "blurry"], names=["MindEye", "MindEye (low-level)"],
+        store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
+        pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
+        mean_row=False)  # the rows are two methods, not subjects of one
+    json_path, md_path = write_metrics(res, out / "metrics.json", title="mindeye demo")
+    results["metrics"] = str(json_path)
+    print(md_path.read_text())
+    _done(t0)
+
+
+def _stage_report(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    from mindeye.evaluation.report import build_report
+
+    t0 = _step("report")
+    build_report(runs / "highlevel", lowlevel=runs / "lowlevel",
+                 ridge=runs / "ridge" if (runs / "ridge").exists() else None,
+                 recons=out / "recons" / "final", blurry=out / "recons" / "blurry",
+                 metrics=[out / "metrics.json"], out=out / "report.html", store=store, device=device)
+    _done(t0)
+
+
 def _optional_stages() -> list:
     """Stages after retrieval: reconstruction, then metrics and the report when those modules exist."""
     stages = [_stage_reconstruct]

@@ -200,8 +200,12 @@ def evaluate_recon_dirs(
     retrieval: str | os.PathLike | list[dict[str, Any]] | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    mean_row: bool = True,
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
+
+    mean_row: add the mean over rows (for rows that are subjects of one method, as in paper Table 1);
+        turn it off when the rows are different methods.
 
     store: the subject store (default: the one named in each directory's index / run).
     nets: pre-loaded feature networks (else loaded once from weights_dir / clip; pixel_only skips them).
@@ -267,7 +271,7 @@ def evaluate_recon_dirs(
         rows.append(row)
 
     result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics), "rows": rows}
-    if len(rows) > 1:
+    if mean_row and len(rows) > 1:
         keys = [*metrics, *(RETRIEVAL_KEYS if all("retrieval" in r for r in rows) else ())]
         mean = {}
         for m in keys:
@@ -294,7 +298,7 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
     from mindeye.evaluation.tables import markdown_table
 
     rows = [table_row(r) for r in result["rows"]]
-    text = markdown_table(rows, title=title)
+    text = markdown_table(rows, title=title, mean_row="mean" in result)
     lines = ["", "Images: " + "; ".join(
         f"{r['name']}: {r['n_images']} from {r['recons']} (made by {r.get('generator') or 'unknown'})"
         for r in result["rows"])]

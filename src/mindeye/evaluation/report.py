@@ -370,7 +370,7 @@ def assemble_rows(runs: list[RunInfo], metrics_files: Sequence[dict[str, Any]]) 
                     used.add(run.path)
             file_rows.append(row)
         rows += file_rows
-        if len(file_rows) > 1:  # e.g. several subjects: their mean, as in the paper's per-subject tables
+        if len(file_rows) > 1 and "mean" in mf:  # e.g. several subjects: their mean, as in the paper's per-subject tables
             mean: dict[str, Any] = {"name": "Mean of " + ", ".join(str(r["name"]) for r in file_rows), "mean": True}
             for key, _, _ in COLUMNS:
                 vals = [_value(r.get(key))[0] for r in file_rows]
