@@ -10,11 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_convert import TINY, authors_layout  # noqa: E402
-
 from mindeye.cli import main  # noqa: E402
-from mindeye.models.factory import build_model  # noqa: E402
 from mindeye.config import load_config  # noqa: E402
+from mindeye.models.factory import build_model  # noqa: E402
+from test_convert import TINY, authors_layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
