@@ -44,6 +44,7 @@ class DemoConfig:
     metrics_weights_dir: str | None = None  # where metric network checkpoints live (offline machines)
     clip_weights: str | None = None  # CLIP for the CLIP metric (HF id or local path)
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
+    report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
 
 
@@ -206,7 +207,8 @@ def _stage_report(demo: DemoConfig, out: Path, store: Path, runs: Path, results:
     build_report(runs / "highlevel", lowlevel=runs / "lowlevel",
                  ridge=runs / "ridge" if (runs / "ridge").exists() else None,
                  recons=out / "recons" / "final", blurry=out / "recons" / "blurry",
-                 metrics=[out / "metrics.json"], out=out / "report.html", store=store, device=device)
+                 metrics=[out / "metrics.json"], out=out / "report.html", store=store, device=device,
+                 umap=demo.report_umap)
     _done(t0)
 
 
