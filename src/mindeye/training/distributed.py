@@ -57,9 +57,13 @@ def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate every rank's ``x`` along dim 0; gradients flow back to each rank's own slice."""
     if not info.enabled:
         return x
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), 0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still correct and supported
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x), 0)
 
 
 def barrier(info: DistInfo) -> None:
