@@ -598,7 +598,6 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
     )
     if not math.isfinite(mean_loss):
         print(f"warning: {name}: non-finite loss {mean_loss}", file=sys.stderr)
-    del model, opt, task, online, batches, losses
     return result
 
 
