@@ -501,9 +501,6 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
                                    else "default"}[args.fused_adam])
         compile_mode = args.compile_mode if args.compile else None
         ckpt, in_backward, on_device = args.checkpointing, args.optimizer_in_backward, args.data_on_device
-    if reference and store_path is not None and not online_targets:
-        raise MindEyeError("reference mode on a store runs the encoders on the store's images: use "
-                           "--reference-targets online, or --source random for the cached-target step")
     if in_backward and precision == "fp16":
         raise MindEyeError("--optimizer-in-backward cannot be combined with fp16 (GradScaler); use --precision bf16")
 
@@ -529,12 +526,13 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype={"bf16": torch.bfloat16,
                 "fp16": torch.float16}[precision]) if precision != "fp32" else None)
 
-    task = make_task(args.pipeline, cfg, device, store_path if (store_path and not reference) else None)
+    # Online targets on a store come from its images; otherwise the trainer's own batches (target cache).
+    task = make_task(args.pipeline, cfg, device, None if online_targets else store_path)
     online = OnlineTargets(args.pipeline, args.size, device) if online_targets else None
     if store_path is None:
         img = (args.image_size or online.image_size()) if online else 0
         batches = random_batches(args.pipeline, cfg, n_voxels, args.batch, device, on_device, img)
-    elif reference:
+    elif online_targets:
         batches = reference_store_batches(args.pipeline, cfg, store_path, args.batch, device, epoch)
     else:
         if on_device and args.pipeline == "high":
@@ -614,9 +612,9 @@ def _fmt(r: Result) -> str:
 
 def print_flops(cfg: ModelConfig, n_voxels: int, label: str) -> None:
     f = flops_per_sample(cfg, n_voxels)
-    parts = ", ".join(f"{k} {v / 1e9:.3f}" for k, v in f.items() if k not in ("forward", "train"))
-    print(f"FLOPs per sample ({label}, {n_voxels} voxels): forward {f['forward'] / 1e9:.2f} GFLOP ({parts}); "
-          f"training step 3 x forward = {f['train'] / 1e9:.1f} GFLOP")
+    parts = ", ".join(f"{k} {v / 1e9:.4g}" for k, v in f.items() if k not in ("forward", "train"))
+    print(f"FLOPs per sample ({label}, {n_voxels} voxels): forward {f['forward'] / 1e9:.4g} GFLOP ({parts}); "
+          f"training step 3 x forward = {f['train'] / 1e9:.4g} GFLOP")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
