@@ -302,11 +302,12 @@ class HighLevelTask:
                                                   generator=gen)
         sl = local_slice(len(vox), info)
         dev = batch["device"]
-        vox_l, tgt_l = vox[sl].to(dev, non_blocking=True), tgt[sl].to(dev, non_blocking=True)
+        tgt = tgt.to(dev, non_blocking=True)  # one host->device copy of the (global) target batch
+        vox_l, tgt_l = vox[sl].to(dev, non_blocking=True), tgt[sl]
         out = ddp_model(vox_l)
         emb = out["projector"] if out.get("projector") is not None else out["backbone"]
         preds = gather_with_grad(_normalize(emb), info)
-        targets_n = _normalize(tgt.to(dev))
+        targets_n = _normalize(tgt)
         parts: dict[str, torch.Tensor] = {}
         if phase == "bimixco":
             contrastive = losses.bimixco_loss(preds, targets_n, perm.to(dev), lambdas.to(dev), cfg.train.mixco_temperature)
@@ -324,7 +325,7 @@ class HighLevelTask:
         if perm is not None:
             # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
             lam = lambdas[sl].to(dev).view(-1, *([1] * (tgt.dim() - 1)))
-            prior_target = lam * tgt_l + (1 - lam) * tgt.to(dev)[perm[sl].to(dev)]
+            prior_target = lam * tgt_l + (1 - lam) * tgt[perm[sl].to(dev)]
         if model.prior is not None:
             prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
             total = total + cfg.train.prior_loss_weight * prior_loss
