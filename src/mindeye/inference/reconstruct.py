@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
-from mindeye.inference.generators import ImageGenerator
 from mindeye.inference.img2img import check_strength, img2img_start
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
+    from mindeye.inference.generators import ImageGenerator
 
 INDEX_NAME = "index.json"
 
