@@ -9,15 +9,16 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="retrieval (300-way, both directions) and reconstruction metrics",
-                       description="Evaluate runs: retrieval top-1 among 300 (30 draws, 95%% CI) and over the "
+                       description="Evaluate runs: retrieval top-1 among 300 (30 draws, 95% CI) and over the "
                                    "whole test set, or the eight reconstruction metrics of paper Table 1.")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set")
+    r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set",
+                      description="Top-1 image and brain retrieval among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
     r.add_argument("--data", default=None, help="subject store (default: the one the run was trained on)")
     r.add_argument("--mode", choices=["averaged", "single"], default=None,
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
     r.add_argument("--out", default=None, help="also write all results to this JSON file")
     r.set_defaults(func=run_retrieval)

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config")
     p.add_argument("--n-voxels", type=int, default=None,
                    help="voxel count (default: data.n_voxels from the config or the store's)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.backbone.n_blocks=2 (repeatable)")
     p.set_defaults(func=run)
 
 

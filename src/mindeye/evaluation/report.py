@@ -31,7 +31,7 @@ import numpy as np
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
-from mindeye.evaluation.recon_eval import ReconDir, read_metrics, read_recon_dir, table_row
+from mindeye.evaluation.recon_eval import ReconDir, load_pngs, read_metrics, read_recon_dir, table_row
 from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value
 
 # Categorical palette (colour-blind friendly, Okabe-Ito).
@@ -438,13 +438,6 @@ def _index_images(recon: ReconDir) -> dict[int, Path]:
     return {int(i): f for i, f in zip(recon.image_index.tolist(), recon.files)}
 
 
-def _load_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 def image_grid(subject, shown: np.ndarray, rows: list[tuple[str, dict[int, Any]]], thumb: int,
                classes: dict[int, str] | None = None) -> str:
     """HTML table: one column per shown image, one row per source (images as data URIs; '—' where missing)."""
@@ -457,7 +450,7 @@ def image_grid(subject, shown: np.ndarray, rows: list[tuple[str, dict[int, Any]]
             if item is None:
                 cells.append(f"<td>{MISSING}</td>")
                 continue
-            img = _load_png(item) if isinstance(item, Path) else np.asarray(item)
+            img = load_pngs([item])[0] if isinstance(item, Path) else np.asarray(item)
             cls = ""
             if classes is not None and label.startswith("retrieved") and int(i) in classes:
                 cls = f' class="{classes[int(i)]}"'
@@ -600,13 +593,14 @@ def build_report(
     # Top-1 retrieval among the test images: projector output vs every test target (cosine).
     classes: dict[int, str] = {}
     if emb.projector is not None:
-        b = emb.projector / np.linalg.norm(emb.projector, axis=1, keepdims=True)
-        t = emb.targets / np.linalg.norm(emb.targets, axis=1, keepdims=True)
+        from mindeye.evaluation.retrieval import cosine_matrix
+
+        best = cosine_matrix(emb.projector, emb.targets).argmax(dim=1).numpy()
         pos = {int(i): k for k, i in enumerate(emb.image_index)}
         found = {}
         for i in shown:
             if int(i) in pos:
-                j = int(emb.image_index[int(np.argmax(t @ b[pos[int(i)]]))])
+                j = int(emb.image_index[best[pos[int(i)]]])
                 found[int(i)] = subject.images[j]
                 classes[int(i)] = "hit" if j == int(i) else "miss"
         grid_rows.append((f"retrieved (top-1 of {len(emb.image_index)} test images)", found))

@@ -72,10 +72,9 @@ def reconstruct_blurry(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
-    from mindeye.data.store import SubjectStore
     from mindeye.encoders.registry import get_encoder
-    from mindeye.models.factory import build_model
-    from mindeye.training.checkpoint import load_weights, read_run
+    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.training.checkpoint import read_run
     from mindeye.training.data import load_eval_split
 
     run_dir = Path(run_dir)
@@ -83,12 +82,9 @@ def reconstruct_blurry(
     if cfg.model.kind != "lowlevel":
         raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run; blurry reconstructions need a low-level run "
                            "(trained with model.kind=lowlevel)")
-    store_obj = SubjectStore(resolve_store(store, info, cfg))
+    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg))  # checks n_voxels
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
     rows = slice(0, limit) if limit else slice(None)
-    model = build_model(cfg.model, int(info.get("n_voxels", store_obj.n_voxels)))
-    load_weights(model, run_dir / "model.safetensors")
-    model.to(device).eval()
     dec_weights = weights or cfg.targets.lowlevel_weights
     decoder = get_encoder(cfg.targets.lowlevel_encoder, weights=dec_weights, device=device)
 

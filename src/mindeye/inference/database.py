@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
+from mindeye.inference.reconstruct import save_png
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")  # in order of preference within one webdataset sample
 MANIFEST = "manifest.json"
@@ -78,15 +79,6 @@ def square(image: np.ndarray, size: int | None) -> np.ndarray:
     if size is not None and s != size:
         out = np.asarray(Image.fromarray(np.ascontiguousarray(out)).resize((size, size), Image.Resampling.BICUBIC))
     return np.ascontiguousarray(out)
-
-
-def save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,10 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
-from mindeye.inference.generators import ImageGenerator
 from mindeye.inference.img2img import check_strength, img2img_start
+
+if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
+    from mindeye.inference.generators import ImageGenerator
 
 INDEX_NAME = "index.json"
 
@@ -245,12 +247,11 @@ def reconstruct_run(
     ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
     or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
     """
-    from mindeye.data.store import SubjectStore
     from mindeye.encoders.registry import get_encoder
+    from mindeye.evaluation.run_eval import load_run_model
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
-    from mindeye.models.factory import build_model
-    from mindeye.training.checkpoint import load_weights, read_run
+    from mindeye.training.checkpoint import read_run
     from mindeye.training.data import load_eval_split
     from mindeye.training.trainer import embed_voxels
 
@@ -272,13 +273,11 @@ def reconstruct_run(
               f"{spec.condition_encoder}", flush=True)
     # Load the (large, possibly missing) generator first so a missing download fails before any work.
     generator = load_generator(spec.name, weights, device=device, dtype=dtype)
-    store_obj = SubjectStore(resolve_store(store, info, cfg))
+    # load_run_model also checks the store's voxel count against the run's (else a matmul traceback)
+    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg))
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
     rows = slice(0, limit) if limit else slice(None)
     voxels, image_index = split.voxels[rows], split.image_index[rows]
-    model = build_model(cfg.model, int(info.get("n_voxels", store_obj.n_voxels)))
-    load_weights(model, run_dir / "model.safetensors")
-    model.to(device).eval()
     backbone = embed_voxels(model, voxels, device, which="backbone").half()
     projector = embed_voxels(model, voxels, device, which="projector").half()
 
