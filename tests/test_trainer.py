@@ -108,6 +108,12 @@ def test_low_level_and_ridge_train(tiny_store, tmp_path):
     assert ridge["image_retrieval"] > 1 / 40
 
 
+def test_low_level_batch_larger_than_the_data_is_a_clear_error(tiny_store, tmp_path):
+    cfg = _cfg("demo-lowlevel.yaml", ["train.batch_size=100000"])
+    with pytest.raises(MindEyeError, match=r"training images for batch size 100000; lower train\.batch_size"):
+        Trainer(cfg, tmp_path / "low", store=tiny_store, device="cpu", progress=False).fit()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
