@@ -218,7 +218,7 @@ class Trainer:
         write_run_files(self.run_dir, cfg, self._run_info(model, alpha=float(model.alpha)))
         save_weights(model, self.run_dir / "model.safetensors")
         result: dict[str, Any] = {"alpha": float(model.alpha)}
-        if len(val_imgs):
+        if len(val_imgs) >= 2:  # retrieval among one candidate would always score 1.0
             val = load_eval_split(self.store, val_imgs)
             preds = model.predict(val.voxels.float())
             result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
