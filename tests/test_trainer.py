@@ -114,6 +114,18 @@ def test_low_level_batch_larger_than_the_data_is_a_clear_error(tiny_store, tmp_p
         Trainer(cfg, tmp_path / "low", store=tiny_store, device="cpu", progress=False).fit()
 
 
+def test_train_compile_compiles_every_trained_module(tiny_store, tmp_path, monkeypatch):
+    compiled: list[str] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    cfg = _cfg("demo-highlevel.yaml", ["train.compile=true", "train.epochs=1", "train.max_steps=1"])
+    Trainer(cfg, tmp_path / "high", store=tiny_store, device="cpu", progress=False).fit()
+    assert compiled == ["ResidualMLPBackbone", "Projector", "PriorNetwork"]
+    compiled.clear()
+    cfg = _cfg("demo-lowlevel.yaml", ["train.compile=true", "train.epochs=1", "train.max_steps=1"])
+    Trainer(cfg, tmp_path / "low", store=tiny_store, device="cpu", progress=False).fit()
+    assert compiled == ["LowLevelModel"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

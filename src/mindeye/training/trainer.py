@@ -102,6 +102,8 @@ class Trainer:
             return self._fit_ridge()
         task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
         model = build_model(cfg.model, self.store.n_voxels).to(self.device)
+        if cfg.train.compile:
+            compile_model(model)
         if self.dist.is_main:
             write_run_files(self.run_dir, cfg, self._run_info(model, processes=self.dist.world))
         ddp_model: nn.Module = model
@@ -224,6 +226,21 @@ class Trainer:
             result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
         self._log(self.run_dir / "metrics.jsonl", {"epoch": 1, **{f"val_{k}": v for k, v in result.items()}})
         return result
+
+
+def compile_model(model: nn.Module) -> None:
+    """torch.compile, in place, the modules a training step runs (state-dict names unchanged).
+
+    The high-level model's forward covers backbone and projector only; the prior is called through
+    ``prior.loss``, so its network is compiled on its own.
+    """
+    if getattr(model, "prior", None) is not None:
+        model.backbone.compile()
+        if model.projector is not None:
+            model.projector.compile()
+        model.prior.net.compile()
+    else:
+        model.compile()
 
 
 def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
