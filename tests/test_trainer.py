@@ -126,6 +126,13 @@ def test_train_compile_compiles_every_trained_module(tiny_store, tmp_path, monke
     assert compiled == ["LowLevelModel"]
 
 
+def test_finished_ridge_run_is_not_silently_refitted(tiny_store, tmp_path):
+    cfg = _cfg("demo-ridge.yaml", ["data.val_images=0"])
+    Trainer(cfg, tmp_path / "ridge", store=tiny_store, device="cpu", progress=False).fit()
+    with pytest.raises(MindEyeError, match="already holds a training run"):
+        Trainer(cfg, tmp_path / "ridge", store=tiny_store, device="cpu", progress=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

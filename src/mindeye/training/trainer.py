@@ -89,7 +89,9 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if (self.run_dir / "checkpoint").exists() and not resume:
+        # A ridge run has no checkpoint/, only its weights: refitting it would silently replace them.
+        finished_ridge = cfg.model.kind == "ridge" and (self.run_dir / "model.safetensors").exists()
+        if ((self.run_dir / "checkpoint").exists() or finished_ridge) and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
         self.resume = resume
