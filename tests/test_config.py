@@ -168,6 +168,11 @@ def test_wrong_type_messages(override, pattern):
     ("train.max_steps=0", r"train\.max_steps must be positive or null"),
     ("model.ridge.alphas=[]", r"model\.ridge\.alphas must be a non-empty list"),
     ("eval.pool=0", r"eval\.pool must be positive"),
+    ("train.log_every=0", r"train\.log_every must be positive"),  # was a ZeroDivisionError mid-training
+    ("model.backbone.dropout_in=1.5", r"model\.backbone\.dropout_in must be in \[0, 1\]"),
+    ("model.lowlevel.dropout_block=.nan", r"model\.lowlevel\.dropout_block must be in \[0, 1\]"),
+    ("model.prior.dim_head=15", r"model\.prior\.dim_head must be even"),
+    ("model.lowlevel.norm_groups=0", r"model\.lowlevel\.norm_groups must be positive"),
 ])
 def test_out_of_range_values(override, pattern):
     with pytest.raises(MindEyeError, match=pattern) as exc:
@@ -177,7 +182,7 @@ def test_out_of_range_values(override, pattern):
 
 def test_edge_values_in_range_are_accepted():
     cfg = load_config(None, ["train.mixco_fraction=0", "model.backbone.n_blocks=0", "model.prior.cond_drop_prob=0",
-                             "train.pct_start=0.5"])
+                             "train.pct_start=0.5", "model.backbone.dropout_in=1", "model.lowlevel.norm_groups=64"])
     assert cfg.train.mixco_fraction == 0.0 and cfg.model.backbone.n_blocks == 0
 
 

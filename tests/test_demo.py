@@ -49,3 +49,29 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
 def test_demo_bad_config_key(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "d"), "--set", "scal=tiny"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_demo_embeds_the_targets_its_overrides_ask_for(tmp_path, monkeypatch):
+    """The embed step reads the model configs with the demo's overrides, as training does."""
+    import pytest
+
+    import mindeye.encoders.cache as cache
+    from mindeye.demo import run_demo
+
+    embedded: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(store, name, weights=None, device=None):
+        embedded.append(name)
+
+    def stop_training(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(cache, "embed_store", record)
+    monkeypatch.setattr("mindeye.demo._train", stop_training)
+    with pytest.raises(Stop):
+        run_demo(tmp_path / "d", overrides=["store=" + str(tmp_path / "store"), "cpu_threads=null",
+                                            "overrides=[targets.encoder=my-encoder]"])
+    assert "my-encoder" in embedded

@@ -88,3 +88,14 @@ def test_tiny_backward_reaches_all_parameters() -> None:
     (latent.abs().mean() + tokens.square().mean()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []
+
+
+def test_factory_reports_bad_norm_groups_by_config_key() -> None:
+    from mindeye.config import load_config
+    from mindeye.errors import MindEyeError
+    from mindeye.models.factory import build_model
+
+    cfg = load_config(None, ["model.kind=lowlevel", "model.lowlevel.upsampler_channels=[8, 16]",
+                             "model.lowlevel.norm_groups=3"])
+    with pytest.raises(MindEyeError, match=r"model\.lowlevel\.norm_groups=3 must divide every"):
+        build_model(cfg.model, 10)

@@ -229,7 +229,7 @@ def test_failure_mid_preparation_leaves_nothing(inputs, monkeypatch, exc):
             raise exc
         return img
 
-    monkeypatch.setattr(arrays, "_resize_array_image", flaky)
+    monkeypatch.setattr(arrays, "resize_image", flaky)
     with pytest.raises(type(exc)):
         run_prepare(tmp)
     assert len(calls) == 3  # it failed part-way through writing images

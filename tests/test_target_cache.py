@@ -193,6 +193,17 @@ def test_augmented_views_cached_reproducibly(store, tmp_path):
     for row, i in zip(picked, [4, 1, 4]):
         assert any(torch.equal(row, torch.from_numpy(np.asarray(views[i, k], dtype=np.float32))) for k in range(3))
 
+    # Training's Targets.get: per image the plain target (draw 0) or augmented view draw - 1.
+    from mindeye.training.data import Targets
+
+    idx = np.array([4, 1, 4, 0, 2, 2, 3, 1])
+    got = Targets(store, "standin-clip-hidden", None, views=3).get(idx, torch.Generator().manual_seed(5))
+    draws = torch.randint(0, 4, (len(idx),), generator=torch.Generator().manual_seed(5)).tolist()
+    want = [np.asarray(targets[i] if d == 0 else views[i, d - 1], np.float32) for i, d in zip(idx, draws)]
+    np.testing.assert_array_equal(got.numpy(), np.stack(want))
+    with pytest.raises(MindEyeError, match="holds 3 augmented views but the config asks for 4"):
+        Targets(store, "standin-clip-hidden", None, views=4)
+
 
 def test_targets_found_without_weights_when_computed_elsewhere(store, tmp_path, monkeypatch):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

@@ -108,6 +108,31 @@ def test_low_level_and_ridge_train(tiny_store, tmp_path):
     assert ridge["image_retrieval"] > 1 / 40
 
 
+def test_low_level_batch_larger_than_the_data_is_a_clear_error(tiny_store, tmp_path):
+    cfg = _cfg("demo-lowlevel.yaml", ["train.batch_size=100000"])
+    with pytest.raises(MindEyeError, match=r"training images for batch size 100000; lower train\.batch_size"):
+        Trainer(cfg, tmp_path / "low", store=tiny_store, device="cpu", progress=False).fit()
+
+
+def test_train_compile_compiles_every_trained_module(tiny_store, tmp_path, monkeypatch):
+    compiled: list[str] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    cfg = _cfg("demo-highlevel.yaml", ["train.compile=true", "train.epochs=1", "train.max_steps=1"])
+    Trainer(cfg, tmp_path / "high", store=tiny_store, device="cpu", progress=False).fit()
+    assert compiled == ["ResidualMLPBackbone", "Projector", "PriorNetwork"]
+    compiled.clear()
+    cfg = _cfg("demo-lowlevel.yaml", ["train.compile=true", "train.epochs=1", "train.max_steps=1"])
+    Trainer(cfg, tmp_path / "low", store=tiny_store, device="cpu", progress=False).fit()
+    assert compiled == ["LowLevelModel"]
+
+
+def test_finished_ridge_run_is_not_silently_refitted(tiny_store, tmp_path):
+    cfg = _cfg("demo-ridge.yaml", ["data.val_images=0"])
+    Trainer(cfg, tmp_path / "ridge", store=tiny_store, device="cpu", progress=False).fit()
+    with pytest.raises(MindEyeError, match="already holds a training run"):
+        Trainer(cfg, tmp_path / "ridge", store=tiny_store, device="cpu", progress=False)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -179,7 +179,7 @@ class Config:
                 "train.mixco_beta": t.mixco_beta, "train.mixco_temperature": t.mixco_temperature,
                 "train.soft_temperature_start": t.soft_temperature_start,
                 "train.soft_temperature_end": t.soft_temperature_end,
-                "train.lowlevel_temperature": t.lowlevel_temperature,
+                "train.lowlevel_temperature": t.lowlevel_temperature, "train.log_every": t.log_every,
                 "model.backbone.hidden": m.backbone.hidden, "model.backbone.tokens": m.backbone.tokens,
                 "model.backbone.dim": m.backbone.dim, "model.projector.hidden": m.projector.hidden,
                 "model.prior.depth": m.prior.depth, "model.prior.heads": m.prior.heads,
@@ -203,6 +203,14 @@ class Config:
             ("train.mixco_fraction", t.mixco_fraction, 0 <= t.mixco_fraction <= 1, "in [0, 1]"),
             ("train.mixco_prob", t.mixco_prob, 0 <= t.mixco_prob <= 1, "in [0, 1]"),
             ("model.prior.cond_drop_prob", m.prior.cond_drop_prob, 0 <= m.prior.cond_drop_prob < 1, "in [0, 1)"),
+            *((k, v, 0 <= v <= 1, "in [0, 1]") for k, v in {
+                "model.backbone.dropout_in": m.backbone.dropout_in,
+                "model.backbone.dropout_block": m.backbone.dropout_block,
+                "model.lowlevel.dropout_in": m.lowlevel.dropout_in,
+                "model.lowlevel.dropout_block": m.lowlevel.dropout_block,
+            }.items()),
+            # The prior's rotary embedding rotates feature pairs of each head.
+            ("model.prior.dim_head", m.prior.dim_head, m.prior.dim_head % 2 == 0, "even"),
             ("train.pct_start", t.pct_start, t.pct_start is None or 0 < t.pct_start < 1, "in (0, 1) or null"),
             ("train.max_steps", t.max_steps, t.max_steps is None or t.max_steps > 0, "positive or null"),
             ("model.lowlevel.upsampler_channels", m.lowlevel.upsampler_channels,

@@ -74,10 +74,15 @@ def _done(t0: float) -> None:
     print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
+def _model_config(config_path: Path, demo: DemoConfig) -> Any:
+    """A model config as the demo trains it: the file, then the demo's seed and overrides."""
+    return load_config(config_path, [f"seed={demo.seed}", *demo.overrides])
+
+
 def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig) -> dict[str, Any]:
     from mindeye.training.trainer import Trainer
 
-    cfg = load_config(config_path, [f"seed={demo.seed}", *demo.overrides])
+    cfg = _model_config(config_path, demo)
     if (run / "model.safetensors").exists() and cfg.model.kind == "ridge":
         print(f"   {run} already trained")
         return {}
@@ -117,8 +122,9 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
 
     # 2. targets, computed once per encoder
     t0 = _step("embed targets (target cache)")
-    high = load_config(high_cfg_path)
-    low = load_config(low_cfg_path)
+    # The same configs training will use, so an override of a target encoder is embedded too.
+    high = _model_config(high_cfg_path, demo)
+    low = _model_config(low_cfg_path, demo)
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
@@ -152,8 +158,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     results["retrieval"] = retrieval
     _done(t0)
 
-    stages = _optional_stages()
-    for stage in stages:
+    for stage in (_stage_reconstruct, _stage_metrics, _stage_report):
         stage(demo, out, store, runs, results, device)
 
     results["wall_seconds"] = time.perf_counter() - t_start
@@ -211,13 +216,3 @@ def _stage_report(demo: DemoConfig, out: Path, store: Path, runs: Path, results:
                  umap=demo.report_umap)
     _done(t0)
 
-
-def _optional_stages() -> list:
-    """Stages after retrieval: reconstruction, then metrics and the report when those modules exist."""
-    stages = [_stage_reconstruct]
-    try:
-        from mindeye.evaluation import recon_eval, report  # noqa: F401
-    except ImportError:
-        return stages
-    stages += [_stage_metrics, _stage_report]
-    return stages

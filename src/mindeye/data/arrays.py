@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mindeye.data.nsd import resize_image
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
 
@@ -85,18 +86,9 @@ def _read_trials(path: Path) -> list[dict[str, str]]:
 def _load_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
+            return resize_image(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
     except OSError as exc:
         raise MindEyeError(f"cannot read image {path}: {exc}; replace or re-export that file") from None
-
-
-def _resize_array_image(img: np.ndarray, size: int) -> np.ndarray:
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 def _check_finite(block: np.ndarray, start: int, path: Path) -> None:
@@ -200,7 +192,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
                 f"images in {images} have dtype {arr.dtype}; expected uint8 RGB (0-255), "
                 "e.g. (x * 255).round().astype(np.uint8) for images in [0, 1]"
             )
-        load = lambda iid: _resize_array_image(np.asarray(arr[int(iid)]), image_size)  # noqa: E731
+        load = lambda iid: resize_image(np.asarray(arr[int(iid)]), image_size)  # noqa: E731
         available = {str(i) for i in range(arr.shape[0])}
     elif images.exists():
         raise MindEyeError(

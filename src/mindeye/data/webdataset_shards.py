@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -274,8 +273,5 @@ def prepare_webdataset(
             "test_images": "the test shards (shared-1000 images; average the repetitions when evaluating)",
         })
     except BaseException:
-        for name in ("voxels", "images"):  # close the memory maps, then drop the unfinished store
-            if hasattr(writer, name):
-                delattr(writer, name)
-        shutil.rmtree(writer.tmp, ignore_errors=True)
+        writer.abort()  # close the memory maps, then drop the unfinished store
         raise

@@ -47,6 +47,7 @@ class ResidualMLPBackbone(nn.Module):
         act: str = "gelu",
         bias: bool = True,
         norm: str = "layer",
+        head_bias: bool = True,
     ) -> None:
         super().__init__()
         self.out_tokens = out_tokens
@@ -67,8 +68,9 @@ class ResidualMLPBackbone(nn.Module):
             )
             for _ in range(n_blocks)
         )
-        # The head always keeps its bias (Algorithm 1 and the reference code agree on this one).
-        self.head = nn.Linear(hidden, out_tokens * out_dim)
+        # The high-level head keeps its bias (Algorithm 1 and the reference code agree on this one);
+        # the low-level model's head has none.
+        self.head = nn.Linear(hidden, out_tokens * out_dim, bias=head_bias)
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
         """(B, n_voxels) -> (B, out_tokens, out_dim)."""

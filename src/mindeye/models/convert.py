@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mindeye.data.nsd import KNOWN_NSDGENERAL_VOXELS
 from mindeye.errors import MindEyeError
 
 # nsdgeneral voxel counts of the NSD subjects (1.8 mm), as used by the authors' checkpoints.
-SUBJECT_VOXELS = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
+SUBJECT_VOXELS = KNOWN_NSDGENERAL_VOXELS
 
 _SCHEDULE_BUFFERS = (
     "betas",

@@ -51,6 +51,9 @@ def build_lowlevel(cfg: ModelConfig, n_voxels: int) -> nn.Module:
     from mindeye.models.lowlevel import LowLevelModel
 
     c = cfg.lowlevel
+    if any(ch % c.norm_groups for ch in c.upsampler_channels):
+        raise MindEyeError(f"model.lowlevel.norm_groups={c.norm_groups} must divide every "
+                           f"model.lowlevel.upsampler_channels entry {c.upsampler_channels}; change one of them")
     return LowLevelModel(
         n_voxels,
         hidden=c.hidden,

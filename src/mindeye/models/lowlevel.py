@@ -23,14 +23,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mindeye.models.backbone import ResidualMLPBackbone
+
 try:  # diffusers >= 0.26
     from diffusers.models.autoencoders.vae import Decoder
 except ImportError:  # pragma: no cover - older diffusers
     from diffusers.models.vae import Decoder
 
 
-class LowLevelModel(nn.Module):
-    """Voxels -> (SD-VAE latent (B, latent_channels, H, W), tokens (B, h*w, projector_dim))."""
+class LowLevelModel(ResidualMLPBackbone):
+    """Voxels -> (SD-VAE latent (B, latent_channels, H, W), tokens (B, h*w, projector_dim)).
+
+    The MLP part is the high-level backbone with SiLU, no Linear biases and its head output read as
+    the (channels, h, w) map, so ``stem``/``blocks``/``head`` come from :class:`ResidualMLPBackbone`.
+    """
 
     def __init__(
         self,
@@ -47,27 +53,16 @@ class LowLevelModel(nn.Module):
         dropout_in: float = 0.5,
         dropout_block: float = 0.25,
     ) -> None:
-        super().__init__()
         channels, height, width = spatial
         for c in block_out_channels:
             if c % norm_num_groups:
                 raise ValueError(
                     f"norm_num_groups={norm_num_groups} must divide every block_out_channels {c}"
                 )
+        super().__init__(n_voxels, hidden=hidden, n_blocks=n_blocks, out_tokens=channels, out_dim=height * width,
+                         dropout_in=dropout_in, dropout_block=dropout_block, act="silu", bias=False,
+                         head_bias=False)
         self.spatial = tuple(spatial)
-        self.stem = nn.Sequential(
-            nn.Linear(n_voxels, hidden, bias=False), nn.LayerNorm(hidden), nn.SiLU(), nn.Dropout(dropout_in)
-        )
-        self.blocks = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(hidden, hidden, bias=False),
-                nn.LayerNorm(hidden),
-                nn.SiLU(),
-                nn.Dropout(dropout_block),
-            )
-            for _ in range(n_blocks)
-        )
-        self.head = nn.Linear(hidden, channels * height * width, bias=False)
         self.norm = nn.GroupNorm(1, channels)
         # Each up block but the last doubles the resolution: 3 blocks -> 4x (16 -> 64).
         self.upsampler = Decoder(
@@ -94,10 +89,7 @@ class LowLevelModel(nn.Module):
 
     def forward(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, n_voxels) -> (latent (B, latent_channels, 4h, 4w), tokens (B, h*w, projector_dim) or None)."""
-        x = self.stem(voxels)
-        for block in self.blocks:
-            x = block(x) + x
-        x = self.norm(self.head(x).view(voxels.shape[0], *self.spatial))
+        x = self.norm(super().forward(voxels).view(voxels.shape[0], *self.spatial))
         latent = self.upsampler(x)
         tokens = self.projector(x).flatten(2).transpose(1, 2) if self.projector is not None else None
         return latent, tokens

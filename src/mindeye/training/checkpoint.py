@@ -39,10 +39,17 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
     os.replace(tmp, path)
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
+    # Atomic: a resumed run rewrites both, and a torn config.yaml would make the run unreadable.
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
-    (run_dir / "run.json").write_text(json.dumps({"mindeye_version": __version__, **info}, indent=2))
+    _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    _write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
 
 
 def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:

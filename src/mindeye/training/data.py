@@ -111,10 +111,8 @@ class Targets:
             k = torch.randint(0, self.views.shape[1] + 1, (len(image_index),), generator=generator).numpy()
             out = np.empty((len(image_index), *self.shape), dtype=np.float16)
             plain = k == 0  # view 0 = the un-augmented image
-            if plain.any():
-                out[plain] = self.array[image_index[plain]]
-            for i in np.flatnonzero(~plain):
-                out[i] = self.views[image_index[i], k[i] - 1]
+            out[plain] = self.array[image_index[plain]]
+            out[~plain] = self.views[image_index[~plain], k[~plain] - 1]  # one read, not one per sample
             return torch.from_numpy(out.astype(np.float32))
         sorted_rows = np.asarray(self.array[image_index[order]])
         out = np.empty_like(sorted_rows)

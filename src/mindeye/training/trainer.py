@@ -25,6 +25,7 @@ from mindeye.config import Config
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
+from mindeye.models.mindeye import MindEyeModel
 from mindeye.training import losses
 from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, write_run_files
 from mindeye.training.data import (
@@ -88,7 +89,9 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if (self.run_dir / "checkpoint").exists() and not resume:
+        # A ridge run has no checkpoint/, only its weights: refitting it would silently replace them.
+        finished_ridge = cfg.model.kind == "ridge" and (self.run_dir / "model.safetensors").exists()
+        if ((self.run_dir / "checkpoint").exists() or finished_ridge) and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
         self.resume = resume
@@ -101,13 +104,10 @@ class Trainer:
             return self._fit_ridge()
         task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
         model = build_model(cfg.model, self.store.n_voxels).to(self.device)
-        counts = parameter_counts(model)
+        if cfg.train.compile:
+            compile_model(model)
         if self.dist.is_main:
-            write_run_files(self.run_dir, cfg, {
-                "kind": cfg.model.kind, "store": str(self.store_path.resolve()), "n_voxels": self.store.n_voxels,
-                "subject": self.store.meta.get("subject"), "source": self.store.meta.get("source"),
-                "parameters": counts, "processes": self.dist.world,
-            })
+            write_run_files(self.run_dir, cfg, self._run_info(model, processes=self.dist.world))
         ddp_model: nn.Module = model
         if self.dist.enabled:
             ddp_model = nn.parallel.DistributedDataParallel(
@@ -196,6 +196,12 @@ class Trainer:
         return {"epochs": cfg.train.epochs, "steps": step, **last_eval}
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _run_info(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
+        """The run.json facts every kind of run records (plus ``extra``)."""
+        return {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
+                "n_voxels": self.store.n_voxels, "subject": self.store.meta.get("subject"),
+                "source": self.store.meta.get("source"), "parameters": parameter_counts(model), **extra}
+
     @staticmethod
     def _log(path: Path, record: dict[str, Any]) -> None:
         with open(path, "a") as f:
@@ -213,19 +219,30 @@ class Trainer:
         x = train.voxels.float()
         y = targets.get(train.image_index).flatten(1)
         model.fit(x, y, alpha=cfg.model.ridge.alphas, generator=torch.Generator().manual_seed(cfg.seed))
-        write_run_files(self.run_dir, cfg, {
-            "kind": "ridge", "store": str(self.store_path.resolve()), "n_voxels": self.store.n_voxels,
-            "subject": self.store.meta.get("subject"), "source": self.store.meta.get("source"),
-            "parameters": parameter_counts(model), "alpha": float(model.alpha),
-        })
+        write_run_files(self.run_dir, cfg, self._run_info(model, alpha=float(model.alpha)))
         save_weights(model, self.run_dir / "model.safetensors")
         result: dict[str, Any] = {"alpha": float(model.alpha)}
-        if len(val_imgs):
+        if len(val_imgs) >= 2:  # retrieval among one candidate would always score 1.0
             val = load_eval_split(self.store, val_imgs)
             preds = model.predict(val.voxels.float())
             result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
         self._log(self.run_dir / "metrics.jsonl", {"epoch": 1, **{f"val_{k}": v for k, v in result.items()}})
         return result
+
+
+def compile_model(model: nn.Module) -> None:
+    """torch.compile, in place, the modules a training step runs (state-dict names unchanged).
+
+    The high-level model's forward covers backbone and projector only; the prior is called through
+    ``prior.loss``, so its network is compiled on its own.
+    """
+    if getattr(model, "prior", None) is not None:
+        model.backbone.compile()
+        if model.projector is not None:
+            model.projector.compile()
+        model.prior.net.compile()
+    else:
+        model.compile()
 
 
 def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
@@ -258,7 +275,8 @@ class HighLevelTask:
         self.train = load_trials(trainer.store, train_imgs)
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         if len(self.train) < cfg.train.batch_size:
-            raise MindEyeError(f"only {len(self.train)} training trials for batch size {cfg.train.batch_size}")
+            raise MindEyeError(f"only {len(self.train)} training trials for batch size {cfg.train.batch_size}; "
+                               "lower train.batch_size")
         self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
 
     def steps_per_epoch(self) -> int:
@@ -303,16 +321,16 @@ class HighLevelTask:
         sl = local_slice(len(vox), info)
         dev = batch["device"]
         tgt = tgt.to(dev, non_blocking=True)  # one host->device copy of the (global) target batch
-        vox_l, tgt_l = vox[sl].to(dev, non_blocking=True), tgt[sl]
-        out = ddp_model(vox_l)
-        emb = out["projector"] if out.get("projector") is not None else out["backbone"]
-        preds = gather_with_grad(_normalize(emb), info)
+        if perm is not None:
+            perm, lambdas = perm.to(dev), lambdas.to(dev)
+        out = ddp_model(vox[sl].to(dev, non_blocking=True))
+        preds = gather_with_grad(_normalize(MindEyeModel.contrastive_output(out)), info)
         targets_n = _normalize(tgt)
         parts: dict[str, torch.Tensor] = {}
         if phase == "bimixco":
-            contrastive = losses.bimixco_loss(preds, targets_n, perm.to(dev), lambdas.to(dev), cfg.train.mixco_temperature)
+            contrastive = losses.bimixco_loss(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature)
         elif phase == "mixco+infonce":
-            contrastive = losses.mixco_nce(preds, targets_n, perm.to(dev), lambdas.to(dev), cfg.train.mixco_temperature)
+            contrastive = losses.mixco_nce(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature)
         elif phase == "softclip":
             contrastive = losses.soft_clip_loss(preds, targets_n, self.soft_temperature(epoch))
         elif phase == "clip":
@@ -321,11 +339,8 @@ class HighLevelTask:
             contrastive = losses.info_nce(preds, targets_n, cfg.train.mixco_temperature)
         total = contrastive
         parts["contrastive"] = contrastive.detach()
-        prior_target = tgt_l
-        if perm is not None:
-            # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
-            lam = lambdas[sl].to(dev).view(-1, *([1] * (tgt.dim() - 1)))
-            prior_target = lam * tgt_l + (1 - lam) * tgt[perm[sl].to(dev)]
+        # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
+        prior_target = (losses.mix_like(tgt, perm, lambdas) if perm is not None else tgt)[sl]
         if model.prior is not None:
             prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
             total = total + cfg.train.prior_loss_weight * prior_loss
@@ -357,6 +372,9 @@ class LowLevelTask:
                                    views=cfg.targets.augmented_views)
         train_imgs, val_imgs = train_val_images(trainer.store, cfg)
         self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
+        if len(self.images) < cfg.train.batch_size:
+            raise MindEyeError(f"only {len(self.images)} training images for batch size {cfg.train.batch_size}; "
+                               "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
         self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
