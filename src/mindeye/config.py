@@ -144,7 +144,6 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (smoke tests / benchmarks)
     backbone_mse_weight: float = 0.0  # MSE on the backbone output (paper Table 4 no-prior variants)
     log_every: int = 20  # steps between progress-bar / metrics-log updates (host syncs only then)
-    num_workers: int = 0  # DataLoader worker processes
     compile: bool = False  # torch.compile the model
 
 
@@ -198,7 +197,6 @@ class Config:
                 "model.prior.guidance": m.prior.guidance, "train.weight_decay": t.weight_decay,
                 "train.prior_loss_weight": t.prior_loss_weight,
                 "train.lowlevel_contrastive_weight": t.lowlevel_contrastive_weight,
-                "train.num_workers": t.num_workers,
             }.items()),
             ("train.mixco_fraction", t.mixco_fraction, 0 <= t.mixco_fraction <= 1, "in [0, 1]"),
             ("train.mixco_prob", t.mixco_prob, 0 <= t.mixco_prob <= 1, "in [0, 1]"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,7 +28,7 @@ from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.training import losses
-from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, write_run_files
+from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, save_weights, write_run_files
 from mindeye.training.data import (
     Targets,
     load_eval_split,
@@ -89,9 +90,10 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        # A ridge run has no checkpoint/, only its weights: refitting it would silently replace them.
-        finished_ridge = cfg.model.kind == "ridge" and (self.run_dir / "model.safetensors").exists()
-        if ((self.run_dir / "checkpoint").exists() or finished_ridge) and not resume:
+        # Existing weights (a ridge run or a run stopped mid-epoch has no checkpoint/, only its
+        # weights) are never silently replaced.
+        has_run = (self.run_dir / "checkpoint").exists() or (self.run_dir / "model.safetensors").exists()
+        if has_run and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
         self.resume = resume
@@ -130,6 +132,8 @@ class Trainer:
             if self.device.startswith("cuda") and "rng_cuda" in state:
                 torch.cuda.set_rng_state(state["rng_cuda"])
             start_epoch, step = int(state["epoch"]), int(state["step"])
+            if self.dist.is_main:
+                self._drop_records_after(self.run_dir / "metrics.jsonl", step)
             if self.progress:
                 print(f"resuming {self.run_dir} after epoch {start_epoch} (step {step})")
         autocast, precision = autocast_context(cfg.train.precision, self.device)
@@ -184,12 +188,17 @@ class Trainer:
                     if self.progress:
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
                         print(f"epoch {done}: {shown}")
-            if self.dist.is_main:
+            epoch_complete = step == done * steps_per_epoch
+            if self.dist.is_main and epoch_complete:
                 state = {"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
                 if self.device.startswith("cuda"):
                     state["rng_cuda"] = torch.cuda.get_rng_state()
                 save_checkpoint(self.run_dir, model, state)
+            elif self.dist.is_main:
+                # Stopped mid-epoch (train.max_steps): keep the weights for inspection, but the
+                # resumable checkpoint stays at the last whole epoch so --resume replays exactly.
+                save_weights(model, self.run_dir / "model.safetensors")
             barrier(self.dist)
             if stop:
                 break
@@ -203,14 +212,23 @@ class Trainer:
                 "source": self.store.meta.get("source"), "parameters": parameter_counts(model), **extra}
 
     @staticmethod
+    def _drop_records_after(path: Path, step: int) -> None:
+        """On resume, forget log records written after the checkpoint (that work is redone)."""
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+    @staticmethod
     def _log(path: Path, record: dict[str, Any]) -> None:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def _fit_ridge(self) -> dict[str, Any]:
         """Closed-form ridge to the flattened targets: the 'previous methods' baseline."""
-        from mindeye.training.checkpoint import save_weights
-
         cfg = self.cfg
         targets = Targets(self.store_path, cfg.targets.encoder, cfg.targets.weights)
         train_imgs, val_imgs = train_val_images(self.store, cfg)
