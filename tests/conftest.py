@@ -19,4 +19,4 @@ def _offline(monkeypatch):
     # Tests never reach the network: pretrained weights must come from local paths.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP contention
+    torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP contention (all test files)

@@ -15,14 +15,6 @@ from mindeye.inference.generators import DiffusersVaeCodec
 from mindeye.inference.reconstruct import load_png
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_offline):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_codec() -> DiffusersVaeCodec:
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),

@@ -20,14 +20,6 @@ from mindeye.inference.reconstruct import save_png, write_index
 N_SHOWN = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_offline):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny work: thread start-up costs more than it saves
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def empty_hub(tmp_path, monkeypatch):
     hub = tmp_path / "hub"

@@ -14,8 +14,6 @@ from mindeye.evaluation import feature_nets as fn
 from mindeye.evaluation import metrics as M
 from mindeye.evaluation.feature_nets import FeatureNets, Unavailable
 
-torch.set_num_threads(2)
-
 
 def _images(seed: int, n: int = 3, h: int = 300, w: int = 280) -> np.ndarray:
     rng = np.random.default_rng(seed)

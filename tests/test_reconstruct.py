@@ -23,15 +23,6 @@ from mindeye.inference.reconstruct import (
 T, D, SIZE = 4, 16, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_offline):
-    # Tiny models: thread start-up costs more than it saves (and CI machines are shared).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_generator(seed: int = 0) -> ImageGenerator:
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -38,14 +38,6 @@ SHOWN = 6  # test images in the grid
 UMAP_N = 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread(_offline):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves
-    yield
-    torch.set_num_threads(n)
-
-
 def _img_from_uri(uri: str) -> np.ndarray:
     from PIL import Image
 
