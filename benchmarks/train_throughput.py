@@ -196,7 +196,7 @@ def peak_tflops(device: str, override: float | None) -> float | None:
 
 # --------------------------------------------------------------------------------------------- configs
 def load_bench_config(pipeline: str, size: str, config: str | None, overrides: list[str]) -> Config:
-    path = Path(config) if config else REPO / "configs" / CONFIGS[(pipeline, size)]
+    path = Path(config) if config else REPO / "src/mindeye/configs" / CONFIGS[(pipeline, size)]
     cfg = load_config(path, overrides)
     want = "mindeye" if pipeline == "high" else "lowlevel"
     if cfg.model.kind != want:

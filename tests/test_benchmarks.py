@@ -37,7 +37,7 @@ def _counted(fn) -> int:
 
 
 def test_high_level_forward_flops_match_flop_counter(tt):
-    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml", TINY_HIGH)
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-highlevel.yaml", TINY_HIGH)
     n_voxels, batch = 300, 4
     torch.manual_seed(0)
     model = build_model(cfg.model, n_voxels).eval()
@@ -57,7 +57,7 @@ def test_high_level_forward_flops_match_flop_counter(tt):
 def test_high_level_training_step_is_three_forwards(tt):
     """The whole trainer loss + backward: 3 x forward up to the contrastive logits and the input layer's
     missing input gradient (a few per cent at this tiny size, ~0.1% at full size)."""
-    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml", TINY_HIGH)
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-highlevel.yaml", TINY_HIGH)
     n_voxels, batch = 300, 8
     torch.manual_seed(0)
     model = build_model(cfg.model, n_voxels).train()
@@ -74,7 +74,7 @@ def test_high_level_training_step_is_three_forwards(tt):
 
 
 def test_low_level_forward_flops_match_flop_counter(tt):
-    cfg = load_config(REPO / "configs" / "demo-lowlevel.yaml")
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml")
     n_voxels, batch = 300, 2
     model = build_model(cfg.model, n_voxels).eval()
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_low_level_forward_flops_match_flop_counter(tt):
 
 def test_full_size_high_level_flops_match_the_issue(tt):
     """188 GFLOP per sample per training step (forward 62.8: backbone+projector 5.65, prior 57.1)."""
-    cfg = load_config(REPO / "configs" / "mindeye-subj01.yaml")
+    cfg = load_config(REPO / "src/mindeye/configs" / "mindeye-subj01.yaml")
     f = tt.flops_per_sample(cfg.model, 15724)
     assert f["backbone"] + f["projector"] == pytest.approx(5.65e9, rel=2e-3)
     prior = f["prior_layers"] + f["prior_attention"] + f["prior_other"]
@@ -115,7 +115,7 @@ def test_small_compare_runs_on_cpu(tt, tmp_path):
 
 def test_checkpointing_keeps_the_gradients(tt):
     """Activation checkpointing (dropout masks replayed) gives the same loss and gradients."""
-    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml", TINY_HIGH)
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-highlevel.yaml", TINY_HIGH)
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
@@ -139,4 +139,4 @@ def test_store_source_needs_data(tt):
     with pytest.raises(SystemExit):
         tt.parse_args(["--source", "store"])
     with pytest.raises(MindEyeError, match="model.kind=lowlevel"):
-        tt.load_bench_config("low", "full", str(REPO / "configs" / "mindeye-subj01.yaml"), [])
+        tt.load_bench_config("low", "full", str(REPO / "src/mindeye/configs" / "mindeye-subj01.yaml"), [])

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["model.backbone.tokens=1"], 134_722_304),
 ])
 def test_summary_prints_reference_counts(capsys, overrides, backbone):
-    args = ["summary", str(REPO / "configs" / "mindeye-subj01.yaml")]
+    args = ["summary", str(REPO / "src/mindeye/configs" / "mindeye-subj01.yaml")]
     for o in overrides:
         args += ["--set", o]
     assert main(args) == 0
@@ -36,7 +36,7 @@ def test_summary_prints_reference_counts(capsys, overrides, backbone):
 
 
 def test_summary_lowlevel(capsys):
-    assert main(["summary", str(REPO / "configs" / "lowlevel-subj01.yaml")]) == 0
+    assert main(["summary", str(REPO / "src/mindeye/configs" / "lowlevel-subj01.yaml")]) == 0
     assert "total        206065604" in capsys.readouterr().out
 
 

@@ -288,7 +288,7 @@ def _train(store: Path, run: Path, extra: list[str]) -> Path:
     from mindeye.config import load_config
     from mindeye.training.trainer import Trainer
 
-    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml", TINY_HIGH + ["train.epochs=1", *extra])
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-highlevel.yaml", TINY_HIGH + ["train.epochs=1", *extra])
     Trainer(cfg, run, store=store, device="cpu", progress=False).fit()
     return run
 

@@ -22,7 +22,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalcli")
     simulate_subject(root / "store", scale="tiny", seed=2, progress=False)
     embed_store(root / "store", "standin-clip-hidden", progress=False)
-    args = ["train", "--config", str(REPO / "configs" / "demo-highlevel.yaml"), "--data", str(root / "store"),
+    args = ["train", "--config", str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"), "--data", str(root / "store"),
             "--out", str(root / "run"), "--device", "cpu", "--no-progress"]
     assert main(args + sum((["--set", o] for o in TINY), [])) == 0
     return root

@@ -30,7 +30,7 @@ def test_blurry_reconstructions_beat_mean_image(tmp_path):
     store_path = tmp_path / "tiny"
     simulate_subject(store_path, scale="tiny", seed=0, progress=False)
     embed_store(store_path, "standin-vae", progress=False)
-    cfg = load_config(REPO / "configs" / "demo-lowlevel.yaml", [
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml", [
         "train.epochs=20", "train.lowlevel_contrastive_weight=0", "model.lowlevel.hidden=256",
         "model.lowlevel.n_blocks=1", "train.val_every=100"])
     Trainer(cfg, tmp_path / "low", store=store_path, device="cpu", progress=False).fit()

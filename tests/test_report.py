@@ -72,9 +72,9 @@ def exp(tmp_path_factory) -> dict:
     simulate_subject(store_path, scale="tiny", seed=0, progress=False)
     embed_store(store_path, "standin-clip-hidden", progress=False)
     high, ridge = root / "high", root / "ridge"
-    Trainer(load_config(REPO / "configs/demo-highlevel.yaml", TINY_HIGH), high, store=store_path, device="cpu",
+    Trainer(load_config(REPO / "src/mindeye/configs/demo-highlevel.yaml", TINY_HIGH), high, store=store_path, device="cpu",
             progress=False).fit()
-    Trainer(load_config(REPO / "configs/demo-ridge.yaml", ["data.val_images=20"]), ridge, store=store_path,
+    Trainer(load_config(REPO / "src/mindeye/configs/demo-ridge.yaml", ["data.val_images=20"]), ridge, store=store_path,
             device="cpu", progress=False).fit()
     evaluate_retrieval(high, device="cpu")
     evaluate_retrieval(ridge, device="cpu")

@@ -1,4 +1,4 @@
-"""Every config shipped in configs/ loads, validates and builds its model (on the meta device)."""
+"""Every config shipped in src/mindeye/configs/ loads, validates and builds its model (on the meta device)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mindeye.config import load_config
 from mindeye.demo import DemoConfig
 from mindeye.models.factory import build_model, parameter_counts
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "mindeye" / "configs"
 DEMO_CONFIGS = {"demo.yaml", "demo-nsd-subj01.yaml"}
 MODEL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.name not in DEMO_CONFIGS)
 

@@ -39,7 +39,7 @@ def tiny_store(tmp_path_factory) -> Path:
 
 
 def _cfg(path: str, extra: list[str]):
-    return load_config(REPO / "configs" / path, TINY_HIGH + extra if "high" in path else extra)
+    return load_config(REPO / "src/mindeye/configs" / path, TINY_HIGH + extra if "high" in path else extra)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -146,7 +146,7 @@ def test_ddp_two_processes_match_single_process(tiny_store, tmp_path):
              "model.prior.enabled=false", "model.backbone.dropout_in=0.0", "model.backbone.dropout_block=0.0",
              "train.log_every=1"]
     cfg_args = sum((["--set", o] for o in TINY_HIGH + extra), [])
-    common = ["-m", "mindeye", "train", "--config", str(REPO / "configs" / "demo-highlevel.yaml"),
+    common = ["-m", "mindeye", "train", "--config", str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"),
               "--data", str(tiny_store), "--device", "cpu", "--no-progress", *cfg_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env,

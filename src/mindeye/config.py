@@ -1,8 +1,11 @@
 """Configs are data: typed dataclasses loaded from YAML and overridden from the command line.
 
-``load_config("configs/mindeye-subj01.yaml", ["train.epochs=3"])`` returns a validated
-:class:`Config`. Unknown keys, wrong types and out-of-range values raise
-:class:`~mindeye.errors.MindEyeError` naming the key and what is allowed.
+``load_config("mindeye-subj01", ["train.epochs=3"])`` returns a validated :class:`Config`. The
+argument is a path, or the name of a config shipped in the package (``mindeye/configs/``, e.g.
+``mindeye-subj01`` or ``ablations/blocks0``). A YAML file may start from another with
+``extends: <name-or-path>`` and give only what it changes (nested sections merge key by key).
+Unknown keys, wrong types and out-of-range values raise :class:`~mindeye.errors.MindEyeError`
+naming the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -337,20 +340,67 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
+SHIPPED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """Names of the configs shipped in the package (``ablations/blocks0`` etc.)."""
+    return sorted(p.relative_to(SHIPPED_CONFIG_DIR).with_suffix("").as_posix()
+                  for p in SHIPPED_CONFIG_DIR.rglob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path, base: Path | None = None) -> Path:
+    """A config file path: an existing path as given (or relative to ``base``), else a shipped config name."""
+    p = Path(path)
+    # Relative paths inside a config (``extends``, the demo's model configs) are relative to that file.
+    candidates = [p] if p.is_absolute() else [*([base / p, base / p.with_name(p.name + ".yaml")] if base is not None else []), p]
+    if not p.is_absolute():
+        name = p.as_posix().removeprefix("configs/")  # old `configs/x.yaml` spellings still resolve
+        candidates += [SHIPPED_CONFIG_DIR / name, SHIPPED_CONFIG_DIR / (name + ".yaml")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise MindEyeError(f"config {path} not found: it is neither a file nor a shipped config name; shipped "
+                       f"configs: {', '.join(shipped_config_names())}")
+
+
+def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """``delta`` over ``base``; nested mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in delta.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_data(path: str | Path, base: Path | None = None, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The nested dict of a config file with its ``extends`` chain applied (not yet type-checked)."""
+    try:
+        path = resolve_config_path(path, base).resolve()
+    except MindEyeError as exc:
+        raise MindEyeError(f"{_chain[-1]}: extends {exc}" if _chain else str(exc)) from None
+    if path in _chain:
+        raise MindEyeError(f"config {path} extends itself (chain: {' -> '.join(str(p) for p in (*_chain, path))})")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MindEyeError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise MindEyeError(f"config file {path} must contain a mapping at top level")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    if not isinstance(parent, str):
+        raise MindEyeError(f"config file {path}: extends must be a config name or path, got {parent!r}")
+    return _merge(read_config_data(parent, path.parent, (*_chain, path)), loaded)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = Config) -> Any:
-    """Defaults <- YAML file <- ``--set`` overrides, then type- and range-checked."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise MindEyeError(f"config file {path} not found; see configs/ for the shipped configs")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MindEyeError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise MindEyeError(f"config file {path} must contain a mapping at top level")
-        data = loaded
+    """Defaults <- YAML file (a path or a shipped name, with its ``extends`` chain) <- ``--set`` overrides,
+    then type- and range-checked."""
+    data: dict[str, Any] = read_config_data(path) if path is not None else {}
     for override in overrides or []:
         apply_override(data, override)
     cfg = from_dict(cls, data)

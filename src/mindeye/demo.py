@@ -2,7 +2,7 @@
 -> metrics -> report. Every step skips work that is already done, so a killed demo resumes.
 
 ``mindeye demo --out DIR`` runs it on the `small` simulated subject with stand-in encoders on a CPU;
-``mindeye demo --config configs/demo-nsd-subj01.yaml --out DIR`` runs the real thing (a prepared NSD
+``mindeye demo --config demo-nsd-subj01 --out DIR`` runs the real thing (a prepared NSD
 store, CLIP ViT-L/14, SD VAE, Versatile Diffusion) on a GPU.
 """
 
@@ -16,16 +16,12 @@ from typing import Any
 
 import torch
 
-from mindeye.config import load_config
-from mindeye.errors import MindEyeError
-
-# Shipped configs live in the repository's configs/ (source checkout / editable install).
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+from mindeye.config import load_config, resolve_config_path
 
 
 @dataclass
 class DemoConfig:
-    """What the end-to-end job runs (configs/demo.yaml)."""
+    """What the end-to-end job runs (the shipped demo.yaml)."""
 
     store: str | None = None  # an existing subject store; null = simulate one into OUT/store
     scale: str = "small"  # simulated subject scale when store is null
@@ -49,19 +45,12 @@ class DemoConfig:
 
 
 def _resolve(path: str, base: Path) -> Path:
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p
-    for candidate in (base / p, CONFIG_DIR / p, Path("configs") / p):
-        if candidate.exists():
-            return candidate
-    raise MindEyeError(f"config {path} not found (looked next to the demo config and in configs/)")
+    """A model config named by the demo config: relative to it, a path, or a shipped config name."""
+    return resolve_config_path(path, base)
 
 
 def load_demo_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[DemoConfig, Path]:
-    if path is None:
-        path = _resolve("demo.yaml", Path("configs"))
-    path = Path(path)
+    path = resolve_config_path(path or "demo")
     return load_config(path, overrides, cls=DemoConfig), path.resolve().parent
 
 

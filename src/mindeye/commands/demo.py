@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "report.html. Finished steps are skipped on a re-run, so an interrupted demo resumes.")
     p.add_argument("--out", required=True, help="output directory (store, runs, reconstructions, report)")
     p.add_argument("--config", default=None,
-                   help="demo config (default configs/demo.yaml; configs/demo-nsd-subj01.yaml for real NSD on a GPU)")
+                   help="demo config: a shipped name or a path (default demo; demo-nsd-subj01 for real NSD on a GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a demo config value, e.g. --set recon_limit=20")
     p.set_defaults(func=run)

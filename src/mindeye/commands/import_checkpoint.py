@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mindeye-v1", required=True, dest="checkpoint", help=".pth/.pt/.safetensors checkpoint file")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--config", default=None,
-                   help="config describing the model (default: the packaged configs/mindeye-subj01.yaml values)")
+                   help="config describing the model (a shipped name such as mindeye-subj01, or a path; default: the config defaults)")
     p.add_argument("--n-voxels", type=int, default=None,
                    help="expected voxel count (default: read from the checkpoint; subj01 15724)")
     p.add_argument("--data", default=None, help="subject store the run should evaluate on (recorded in run.json)")

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="print parameter counts per module for a config",
                        description="Build the config's model on the meta device (no memory) and print "
                                    "parameter counts per module as plain integers.")
-    p.add_argument("config", help="YAML config")
+    p.add_argument("config", help="YAML config: a path or a shipped config name")
     p.add_argument("--n-voxels", type=int, default=None,
                    help="voxel count (default: data.n_voxels from the config or the store's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train the model described by CONFIG on a subject store. Checkpoints every epoch into "
                     "--out; --resume continues an interrupted run exactly. Multi-GPU: launch with "
                     "`torchrun --nproc_per_node N -m mindeye train ...` (train.batch_size is the global batch).")
-    p.add_argument("--config", required=True, help="YAML config (see configs/ and docs/configs.md)")
+    p.add_argument("--config", required=True, help="YAML config: a path, or a shipped config name (mindeye-subj01, ablations/blocks0, ...; docs/configs.md)")
     p.add_argument("--data", default=None, help="subject store (overrides data.store)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
