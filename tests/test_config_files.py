@@ -65,3 +65,4 @@ def test_extends_errors_name_the_file(tmp_path):
     (tmp_path / "d.yaml").write_text("extends: [a, b]\n")
     with pytest.raises(MindEyeError, match="extends must be a config name or path, got"):
         load_config(tmp_path / "d.yaml")
+
