@@ -138,7 +138,12 @@ def save_images(images: Any, out_dir: str | Path, names: list[str] | None = None
 
 
 def _load(run: str | Path | Run, device: str) -> Run:
-    return run if isinstance(run, Run) else load_run(run, device)
+    if not isinstance(run, Run):
+        return load_run(run, device)
+    if run.device != device:  # a Run loaded elsewhere follows the pipeline's device
+        run.model.to(device)
+        run.device = device
+    return run
 
 
 class MindEyePipeline:
