@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     names = [r["name"] for r in results["retrieval"]]
     assert names == ["demo-highlevel", "demo-ridge"]
     for r in results["retrieval"]:
-        assert 0.0 <= r["image_retrieval"] <= 1.0 and np.isfinite(r["brain_retrieval"])
+        assert 0.0 <= r["image_to_brain"] <= 1.0 and np.isfinite(r["brain_to_image"])
     # Reconstructions are real pictures: non-constant PNGs of the store's image size.
     pngs = sorted((out / "recons" / "final" / "images").glob("*.png"))
     assert len(pngs) == 4

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -171,6 +171,8 @@ def reconstruct(
     extra provenance (runs, weights) stored in the index and checked on resume.
     """
     settings.validate()
+    if settings.prior_guidance is None:  # no run to take it from: the paper's default, no guidance
+        settings = replace(settings, prior_guidance=1.0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, device = settings.samples, generator.device
@@ -257,7 +259,7 @@ def reconstruct_run(
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
     from mindeye.training.checkpoint import read_run
-    from mindeye.training.data import load_eval_split
+    from mindeye.training.data import load_eval_split, target_options
     from mindeye.training.trainer import embed_voxels
 
     settings = settings or ReconstructSettings()
@@ -295,7 +297,9 @@ def reconstruct_run(
             low = out_dir / "blurry"
         blurry = BlurryImages(low)
         lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
-    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device)
+    # The judge embeds candidates the way the run's targets were embedded (paper: reference preprocessing).
+    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
+                        **target_options(cfg, spec.condition_encoder))
     config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
               "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
               "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
