@@ -387,6 +387,23 @@ class HighLevelTask:
         return quick_retrieval(preds, self.targets.get(self.val.image_index), self.t.cfg.eval.pool)
 
 
+def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """Random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
+
+    ``mode="batch"`` (``train.lowlevel_repetition_mix``; the authors' ``utils.voxel_select``): ONE of the
+    three choices for the whole batch; ``"sample"``: one choice per sample. Weights and picks are per sample.
+    """
+    b, r, _ = vox.shape
+    u = torch.rand(1, generator=gen).expand(b) if mode == "batch" else torch.rand(b, generator=gen)
+    w_rand = torch.rand(b, r, generator=gen) * mask
+    w_mean = mask.float()
+    pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
+    w_one = F.one_hot(pick, r).float()
+    w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
+    return torch.einsum("br,brv->bv", w, vox.float())
+
+
 class LowLevelTask:
     """Voxels -> SD-VAE latent (L1 / MSE) + 0.1 x SoftCLIP against the teacher's tokens."""
 
@@ -412,21 +429,7 @@ class LowLevelTask:
         return len(self.images) // self.t.cfg.train.batch_size
 
     def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
-
-        ``train.lowlevel_repetition_mix=batch`` (the authors' ``utils.voxel_select``): ONE of the three
-        choices for the whole batch; ``sample``: one choice per sample. Weights and picks are per sample.
-        """
-        b, r, _ = vox.shape
-        per_batch = self.t.cfg.train.lowlevel_repetition_mix == "batch"
-        u = torch.rand(1, generator=gen).expand(b) if per_batch else torch.rand(b, generator=gen)
-        w_rand = torch.rand(b, r, generator=gen) * mask
-        w_mean = mask.float()
-        pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
-        w_one = F.one_hot(pick, r).float()
-        w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
-        w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-        return torch.einsum("br,brv->bv", w, vox.float())
+        return mix_repetitions(vox, mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
 
     def batches(self, epoch: int):
         cfg = self.t.cfg
