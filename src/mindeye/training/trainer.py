@@ -1,6 +1,6 @@
 """`mindeye train`: one trainer for the high-level model, the low-level model and the ridge baseline.
 
-Reference schedule (docs/choices.md): AdamW (no decay on biases/norms), OneCycle with
+Reference schedule (docs/choices.md): AdamW (no decay on biases: ``train.no_decay``), OneCycle with
 pct_start = 2/epochs and final_div_factor 1000, BiMixCo for the first third of the epochs then
 SoftCLIP with a cosine-annealed temperature, prior loss weight 30. Checkpoints every epoch,
 atomically; ``resume=True`` continues exactly where the last finished epoch left off.
@@ -286,7 +286,8 @@ def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws
 # Tasks: what a batch is, what the loss is, how to validate
 # ----------------------------------------------------------------------------------------------------
 class HighLevelTask:
-    """Backbone -> projector (contrastive) + diffusion prior (MSE) on one repetition per training trial."""
+    """Backbone -> projector (contrastive) + diffusion prior (MSE); which (image, repetition) pairs each
+    step uses is the :class:`~mindeye.training.data.EpochSampler`'s choice (``train.epoch_unit``)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
