@@ -64,7 +64,13 @@ from mindeye.config import Config, ModelConfig, load_config
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.training.distributed import DistInfo
-from mindeye.training.trainer import HighLevelTask, LowLevelTask, param_groups, resolve_device
+from mindeye.training.trainer import (
+    HighLevelTask,
+    LowLevelTask,
+    mix_repetitions,
+    param_groups,
+    resolve_device,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SUBJ01_VOXELS = 15724
@@ -263,7 +269,7 @@ class Optimizers:
 
     def __init__(self, model: nn.Module, cfg: Config, impl: str, in_backward: bool, total_steps: int) -> None:
         t = cfg.train
-        groups = param_groups(model, t.weight_decay)
+        groups = param_groups(model, t.weight_decay, t.no_decay)
         self.in_backward = in_backward
 
         def make(params_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -391,7 +397,7 @@ def reference_store_batches(pipeline: str, cfg: Config, store_path: Path, batch:
             if pipeline == "high":
                 b["voxels"], b["generator"] = split.voxels[idx].float(), gen
             else:
-                b["voxels"] = LowLevelTask.mix_repetitions(None, vox[idx], mask[idx], gen)  # type: ignore[arg-type]
+                b["voxels"] = mix_repetitions(vox[idx], mask[idx], gen, cfg.train.lowlevel_repetition_mix)
             yield b
 
 

@@ -21,12 +21,12 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     args = ["demo", "--out", str(out)] + sum((["--set", s] for s in TINY), [])
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "image top-1 (300)" in text and "report:" in text
+    assert "image retr. (300)" in text and "report:" in text
     results = json.loads((out / "results.json").read_text())
     names = [r["name"] for r in results["retrieval"]]
     assert names == ["demo-highlevel", "demo-ridge"]
     for r in results["retrieval"]:
-        assert 0.0 <= r["image_retrieval"] <= 1.0 and np.isfinite(r["brain_retrieval"])
+        assert 0.0 <= r["image_to_brain"] <= 1.0 and np.isfinite(r["brain_to_image"])
     # Reconstructions are real pictures: non-constant PNGs of the store's image size.
     pngs = sorted((out / "recons" / "final" / "images").glob("*.png"))
     assert len(pngs) == 4

@@ -109,8 +109,8 @@ def test_cli_rows_mean_markdown_and_retrieval(store, tmp_path):
     make_recon_dir(tmp_path / "a", store, test[:6], noise=20, seed=1)
     make_recon_dir(tmp_path / "b", store, test[:6], noise=80, seed=2)
     make_recon_dir(tmp_path / "blur", store, test[:6], noise=50, seed=3, kind="blurry")
-    ret = {"run": "/x/high", "name": "high", "image_retrieval": 0.4321, "brain_retrieval": 0.1234,
-           "image_ci95": [0.4, 0.46], "brain_ci95": [0.1, 0.15], "pool": 300, "draws": 30}
+    ret = {"run": "/x/high", "name": "high", "image_to_brain": 0.4321, "brain_to_image": 0.1234,
+           "image_to_brain_ci95": [0.4, 0.46], "brain_to_image_ci95": [0.1, 0.15], "pool": 300, "draws": 30}
     (tmp_path / "retrieval.json").write_text(json.dumps(ret))
     out = tmp_path / "res" / "metrics.json"
     rc = main(["evaluate", "recon", "--recons", str(tmp_path / "a"), "--name", "low noise", "--recons",
@@ -128,9 +128,10 @@ def test_cli_rows_mean_markdown_and_retrieval(store, tmp_path):
     for r in rows.values():  # --pixel-only: the network metrics are listed as unavailable, with the fix
         assert "--pixel-only" in r["metrics"]["clip"]["unavailable"]
     # One run's retrieval goes on the reconstruction rows, not on the blurry one.
-    assert rows["low noise"]["retrieval"]["image_retrieval"] == 0.4321
+    assert rows["low noise"]["retrieval"]["image_to_brain"] == 0.4321
     assert "retrieval" not in rows["blurry"]
-    assert "image_retrieval" not in res["mean"]
+    assert "image_to_brain" not in res["mean"]
+    assert res["first_resize"] == "reference"
 
     md = out.with_suffix(".md").read_text()
     lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
@@ -210,7 +211,7 @@ def test_errors_are_clear(store, tmp_path, capsys):
     make_recon_dir(good, store, test)
     with pytest.raises(MindEyeError, match="one name per --recons"):
         evaluate_recon_dirs([good, good], names=["x"], pixel_only=True, progress=False)
-    (tmp_path / "r.json").write_text(json.dumps([{"image_retrieval": 0.1, "brain_retrieval": 0.1}] * 3))
+    (tmp_path / "r.json").write_text(json.dumps([{"image_to_brain": 0.1, "brain_to_image": 0.1}] * 3))
     with pytest.raises(MindEyeError, match="3 results for 2 --recons"):
         evaluate_recon_dirs([good, good], retrieval=tmp_path / "r.json", pixel_only=True, progress=False)
     (tmp_path / "notret.json").write_text(json.dumps({"foo": 1}))

@@ -33,10 +33,15 @@ def test_evaluate_retrieval_prints_table_and_writes_json(tiny_run, capsys):
     assert main(["evaluate", "retrieval", "--run", str(tiny_run / "run"), "--device", "cpu",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "image top-1 (300)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
+    assert "image retr. (300)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
+    assert "Image retrieval = image_to_brain" in text  # the table says which direction is which
     [res] = json.loads(out.read_text())
     assert res["pool"] == 60 and res["draws"] == 30 and res["n_test"] == 60
-    assert res["image_ci95"][0] <= res["image_retrieval"] <= res["image_ci95"][1]
+    assert res["brain_to_image_ci95"][0] <= res["brain_to_image"] <= res["brain_to_image_ci95"][1]
+    assert res["image_to_brain_ci95"][0] <= res["image_to_brain"] <= res["image_to_brain_ci95"][1]
+    # the printed "image retrieval" column is the authors' direction (image_to_brain)
+    row = text.splitlines()[1].split()
+    assert row[1] == f"{100 * res['image_to_brain']:.1f}%" and row[2] == f"{100 * res['brain_to_image']:.1f}%"
     assert json.loads((tiny_run / "run" / "eval" / "retrieval.json").read_text())["n_test"] == 60
 
 

@@ -79,6 +79,23 @@ def ref_bimixco(p_mix: torch.Tensor, t: torch.Tensor, k: list[int], lam: list[fl
     return (first + second) / (2 * n)
 
 
+def ref_bimixco_assign(p_mix: torch.Tensor, t: torch.Tensor, k: list[int], lam: list[float], tau: float,
+                       bidirectional: bool = True) -> float:  # fmt: skip
+    """The authors' utils.mixco_nce: labels probs = diag(lam), then probs[i, k_i] = 1 - lam_i (assignment)."""
+    P, T = _unit(p_mix), _unit(t)
+    n = len(P)
+    probs = [[lam[i] if i == m else 0.0 for m in range(n)] for i in range(n)]
+    for i in range(n):
+        probs[i][k[i]] = 1 - lam[i]
+    first = -sum(probs[i][m] * _log_softmax_entry([float(P[i] @ T[c]) / tau for c in range(n)], m)
+                 for i in range(n) for m in range(n)) / n
+    if not bidirectional:
+        return first
+    second = -sum(probs[m][j] * _log_softmax_entry([float(P[r] @ T[j]) / tau for r in range(n)], m)
+                  for j in range(n) for m in range(n)) / n
+    return (first + second) / 2
+
+
 def ref_soft_clip(p: torch.Tensor, t: torch.Tensor, tau: float) -> float:
     """Eq. 3 plus its bidirectional component (transposed Brain-CLIP matrix, same CLIP-CLIP soft labels)."""
     P, T = _unit(p), _unit(t)
@@ -124,12 +141,22 @@ def test_bimixco_and_mixco_nce_match_eq2(batch, tau: float) -> None:
     k = [2, 0, 1, 3, 5, 4]  # includes k_3 = 3: a sample mixed with itself
     lam = [0.3, 1.0, 0.9, 0.25, 0.05, 1.0]
     perm, lambdas = torch.tensor(k), torch.tensor(lam)
-    assert bimixco_loss(p, t, perm, lambdas, tau).item() == pytest.approx(
+    # self_label="add" is the paper's Eq. 2; the default "assign" is the authors' code.
+    assert bimixco_loss(p, t, perm, lambdas, tau, self_label="add").item() == pytest.approx(
         ref_bimixco(p, t, k, lam, tau), rel=1e-4
     )
-    assert mixco_nce(p, t, perm, lambdas, tau).item() == pytest.approx(
+    assert mixco_nce(p, t, perm, lambdas, tau, self_label="add").item() == pytest.approx(
         ref_bimixco(p, t, k, lam, tau, bidirectional=False), rel=1e-4
     )
+    assert bimixco_loss(p, t, perm, lambdas, tau).item() == pytest.approx(
+        ref_bimixco_assign(p, t, k, lam, tau), rel=1e-4
+    )
+    assert mixco_nce(p, t, perm, lambdas, tau).item() == pytest.approx(
+        ref_bimixco_assign(p, t, k, lam, tau, bidirectional=False), rel=1e-4
+    )
+    # The self-pairing (k_3 = 3, lambda .25) makes the two label matrices differ there.
+    assert mixco_targets(perm, lambdas)[3, 3] == pytest.approx(0.75)
+    assert mixco_targets(perm, lambdas, self_label="add")[3, 3] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("tau", [0.5, 0.05, 0.004])
@@ -149,8 +176,17 @@ def test_bimixco_with_unit_lambdas_equals_clip_loss(batch) -> None:
 def test_mixco_targets_rows_sum_to_one_including_self_mix() -> None:
     perm = torch.tensor([1, 0, 2, 3])
     lam = torch.tensor([0.3, 0.6, 0.2, 1.0])
-    y = mixco_targets(perm, lam)
+    y = mixco_targets(perm, lam, self_label="add")
     expected = torch.tensor([[0.3, 0.7, 0, 0], [0.4, 0.6, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    torch.testing.assert_close(y, expected)
+
+
+def test_mixco_targets_assign_overwrites_self_pairings_like_the_authors() -> None:
+    """utils.mixco_nce: probs = diag(betas); probs[i, perm] = 1 - betas -> a self-pairing keeps 1 - lambda."""
+    perm = torch.tensor([1, 0, 2, 3])
+    lam = torch.tensor([0.3, 0.6, 0.2, 1.0])
+    y = mixco_targets(perm, lam)  # default: assign
+    expected = torch.tensor([[0.3, 0.7, 0, 0], [0.4, 0.6, 0, 0], [0, 0, 0.8, 0], [0, 0, 0, 0.0]])
     torch.testing.assert_close(y, expected)
 
 

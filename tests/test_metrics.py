@@ -24,9 +24,10 @@ def _images(seed: int, n: int = 3, h: int = 300, w: int = 280) -> np.ndarray:
 
 
 def _ref_prepare(images_u8: np.ndarray, size: int) -> torch.Tensor:
-    """Independent path: torchvision functional resize (256x256, then `size`)."""
+    """Independent path: torchvision functional resize (256x256 without antialias as the authors'
+    torchvision 0.15 did on tensors, then `size`)."""
     x = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255
-    x = TF.resize(x, [256, 256], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    x = TF.resize(x, [256, 256], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
     return TF.resize(x, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -38,6 +39,18 @@ def test_uint8_hwc_and_float_chw_inputs_agree():
     f = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255
     torch.testing.assert_close(M.prepare(u8), M.prepare(f))
     assert M.prepare(u8).shape == (3, 3, 256, 256)
+
+
+def test_first_resize_matches_torchvision_without_antialias_by_default():
+    """Reconstruction_Metrics.py: transforms.Resize((256, 256)) on tensors, torchvision 0.15.2 (no antialias)."""
+    f = torch.from_numpy(_images(4, h=430, w=430)).permute(0, 3, 1, 2).float() / 255
+    authors = TF.resize(f, [256, 256], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
+    antialiased = TF.resize(f, [256, 256], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    torch.testing.assert_close(M.prepare(f), authors)
+    torch.testing.assert_close(M.prepare(f, first_resize="antialias"), antialiased)
+    assert (authors - antialiased).abs().max() > 0.01  # the two really differ on a 425 -> 256 downscale
+    with pytest.raises(MindEyeError, match="first_resize must be one of reference, antialias"):
+        M.prepare(f, first_resize="area")
 
 
 def test_float_images_out_of_range_rejected():

@@ -118,11 +118,13 @@ def test_metrics_table_rows_and_values(exp):
     assert row[0] == f"{mind['pixcorr']['value']:.3f}".replace("0.", ".", 1)
     assert row[1] == f"{mind['ssim']['value']:.3f}".replace("0.", ".", 1)
     # the reconstruction row carries its high-level run's retrieval (matched by the index's high_run)
-    assert row[-2:] == [f"{100 * ret['image_retrieval']:.1f}%", f"{100 * ret['brain_retrieval']:.1f}%"]
+    # Table 1's columns: "Image retrieval" = image_to_brain (the authors' direction), then brain_to_image
+    assert row[-2:] == [f"{100 * ret['image_to_brain']:.1f}%", f"{100 * ret['brain_to_image']:.1f}%"]
     assert row[2] == "—1"  # unavailable, with a footnote
     assert cells["low-level blurry"][-2:] == ["—", "—"]
-    assert cells["demo-ridge (ridge baseline)"][-2:] == [f"{100 * ridge_ret['image_retrieval']:.1f}%",
-                                                         f"{100 * ridge_ret['brain_retrieval']:.1f}%"]
+    assert cells["demo-ridge (ridge baseline)"][-2:] == [f"{100 * ridge_ret['image_to_brain']:.1f}%",
+                                                         f"{100 * ridge_ret['brain_to_image']:.1f}%"]
+    assert "Image retrieval = image_to_brain" in exp["html"]  # the footnote says which direction is which
     assert "Mean of MindEye (tiny), low-level blurry" in cells
     assert not any("retrieval only" in name for name in cells)  # the high run is already in a row
     assert "skipped (--pixel-only)" in html  # the unavailable reason is on the page
@@ -146,11 +148,11 @@ def test_training_curves_match_metrics_jsonl(exp):
     loss = [pts for label, pts in lines if label == "loss"]
     assert len(loss) == 1 and len(loss[0].split()) == n_loss
     labels = {label for label, _ in lines}
-    assert {"contrastive", "prior", "image_retrieval", "brain_retrieval"} <= labels
+    assert {"contrastive", "prior", "brain_to_image", "image_to_brain"} <= labels
     assert "alpha" not in labels  # the ridge's alpha is a setting, not a curve
     ridge = json.loads((exp["ridge"] / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (f"validation (epoch 1): brain_retrieval {ridge['val_brain_retrieval']:.3f}, image_retrieval "
-            f"{ridge['val_image_retrieval']:.3f}") in html  # one evaluation: numbers, not a chart
+    assert (f"validation (epoch 1): brain_to_image {ridge['val_brain_to_image']:.3f}, image_to_brain "
+            f"{ridge['val_image_to_brain']:.3f}") in html  # one evaluation: numbers, not a chart
     # every point lies inside its chart's frame (axes cover the data)
     for svg in re.findall(r'<svg class="chart".*?</svg>', html, re.S):
         x, y, w, h = map(float, re.search(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" height="([\d.]+)" '

@@ -54,8 +54,8 @@ def test_high_level_learns_above_chance(tiny_store, tmp_path):
     res = evaluate_retrieval(tmp_path / "run", device="cpu")
     chance = 1.0 / min(cfg.eval.pool, res["n_test"])
     # Well above chance in both directions (chance is 1/60 on the tiny subject; 30 draws).
-    assert res["image_retrieval"] > 3 * chance, res
-    assert res["brain_retrieval"] > 3 * chance, res
+    assert res["brain_to_image"] > 3 * chance, res
+    assert res["image_to_brain"] > 3 * chance, res
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert (tmp_path / "run" / "eval" / "retrieval.json").exists()
 
@@ -105,7 +105,7 @@ def test_low_level_and_ridge_train(tiny_store, tmp_path):
     assert np.isfinite(low["latent_l1"]) and low["latent_corr"] > 0.0
     ridge = Trainer(_cfg("demo-ridge.yaml", ["data.val_images=40"]), tmp_path / "ridge", store=tiny_store,
                     device="cpu", progress=False).fit()
-    assert ridge["image_retrieval"] > 1 / 40
+    assert ridge["brain_to_image"] > 1 / 40
 
 
 def test_low_level_batch_larger_than_the_data_is_a_clear_error(tiny_store, tmp_path):

@@ -33,6 +33,7 @@ class DataConfig:
     store: str | None = None  # path of a prepared subject store (mindeye simulate / prepare)
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
     val_images: int = 0  # train images held out for validation when the store has no val split
+    train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
     n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)
 
 
@@ -47,6 +48,8 @@ class TargetsConfig:
     teacher_encoder: str = "vicregl-convnext"  # contrastive teacher of the low-level pipeline
     teacher_weights: str | None = None  # weights of teacher_encoder; None = its default id
     augmented_views: int = 0  # K cached augmented views per image sampled at train time (0 = none)
+    clip_preprocess: Literal["reference", "processor"] = "reference"  # CLIP targets: float bicubic, no antialias (authors) or HF processor (uint8, antialiased)
+    blurry_decoder_weights: str | None = None  # VAE that decodes blurry images; None = lowlevel_weights (paper: Versatile Diffusion's)
 
 
 @dataclass
@@ -81,7 +84,7 @@ class PriorConfig:
     timesteps: int = 100  # diffusion timesteps (cosine schedule, predicts x0)
     cond_drop_prob: float = 0.2  # probability of dropping the brain condition (classifier-free guidance)
     sample_steps: int = 100  # prior sampling steps at inference
-    guidance: float = 3.5  # classifier-free guidance scale for prior sampling
+    guidance: float = 1.0  # prior classifier-free guidance at sampling; 1 = none (authors; VD's own 3.5 is separate)
 
 
 @dataclass
@@ -123,10 +126,14 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, losses and schedule."""
 
-    epochs: int = 240  # passes over the training images
+    epochs: int = 240  # passes over the training images (see train.epoch_unit)
+    epoch_unit: Literal["images", "trials"] = "images"  # an epoch = each unique image once (authors) or each trial once
+    repetition: Literal["step", "sample"] = "step"  # epoch_unit=images: repetition (step % R) for the whole batch (authors) or a random one per sample
+    lowlevel_repetition_mix: Literal["batch", "sample"] = "batch"  # low-level repetition mix: one draw per batch (authors) or per sample
     batch_size: int = 32  # global batch: the same on 1 or N processes
     max_lr: float = 3e-4  # peak OneCycleLR learning rate (not scaled by the number of processes)
-    weight_decay: float = 1e-2  # AdamW weight decay (not on biases and norms)
+    weight_decay: float = 1e-2  # AdamW weight decay (see train.no_decay)
+    no_decay: Literal["bias", "bias+norm"] = "bias"  # parameters without decay: biases only (authors) or also norms/embeddings
     pct_start: float | None = None  # OneCycleLR warm-up fraction; null = 2 / epochs (reference)
     final_div_factor: float = 1000.0  # OneCycleLR final_div_factor
     loss: Literal["bimixco+softclip", "bimixco", "softclip", "clip", "infonce", "mixco+infonce"] = (
@@ -135,6 +142,7 @@ class TrainConfig:
     mixco_fraction: float = 0.33  # fraction of epochs on BiMixCo before SoftCLIP (first third)
     mixco_beta: float = 0.15  # MixCo lambda ~ Beta(mixco_beta, mixco_beta)
     mixco_prob: float = 0.5  # probability that a sample is mixed
+    mixco_self_label: Literal["assign", "add"] = "assign"  # label of a sample mixed with itself: assigned 1-lambda (authors) or lambda + (1-lambda)
     mixco_temperature: float = 0.006  # BiMixCo temperature
     soft_temperature_start: float = 0.004  # SoftCLIP temperature when SoftCLIP starts (cosine-annealed)
     soft_temperature_end: float = 0.0075  # SoftCLIP temperature at the last epoch
@@ -156,6 +164,8 @@ class EvalConfig:
 
     pool: int = 300  # retrieval candidates per draw (top-1 among pool)
     draws: int = 30  # random draws of pool test samples; results averaged
+    draw_mode: Literal["uniform", "contiguous"] = "uniform"  # a random subset per draw, or pool consecutive test samples (authors' stream batches)
+    ci: Literal["normal", "t"] = "normal"  # 95% interval over draws: normal, std ddof 0 (authors) or Student-t
 
 
 @dataclass

@@ -34,7 +34,7 @@ class DemoConfig:
     generator_weights: str | None = None  # HF id / local path (null = the generator's default)
     samples: int = 4  # generations per brain sample (best-of-N)
     steps: int = 20  # generator denoising steps
-    guidance: float = 3.5  # generator classifier-free guidance
+    guidance: float = 3.5  # generator (Versatile Diffusion) classifier-free guidance; the prior's is model.prior.guidance
     img2img_strength: float = 0.15  # share of the schedule skipped when starting from the blurry image
     recon_limit: int | None = 60  # reconstruct only the first N test images (null = all)
     metrics_weights_dir: str | None = None  # where metric network checkpoints live (offline machines)
@@ -120,8 +120,10 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     from mindeye.training.trainer import resolve_device
 
     device = resolve_device(demo.device)
+    from mindeye.training.data import target_options
+
     for name, weights in sorted(wanted, key=lambda x: x[0]):
-        embed_store(store, name, weights=weights, device=device)
+        embed_store(store, name, weights=weights, device=device, **target_options(high, name))
     _done(t0)
 
     # 3. training

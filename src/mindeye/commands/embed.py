@@ -24,6 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None,
                    help="Hugging Face id (looked up in the local cache only) or a local directory/file; "
                         "default: the encoder's public weights")
+    p.add_argument("--clip-preprocess", choices=["reference", "processor"], default="reference",
+                   help="CLIP encoders only: 'reference' = float tensor, bicubic, no antialias (the authors'; "
+                        "targets.clip_preprocess of the paper configs), 'processor' = the HF CLIP processor "
+                        "(uint8, antialiased). Default: reference")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default 64, or the one an interrupted run used)")
@@ -40,9 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mindeye.encoders.cache import embed_store, read_manifest
 
+    options = {"preprocess": args.clip_preprocess} if args.encoder.startswith("clip-") else {}
     out = embed_store(
         args.data, args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
         views=args.views, random_init=args.random_init, progress=not args.no_progress, overwrite=args.overwrite,
+        **options,
     )
     m = read_manifest(out) or {}
     views = f", {m['views']} augmented views" if m.get("views") else ""

@@ -13,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "whole test set, or the eight reconstruction metrics of paper Table 1.")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set",
-                      description="Top-1 image and brain retrieval among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. Also written to RUN/eval/retrieval.json.")
+                      description="Top-1 retrieval in both directions among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
     r.add_argument("--data", default=None, help="subject store (default: the one the run was trained on)")
     r.add_argument("--mode", choices=["averaged", "single"], default=None,

@@ -33,6 +33,9 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--title", default=None, help="title of the Markdown table")
     p.add_argument("--out", required=True, help="metrics JSON to write (the .md table goes next to it)")
+    p.add_argument("--first-resize", choices=["reference", "antialias"], default="reference",
+                   help="the protocol's resize to 256: 'reference' = bilinear without antialiasing (the authors' "
+                        "torchvision 0.15 on tensors), 'antialias' = antialiased (default: reference)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_recon)
 
@@ -54,7 +57,8 @@ def run_recon(args: argparse.Namespace) -> int:
     result = evaluate_recon_dirs(
         args.recons, names=args.name or None, store=args.data, weights_dir=args.weights_dir, clip=args.clip,
         device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
-        retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress)
+        retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress,
+        first_resize=args.first_resize)
     json_path, md_path = write_metrics(result, args.out, title=args.title)
     print(md_path.read_text())
     print(json.dumps({"metrics": str(json_path), "table": str(md_path),

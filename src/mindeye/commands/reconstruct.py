@@ -23,11 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-weights", default=None, help="weights of the best-of-N CLIP judge (HF id or path)")
     p.add_argument("--samples", type=int, default=16, help="prior samples / images per brain sample")
     p.add_argument("--steps", type=int, default=20, help="UniPC steps")
-    p.add_argument("--guidance", type=float, default=3.5, help="generator classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=3.5,
+                   help="generator (Versatile Diffusion) classifier-free guidance scale; not the prior's (default 3.5)")
     p.add_argument("--img2img-strength", type=float, default=0.15,
                    help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper)")
     p.add_argument("--prior-steps", type=int, default=None, help="prior sampling steps (default: the run's)")
-    p.add_argument("--prior-guidance", type=float, default=None, help="prior guidance (default: the run's)")
+    p.add_argument("--prior-guidance", type=float, default=None,
+                   help="prior classifier-free guidance (default: the run's model.prior.guidance; paper 1.0 = none)")
+    p.add_argument("--init-encoding", choices=["reference", "vae"], default="reference",
+                   help="img2img start latent of the blurry image: 'reference' = CLIP mean/std normalised, "
+                        "posterior sample (the authors'), 'vae' = [-1, 1], posterior mode (default: reference)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior and generator noise (default 0)")
     p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, steps=args.steps, guidance=args.guidance, img2img_strength=args.img2img_strength,
         prior_steps=args.prior_steps,
         prior_guidance=cfg.model.prior.guidance if args.prior_guidance is None else args.prior_guidance,
-        seed=args.seed, batch_brains=args.batch_brains, save_all=args.save_all)
+        init_encoding=args.init_encoding, seed=args.seed, batch_brains=args.batch_brains, save_all=args.save_all)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,

@@ -68,9 +68,11 @@ def images_checksum(store: SubjectStore) -> str:
 
 
 def embed_command(store_path: str | Path, encoder_name: str, weights: str | None = None, views: int = 0,
-                  random_init: bool = False) -> str:
+                  random_init: bool = False, **options: Any) -> str:
     """The exact CLI command that produces a cache (used in error messages)."""
     cmd = ["mindeye", "embed", "--data", str(store_path), "--encoder", encoder_name]
+    if "preprocess" in options:
+        cmd += ["--clip-preprocess", str(options["preprocess"])]
     if weights:
         cmd += ["--weights", str(weights)]
     if views:
@@ -260,7 +262,7 @@ def find_cache(
     """
     store = SubjectStore(store_path)
     checksum = images_checksum(store)
-    cmd = embed_command(store.path, encoder_name, weights, 1 if views else 0, random_init)
+    cmd = embed_command(store.path, encoder_name, weights, 1 if views else 0, random_init, **options)
     if views:
         cmd = cmd.replace("--views 1", "--views K")
     spec = get_spec(encoder_name)

@@ -7,8 +7,12 @@ applied to ALL tokens -> (257, 768); every token is then divided by the norm of 
 ``clip-vit-l14-final``: the usual (768,) image embedding, L2-normalised; identical to row 0 of the
 hidden variant (the paper's "only CLS" model, SD image variations, LAION retrieval).
 
-Preprocessing (as the OpenAI/HF CLIP processor): shorter side resized to 224 bicubic (antialiased,
-on the 8-bit image like a PIL resize), centre crop 224, CLIP mean/std.
+Preprocessing, option ``preprocess``:
+- ``processor`` (as the OpenAI/HF CLIP processor): shorter side resized to 224 bicubic (antialiased,
+  on the 8-bit image like a PIL resize), centre crop 224, CLIP mean/std.
+- ``reference`` (the authors' ``Clipper`` in ``src/models.py`` under torchvision 0.15): the image as a
+  float tensor in [0, 1], shorter side resized to 224 bicubic WITHOUT antialiasing, centre crop 224,
+  CLIP mean/std. The paper configs use it (``targets.clip_preprocess``); it is part of the fingerprint.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+import torchvision.transforms.functional as TF
 
 from mindeye.encoders.base import (
     ImageEncoder,
@@ -30,6 +35,7 @@ from mindeye.encoders.base import (
     resolve_weights,
     seeded,
     shortest_edge_size,
+    to_float_chw,
 )
 from mindeye.errors import MindEyeError
 
@@ -46,6 +52,7 @@ DOWNLOAD_HINT = (
 _VERSION = 1  # bump when the derivation changes, so old caches are invalidated
 
 Variant = Literal["hidden", "final"]
+PREPROCESS = ("processor", "reference")
 
 
 def vit_l14_config() -> CLIPVisionConfig:
@@ -58,19 +65,30 @@ def vit_l14_config() -> CLIPVisionConfig:
     )
 
 
-def clip_preprocessing(image_size: int, variant: Variant) -> dict[str, Any]:
-    return {
-        "resize_shortest_edge": image_size, "interpolation": "bicubic", "antialias": True, "resize_dtype": "uint8",
+def check_preprocess(preprocess: str) -> str:
+    if preprocess not in PREPROCESS:
+        raise MindEyeError(f"CLIP preprocess must be one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+    return preprocess
+
+
+def clip_preprocessing(image_size: int, variant: Variant, preprocess: str = "processor") -> dict[str, Any]:
+    reference = check_preprocess(preprocess) == "reference"
+    desc = {
+        "resize_shortest_edge": image_size, "interpolation": "bicubic", "antialias": not reference,
+        "resize_dtype": "float32" if reference else "uint8",
         "center_crop": image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
         "output": "all tokens, post-layernorm + projection, / CLS norm" if variant == "hidden"
         else "image_embeds / norm",
         "version": _VERSION,
     }
+    if reference:  # the processor's description stays as it was, so existing caches keep their fingerprint
+        desc["preprocess"] = "reference"
+    return desc
 
 
-def describe(variant: Variant, random_init: bool, config: Any) -> dict[str, Any]:
+def describe(variant: Variant, random_init: bool, config: Any, preprocess: str = "processor") -> dict[str, Any]:
     size = config_to_dict(config).get("image_size", 224) if random_init and config is not None else 224
-    return clip_preprocessing(int(size), variant)
+    return clip_preprocessing(int(size), variant, preprocess)
 
 
 def weights_id(weights: str | None, random_init: bool, config: Any) -> str:
@@ -99,7 +117,13 @@ class ClipImageEncoder(ImageEncoder):
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        x = resize_uint8(images, shortest_edge_size(*images.shape[1:3], self.image_size), "bicubic")
+        size = shortest_edge_size(*images.shape[1:3], self.image_size)
+        if self.preprocessing.get("preprocess") == "reference":
+            x = to_float_chw(images)
+            if tuple(x.shape[-2:]) != size:
+                x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+        else:
+            x = resize_uint8(images, size, "bicubic")
         x = center_crop(x, self.image_size)
         return (x - self.mean) / self.std
 
@@ -137,9 +161,10 @@ def _vision_config(path: Path) -> CLIPVisionConfig:
 
 
 def build(variant: Variant, weights: str | None = None, device: str = "cpu", random_init: bool = False,
-          config: Any = None, dtype: torch.dtype | None = None) -> ClipImageEncoder:
+          config: Any = None, dtype: torch.dtype | None = None, preprocess: str = "processor") -> ClipImageEncoder:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    check_preprocess(preprocess)
     dtype = dtype or default_dtype(device)
     if random_init:
         cfg = CLIPVisionConfig(**config_to_dict(config)) if config is not None else vit_l14_config()
@@ -169,5 +194,5 @@ def build(variant: Variant, weights: str | None = None, device: str = "cpu", ran
                 f"{sorted(info['missing_keys'])[:3]}); point --weights at a CLIP model such as {DEFAULT_WEIGHTS}"
             )
     enc = ClipImageEncoder(model, variant, weights_id(weights, random_init, config),
-                           describe(variant, random_init, config))
+                           describe(variant, random_init, config, preprocess))
     return enc.to(device)

@@ -52,7 +52,7 @@ ENCODERS: dict[str, EncoderSpec] = {
             clip.DEFAULT_WEIGHTS,
             lambda w, d, r, c, t, **o: clip.build("hidden", w, d, r, c, t, **o),
             clip.weights_id,
-            lambda r, c, o: clip.describe("hidden", r, c),
+            lambda r, c, o: clip.describe("hidden", r, c, o.get("preprocess", "processor")),
         ),
         EncoderSpec(
             "clip-vit-l14-final",
@@ -60,7 +60,7 @@ ENCODERS: dict[str, EncoderSpec] = {
             clip.DEFAULT_WEIGHTS,
             lambda w, d, r, c, t, **o: clip.build("final", w, d, r, c, t, **o),
             clip.weights_id,
-            lambda r, c, o: clip.describe("final", r, c),
+            lambda r, c, o: clip.describe("final", r, c, o.get("preprocess", "processor")),
         ),
         EncoderSpec(
             "sd-vae",

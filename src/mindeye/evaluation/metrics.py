@@ -10,7 +10,10 @@ reconstructions are both resized to 256x256 first (no centre crop anywhere), the
 - Alex(2), Alex(5), Incep, CLIP: two-way identification on the network features.
 - Eff, SwAV: mean correlation distance between paired features (lower is better).
 
-All resizes are bilinear with antialias (torchvision's current default for `Resize`).
+The first resize to 256 is bilinear WITHOUT antialiasing by default (``first_resize="reference"``):
+the authors' `Reconstruction_Metrics.py` ran `transforms.Resize((256, 256))` on tensors under
+torchvision 0.15.2, which does not antialias tensors; ``first_resize="antialias"`` antialiases it
+(torchvision's current default). The later resizes (to 425 and the networks' own) are antialiased.
 """
 
 from __future__ import annotations
@@ -58,12 +61,17 @@ def to_float_images(images: ImageBatch, device: str | torch.device = "cpu") -> t
     return x.clamp(0, 1)
 
 
-def prepare(images: ImageBatch, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The protocol's first step: float [0, 1] images resized to 256x256."""
+FIRST_RESIZE_MODES = ("reference", "antialias")
+
+
+def prepare(images: ImageBatch, device: str | torch.device = "cpu", first_resize: str = "reference") -> torch.Tensor:
+    """The protocol's first step: float [0, 1] images resized to 256x256 (bilinear; see the module doc)."""
+    if first_resize not in FIRST_RESIZE_MODES:
+        raise MindEyeError(f"first_resize must be one of {', '.join(FIRST_RESIZE_MODES)}, got {first_resize!r}")
     x = to_float_images(images, device)
     if x.shape[-2:] != (PROTOCOL_SIZE, PROTOCOL_SIZE):
-        x = F.interpolate(x, size=(PROTOCOL_SIZE, PROTOCOL_SIZE), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(x, size=(PROTOCOL_SIZE, PROTOCOL_SIZE), mode="bilinear",
+                          antialias=first_resize == "antialias", align_corners=False)
     return x
 
 
@@ -198,8 +206,11 @@ def evaluate_reconstructions(
     device: str | torch.device = "cpu",
     progress: bool = True,
     metrics: Sequence[str] = METRICS,
+    first_resize: str = "reference",
 ) -> dict[str, dict]:
     """All Table 1 reconstruction metrics for paired reals / reconstructions.
+
+    ``first_resize``: ``reference`` (no antialias, the authors') or ``antialias`` for the resize to 256.
 
     Returns {metric: {"value": float}} or {metric: {"unavailable": reason}} for each requested
     metric (default all of METRICS, in that order). Metrics whose network is Unavailable (or was
@@ -230,8 +241,8 @@ def evaluate_reconstructions(
     per_image: dict[str, list[torch.Tensor]] = {"pixcorr": [], "ssim": []}
     feats: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for start in tqdm(range(0, n, batch_size), desc="reconstruction metrics", disable=not progress):
-        real = prepare(reals[start : start + batch_size], device)
-        recon = prepare(recons[start : start + batch_size], device)
+        real = prepare(reals[start : start + batch_size], device, first_resize)
+        recon = prepare(recons[start : start + batch_size], device, first_resize)
         if "pixcorr" in metrics:
             per_image["pixcorr"].append(pixcorr_per_image(real, recon).cpu())
         if "ssim" in metrics:

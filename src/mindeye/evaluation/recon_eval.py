@@ -11,7 +11,7 @@ Result of :func:`evaluate_recon_dirs` (also the metrics.json format)::
     {"mindeye_version": ..., "metrics_order": [...],
      "rows": [{"name", "recons", "kind", "generator", "generator_weights", "store", "high_run",
                "n_images", "image_index": [...], "metrics": {metric: {"value"} | {"unavailable"}},
-               "retrieval": {"image_retrieval", "brain_retrieval", ...} (when given)}, ...],
+               "retrieval": {"brain_to_image", "image_to_brain", ...} (when given)}, ...],
      "mean": {metric: value, ...} (with several rows; only metrics every row has)}
 """
 
@@ -30,10 +30,11 @@ from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
+from mindeye.evaluation.retrieval import DIRECTIONS
 
 INDEX_NAME = "index.json"
 PIXEL_METRICS = ("pixcorr", "ssim")  # need no network weights
-RETRIEVAL_KEYS = ("image_retrieval", "brain_retrieval")
+RETRIEVAL_KEYS = DIRECTIONS
 
 
 @dataclass
@@ -187,7 +188,7 @@ def read_retrieval(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _retrieval_summary(r: dict[str, Any]) -> dict[str, Any]:
-    keep = ("run", "name", "image_retrieval", "brain_retrieval", "image_ci95", "brain_ci95", "pool", "draws",
+    keep = ("run", "name", *DIRECTIONS, *(f"{d}_ci95" for d in DIRECTIONS), "pool", "draws", "ci", "draw_mode",
             "n_test", "test_mode", "full_test_set")
     return {k: r[k] for k in keep if k in r}
 
@@ -206,8 +207,11 @@ def evaluate_recon_dirs(
     batch_size: int = 32,
     progress: bool = True,
     mean_row: bool = True,
+    first_resize: str = "reference",
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
+
+    first_resize: the resize to 256, ``reference`` (no antialias, as the authors) or ``antialias``.
 
     mean_row: add the mean over rows (for rows that are subjects of one method, as in paper Table 1);
         turn it off when the rows are different methods.
@@ -257,7 +261,7 @@ def evaluate_recon_dirs(
             raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
                                "need at least 2")
         values = evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
-                                          progress=progress, metrics=metrics)
+                                          progress=progress, metrics=metrics, first_resize=first_resize)
         row: dict[str, Any] = {
             "name": names[k] if names else recon.path.name,
             "recons": str(recon.path.resolve()),
@@ -275,7 +279,8 @@ def evaluate_recon_dirs(
             row["retrieval"] = _retrieval_summary(retrievals[k])
         rows.append(row)
 
-    result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics), "rows": rows}
+    result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics),
+                              "first_resize": first_resize, "rows": rows}
     if mean_row and len(rows) > 1:
         keys = [*metrics, *(RETRIEVAL_KEYS if all("retrieval" in r for r in rows) else ())]
         mean = {}

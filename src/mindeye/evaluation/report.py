@@ -32,6 +32,7 @@ import numpy as np
 from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.recon_eval import ReconDir, load_pngs, read_metrics, read_recon_dir, table_row
+from mindeye.evaluation.retrieval import BRAIN_TO_IMAGE, DIRECTIONS, IMAGE_TO_BRAIN, TABLE1_FOOTNOTE
 from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value
 
 # Categorical palette (colour-blind friendly, Okabe-Ito).
@@ -241,11 +242,12 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     """Targets, backbone / projector outputs for the whole test split; prior samples for the first few."""
     import torch
 
-    from mindeye.training.data import Targets, load_eval_split
+    from mindeye.training.data import Targets, load_eval_split, target_options
     from mindeye.training.trainer import embed_voxels
 
     test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
-    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights).get(test.image_index)
+    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
+                      options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
     backbone = embed_voxels(model, test.voxels, device, which="backbone")
     projector = embed_voxels(model, test.voxels, device, which="projector") if model.projector is not None else None
     prior, note = None, ""
@@ -345,7 +347,7 @@ def _same_path(a: str | os.PathLike | None, b: Path) -> bool:
 
 
 def _retrieval_cells(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: {"value": float(r[k])} for k in ("image_retrieval", "brain_retrieval")}
+    return {k: {"value": float(r[k])} for k in DIRECTIONS}
 
 
 def assemble_rows(runs: list[RunInfo], metrics_files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -364,7 +366,7 @@ def assemble_rows(runs: list[RunInfo], metrics_files: Sequence[dict[str, Any]]) 
                 given = (mrow.get("retrieval") or {}).get("run")
                 if given is not None and _same_path(given, run.path):
                     used.add(run.path)
-                elif ("image_retrieval" not in row and mrow.get("kind") != "blurry" and run.retrieval
+                elif (IMAGE_TO_BRAIN not in row and mrow.get("kind") != "blurry" and run.retrieval
                       and _same_path(mrow.get("high_run"), run.path)):
                     row.update(_retrieval_cells(run.retrieval))
                     used.add(run.path)
@@ -399,16 +401,19 @@ def retrieval_details(runs: list[RunInfo]) -> str:
                          f"--run {esc(run.path)}</code> and rebuild the report.</li>")
             continue
         full = r.get("full_test_set", {})
-        ci = r.get("image_ci95", [float("nan")] * 2)
-        bci = r.get("brain_ci95", [float("nan")] * 2)
+        ci = r.get(f"{IMAGE_TO_BRAIN}_ci95", [float("nan")] * 2)
+        bci = r.get(f"{BRAIN_TO_IMAGE}_ci95", [float("nan")] * 2)
         pool = r.get("pool", 300)
-        text = (f"image retrieval {100 * r['image_retrieval']:.1f}% (95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}), "
-                f"brain retrieval {100 * r['brain_retrieval']:.1f}% (95% CI {100 * bci[0]:.1f}-{100 * bci[1]:.1f}), "
+        text = (f"image retrieval ({IMAGE_TO_BRAIN}) {100 * r[IMAGE_TO_BRAIN]:.1f}% "
+                f"(95% CI {100 * ci[0]:.1f}-{100 * ci[1]:.1f}), "
+                f"brain retrieval ({BRAIN_TO_IMAGE}) {100 * r[BRAIN_TO_IMAGE]:.1f}% "
+                f"(95% CI {100 * bci[0]:.1f}-{100 * bci[1]:.1f}), "
                 f"top-1 among {pool} over {r.get('draws', '?')} draws (chance {100 / pool:.2f}%), "
                 f"{r.get('test_mode', '?')} test voxels, n = {r.get('n_test', '?')}")
         if full:
-            text += (f"; whole test set: image top-1 {100 * full.get('image_top1', float('nan')):.1f}%, "
-                     f"top-5 {100 * full.get('image_top5', float('nan')):.1f}%")
+            text += (f"; whole test set: image retrieval top-1 "
+                     f"{100 * full.get(f'{IMAGE_TO_BRAIN}_top1', float('nan')):.1f}%, "
+                     f"top-5 {100 * full.get(f'{IMAGE_TO_BRAIN}_top5', float('nan')):.1f}%")
         if r.get("note"):
             text += f" ({r['note']})"
         lines.append(f"<li><b>{esc(run.name)}</b>: {esc(text)}</li>")
@@ -542,6 +547,7 @@ def build_report(
     # -- metrics table -------------------------------------------------------------------------------
     rows = assemble_rows(runs, metric_files)
     table, footnotes = metrics_html_table(rows)
+    footnotes.insert(0, esc(TABLE1_FOOTNOTE))
     if not metric_files:
         footnotes.insert(0, "No reconstruction metrics given: compute them with <code>mindeye evaluate recon "
                             "--recons DIR --out metrics.json</code> and pass <code>--metrics metrics.json</code>.")

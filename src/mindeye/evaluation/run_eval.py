@@ -12,7 +12,7 @@ from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model
 from mindeye.training.checkpoint import load_weights, read_run
-from mindeye.training.data import Targets, load_eval_split
+from mindeye.training.data import Targets, load_eval_split, target_options
 from mindeye.training.trainer import embed_voxels, resolve_device
 
 
@@ -45,10 +45,11 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     test = load_eval_split(subject, subject.image_indices("test"), mode)
     if len(test) < 2:
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
-    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights).get(test.image_index)
+    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
+                      options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
     preds = embed_voxels(model, test.voxels, device)
     among = retrieval_top1_among(preds.flatten(1), targets.flatten(1), pool=cfg.eval.pool, draws=cfg.eval.draws,
-                                 seed=seed)
+                                 seed=seed, ci=cfg.eval.ci, draw_mode=cfg.eval.draw_mode)
     full = topk_full(preds.flatten(1), targets.flatten(1), ks=(1, 5))
     result = {"run": str(run_dir), "kind": cfg.model.kind, "name": cfg.name, "test_mode": mode,
               "n_test": len(test), **_jsonable(among), "full_test_set": _jsonable(full)}
@@ -72,15 +73,19 @@ def _jsonable(x: Any) -> Any:
 
 
 def retrieval_table(results: list[dict[str, Any]]) -> str:
-    """A short fixed-width table of retrieval results (one row per run)."""
-    lines = [f"{'run':<24} {'image top-1 (300)':>18} {'brain top-1 (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]
+    """A short fixed-width table of retrieval results (one row per run), Table 1's column names."""
+    from mindeye.evaluation.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
+
+    image_col, brain_col = TABLE1_COLUMNS["Image retrieval"], TABLE1_COLUMNS["Brain retrieval"]
+    lines = [f"{'run':<24} {'image retr. (300)':>18} {'brain retr. (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]
     for r in results:
         pool = r.get("pool", 300)
-        img, brain = r["image_retrieval"], r["brain_retrieval"]
+        img, brain = r[image_col], r[brain_col]
         full = r.get("full_test_set", {})
-        top1 = full.get("image_top1", float("nan"))
-        top5 = full.get("image_top5", float("nan"))
+        top1 = full.get(f"{image_col}_top1", float("nan"))
+        top5 = full.get(f"{image_col}_top5", float("nan"))
         lines.append(f"{r.get('name', r['run'])[:24]:<24} {100 * img:>17.1f}% {100 * brain:>17.1f}% "
                      f"{100 * top1:>9.1f}% {100 * top5:>9.1f}%")
         lines.append(f"{'':<24} (chance {100 / pool:.2f}%, {r.get('draws', 30)} draws of {pool})")
+    lines.append(TABLE1_FOOTNOTE)
     return "\n".join(lines)

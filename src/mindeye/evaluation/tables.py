@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from mindeye.evaluation.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
+
 # (row key, column header, shown as percent?)
 COLUMNS = (
     ("pixcorr", "PixCorr ↑", False),
@@ -14,9 +16,11 @@ COLUMNS = (
     ("clip", "CLIP ↑", True),
     ("efficientnet_b1", "Eff ↓", False),
     ("swav", "SwAV ↓", False),
-    ("image_retrieval", "Image retrieval ↑", True),
-    ("brain_retrieval", "Brain retrieval ↑", True),
+    # Table 1's retrieval columns carry the direction the authors' numbers came from (see TABLE1_FOOTNOTE).
+    (TABLE1_COLUMNS["Image retrieval"], "Image retrieval ↑", True),
+    (TABLE1_COLUMNS["Brain retrieval"], "Brain retrieval ↑", True),
 )
+RETRIEVAL_KEYS = tuple(TABLE1_COLUMNS.values())
 MISSING = "—"
 
 
@@ -81,6 +85,8 @@ def markdown_table(rows: list[dict], title: str | None = None, mean_row: bool = 
             cells.append(_format(sum(values) / len(values), percent) if ok else MISSING)
         lines.append("| " + " | ".join(cells) + " |")
 
+    if any(row.get(key) is not None for row in rows for key in RETRIEVAL_KEYS):
+        lines += ["", f"Retrieval: {TABLE1_FOOTNOTE}"]
     if reasons:
         lines += ["", "— unavailable:"]
         for reason, where in reasons.items():

@@ -1,8 +1,11 @@
 """Blurry low-level reconstructions: predicted VAE latents -> the VAE decoder -> PNGs (paper 2.2, Fig. 7).
 
 ``reconstruct_blurry`` runs a low-level run's model (voxels -> (latent, tokens)) on the test split and
-decodes the latents with the VAE its targets came from (``cfg.targets.lowlevel_encoder`` /
-``lowlevel_weights``). Output (resumable: images already in the index are skipped)::
+decodes the latents with ``cfg.targets.blurry_decoder_weights`` (the paper configs: Versatile
+Diffusion's VAE, ``shi-labs/versatile-diffusion`` vae/, as the authors decoded their blurry images) or,
+when that is null, the VAE its targets came from (``cfg.targets.lowlevel_encoder`` /
+``lowlevel_weights``, the SD image-variations VAE in the paper configs). Weights are loaded only when
+present on this machine; otherwise one clear error names what to download. Output (resumable: images already in the index are skipped)::
 
     OUT/index.json          kind "blurry", the run, the decoder, and per image its file
     OUT/images/IIIII.png    blurry reconstruction of store image IIIII
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.reconstruct import finished, load_png, open_index, save_png, write_index
 
 
@@ -61,6 +64,11 @@ def decode_latents_to_pngs(
     return index
 
 
+def blurry_decoder_weights(cfg: Any) -> str | None:
+    """The VAE weights that decode a low-level run's latents: blurry_decoder_weights, else lowlevel_weights."""
+    return cfg.targets.blurry_decoder_weights or cfg.targets.lowlevel_weights
+
+
 def reconstruct_blurry(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -85,8 +93,13 @@ def reconstruct_blurry(
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg))  # checks n_voxels
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
     rows = slice(0, limit) if limit else slice(None)
-    dec_weights = weights or cfg.targets.lowlevel_weights
-    decoder = get_encoder(cfg.targets.lowlevel_encoder, weights=dec_weights, device=device)
+    dec_weights = weights or blurry_decoder_weights(cfg)
+    try:
+        decoder = get_encoder(cfg.targets.lowlevel_encoder, weights=dec_weights, device=device)
+    except WeightsUnavailableError as exc:
+        raise WeightsUnavailableError(
+            f"the blurry-image decoder ({cfg.targets.lowlevel_encoder}, weights {dec_weights}) is not available: "
+            f"{exc} (set targets.blurry_decoder_weights, or pass --weights, to use another VAE)") from None
 
     def predict(v: torch.Tensor) -> torch.Tensor:
         return model(v.float().to(device))[0]

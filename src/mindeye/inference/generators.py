@@ -105,7 +105,15 @@ class LatentCodec(Protocol):
 
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor: ...
 
+    def encode_init(self, images: torch.Tensor | np.ndarray, encoding: str,
+                    generator: torch.Generator | None = None) -> torch.Tensor: ...
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+# CLIP's image normalisation: the authors feed the blurry image to the VAE normalised this way.
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _uint8_to_float(images: torch.Tensor | np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -139,6 +147,26 @@ class DiffusersVaeCodec:
         return self.vae.encode(x.to(p.dtype)).latent_dist.mode().float() * self.scaling_factor
 
     @torch.no_grad()
+    def encode_init(self, images: torch.Tensor | np.ndarray, encoding: str = "reference",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """The img2img start latent of the blurry image.
+
+        ``reference`` (the authors' ``utils.reconstruction``): the image normalised with CLIP's mean/std
+        (``clip_extractor.normalize``), a posterior SAMPLE drawn with ``generator``, x scaling factor.
+        ``vae``: the SD convention, image in [-1, 1] and the posterior mode (= :meth:`encode`).
+        """
+        if encoding == "vae":
+            return self.encode(images)
+        if encoding != "reference":
+            raise MindEyeError(f"unknown init encoding {encoding!r}; use 'reference' or 'vae'")
+        p = next(self.vae.parameters())
+        x = _uint8_to_float(images, self.image_size, p.device)
+        mean = torch.tensor(_CLIP_MEAN, device=p.device).view(1, 3, 1, 1)
+        std = torch.tensor(_CLIP_STD, device=p.device).view(1, 3, 1, 1)
+        posterior = self.vae.encode(((x - mean) / std).to(p.dtype)).latent_dist
+        return posterior.sample(generator=generator).float() * self.scaling_factor
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         p = next(self.vae.parameters())
         img = self.vae.decode((latents / self.scaling_factor).to(p.device, p.dtype)).sample
@@ -154,6 +182,14 @@ class EncoderCodec:
     @torch.no_grad()
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         return self.encoder.encode(images).float() * self.scale
+
+    @torch.no_grad()
+    def encode_init(self, images: torch.Tensor | np.ndarray, encoding: str = "reference",
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """A registry codec is deterministic and has no posterior: both encodings are :meth:`encode`."""
+        if encoding not in ("reference", "vae"):
+            raise MindEyeError(f"unknown init encoding {encoding!r}; use 'reference' or 'vae'")
+        return self.encode(images)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,16 +38,18 @@ if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only 
     from mindeye.inference.generators import ImageGenerator
 
 INDEX_NAME = "index.json"
+INIT_ENCODINGS = ("reference", "vae")
 
 
 @dataclass
 class ReconstructSettings:
     samples: int = 16  # prior samples (and images) per brain sample
     steps: int = 20  # UniPC steps of the full schedule
-    guidance: float = 3.5  # generator classifier-free guidance
+    guidance: float = 3.5  # generator (Versatile Diffusion) classifier-free guidance; the prior's is model.prior.guidance
     img2img_strength: float = 0.15  # paper Table 5: 0 = pure noise, 1 = the blurry image itself
     prior_steps: int | None = None  # None = the prior's full schedule (reference: 100)
-    prior_guidance: float = 3.5
+    prior_guidance: float | None = None  # None = the run's model.prior.guidance (paper: 1.0, no guidance)
+    init_encoding: str = "reference"  # img2img start latent: "reference" (authors) or "vae" ([-1, 1], mode)
     seed: int = 0
     batch_brains: int = 1  # brain samples per generator batch (batch = batch_brains x samples x 2 for CFG)
     save_all: bool = False
@@ -56,6 +58,8 @@ class ReconstructSettings:
         if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
             raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
         check_strength(self.img2img_strength)
+        if self.init_encoding not in INIT_ENCODINGS:
+            raise MindEyeError(f"--init-encoding must be one of {', '.join(INIT_ENCODINGS)}, got {self.init_encoding!r}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the images (batching and save_all do not)."""
@@ -167,6 +171,8 @@ def reconstruct(
     extra provenance (runs, weights) stored in the index and checked on resume.
     """
     settings.validate()
+    if settings.prior_guidance is None:  # no run to take it from: the paper's default, no guidance
+        settings = replace(settings, prior_guidance=1.0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, device = settings.samples, generator.device
@@ -218,7 +224,8 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
         conds.append(generator.prepare_condition(emb))
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
         if start > 0:
-            init = generator.codec.encode(_fit(blurry.get(int(image_index[m])), size)[None])
+            init = generator.codec.encode_init(_fit(blurry.get(int(image_index[m])), size)[None],
+                                               settings.init_encoding, g)
             inits.append(init.to(device).repeat(n, 1, 1, 1))
     latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
                                 settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance)
@@ -252,7 +259,7 @@ def reconstruct_run(
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
     from mindeye.training.checkpoint import read_run
-    from mindeye.training.data import load_eval_split
+    from mindeye.training.data import load_eval_split, target_options
     from mindeye.training.trainer import embed_voxels
 
     settings = settings or ReconstructSettings()
@@ -290,12 +297,16 @@ def reconstruct_run(
             low = out_dir / "blurry"
         blurry = BlurryImages(low)
         lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
-    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device)
+    # The judge embeds candidates the way the run's targets were embedded (paper: reference preprocessing).
+    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
+                        **target_options(cfg, spec.condition_encoder))
     config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
               "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
               "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
     if settings.prior_steps is None:
         settings.prior_steps = cfg.model.prior.sample_steps
+    if settings.prior_guidance is None:
+        settings.prior_guidance = cfg.model.prior.guidance
     prior = model.prior.eval()
     return reconstruct(backbone, projector, image_index, prior, generator, judge.encode, out_dir, settings,
                        blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,63 @@ def train_val_images(store: SubjectStore, cfg: Config) -> tuple[np.ndarray, np.n
         val_imgs = np.sort(rng.choice(train_imgs, cfg.data.val_images, replace=False))
         train_imgs = np.setdiff1d(train_imgs, val_imgs)
     return train_imgs, val_imgs
+
+
+def training_images(store: SubjectStore, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(images trained on, validation images) of the neural models.
+
+    With ``data.train_on_val`` (the paper configs) the validation images are trained on too, as the
+    authors did (``Train_MindEye.py``/``train_autoencoder.py``: ``num_train = 8559 + 300``); validation
+    scores are then not held out. The ridge baseline keeps its validation images for choosing alpha.
+    """
+    train_imgs, val_imgs = train_val_images(store, cfg)
+    if cfg.data.train_on_val and len(val_imgs):
+        train_imgs = np.union1d(train_imgs, val_imgs)
+    return train_imgs, val_imgs
+
+
+class EpochSampler:
+    """Which (image, repetition) pairs each training step uses, as index arrays (no data is touched).
+
+    ``unit="images"`` (the authors'): an epoch is one pass over the unique images, ``floor(M / batch)``
+    steps; step ``s`` uses repetition ``s % R`` of every image in the batch with ``repetition="step"``
+    (``Train_MindEye.py``: ``voxel[:, train_i % 3]``; an image with fewer repetitions wraps round its
+    own), or a random repetition per sample with ``repetition="sample"``. ``unit="trials"``: an epoch is
+    one pass over every trial, ``floor(trials / batch)`` steps (about 3x as many on NSD).
+    The last partial batch is dropped either way (reference).
+    """
+
+    def __init__(self, counts: np.ndarray, batch_size: int, unit: str = "images", repetition: str = "step") -> None:
+        self.counts = np.asarray(counts, dtype=np.int64)  # repetitions of each image (M,)
+        if (self.counts < 1).any():
+            raise MindEyeError("every training image needs at least one trial")
+        self.batch_size, self.unit, self.repetition = int(batch_size), unit, repetition
+        n = len(self.counts) if unit == "images" else int(self.counts.sum())
+        if n < self.batch_size:
+            what = "images" if unit == "images" else "trials"
+            raise MindEyeError(f"only {n} training {what} for batch size {self.batch_size}; lower train.batch_size")
+        self.n_units = n
+
+    def steps_per_epoch(self) -> int:
+        return self.n_units // self.batch_size
+
+    def epoch(self, generator: torch.Generator):
+        """Yield (image positions (B,), repetition slots (B,)) int64 arrays for every step of one epoch."""
+        bs = self.batch_size
+        perm = torch.randperm(self.n_units, generator=generator).numpy()
+        if self.unit == "trials":
+            pos_of = np.repeat(np.arange(len(self.counts)), self.counts)
+            slot_of = np.arange(len(pos_of)) - np.repeat(np.cumsum(self.counts) - self.counts, self.counts)
+        for s in range(self.steps_per_epoch()):
+            idx = perm[s * bs:(s + 1) * bs]
+            if self.unit == "trials":
+                yield pos_of[idx], slot_of[idx]
+                continue
+            if self.repetition == "step":
+                slots = s % self.counts[idx]
+            else:
+                slots = (torch.rand(len(idx), generator=generator).numpy() * self.counts[idx]).astype(np.int64)
+            yield idx, slots
 
 
 def load_trials(store: SubjectStore, images: np.ndarray) -> Split:
@@ -85,17 +143,26 @@ def load_repetitions(store: SubjectStore, images: np.ndarray) -> tuple[torch.Ten
     return torch.from_numpy(vox), torch.from_numpy(mask), uniq
 
 
+def target_options(cfg: Config, encoder: str) -> dict[str, Any]:
+    """Encoder options the config fixes for ``encoder``'s targets (part of the cache fingerprint)."""
+    if encoder.startswith("clip-"):
+        return {"preprocess": cfg.targets.clip_preprocess}
+    return {}
+
+
 class Targets:
     """Cached encoder outputs for every image of the store, indexed by store image index."""
 
-    def __init__(self, store_path: str | Path, encoder: str, weights: str | None, views: int = 0) -> None:
+    def __init__(self, store_path: str | Path, encoder: str, weights: str | None, views: int = 0,
+                 options: dict[str, Any] | None = None) -> None:
         from mindeye.encoders.cache import load_targets
 
         self.encoder = encoder
-        arr = load_targets(store_path, encoder, weights)
+        options = options or {}
+        arr = load_targets(store_path, encoder, weights, **options)
         # Small caches live in RAM; large ones stay memory-mapped and are read per batch.
         self.array = np.asarray(arr) if arr.nbytes < (2 << 30) else arr
-        self.views = load_targets(store_path, encoder, weights, views=True) if views > 0 else None
+        self.views = load_targets(store_path, encoder, weights, views=True, **options) if views > 0 else None
         if self.views is not None and self.views.shape[1] < views:
             raise MindEyeError(f"the {encoder} cache holds {self.views.shape[1]} augmented views but the config "
                                f"asks for {views}; re-run `mindeye embed --views {views}`")

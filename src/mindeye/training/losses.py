@@ -87,31 +87,40 @@ def mixco_mix(
     return mix_like(voxels, perm, lambdas), perm, lambdas
 
 
-def mixco_targets(perm: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
-    """Soft label matrix Y (B, B): Y_ii = lam_i and Y_i,perm(i) += 1 - lam_i (so rows sum to 1).
+def mixco_targets(perm: torch.Tensor, lambdas: torch.Tensor, self_label: str = "assign") -> torch.Tensor:
+    """Soft label matrix Y (B, B): Y_ii = lam_i and Y_i,perm(i) = 1 - lam_i.
 
-    The ``+=`` matters when perm(i) == i: the sample was mixed with itself and its label stays 1.
+    The two options differ only where perm(i) == i (a sample paired with itself):
+    ``assign`` (the authors' ``utils.mixco_nce``: ``probs[i, perm] = 1 - betas`` overwrites the
+    diagonal) gives Y_ii = 1 - lam_i, and 0 for an unmixed sample (lam_i = 1), so that row carries no
+    loss; ``add`` gives Y_ii = lam_i + (1 - lam_i) = 1, rows always sum to 1.
     """
     lam = lambdas.float()
     eye = torch.diag(lam)
-    return eye.scatter_add(1, perm.view(-1, 1), (1 - lam).view(-1, 1))
+    if self_label == "assign":
+        return eye.scatter(1, perm.view(-1, 1), (1 - lam).view(-1, 1))
+    if self_label == "add":
+        return eye.scatter_add(1, perm.view(-1, 1), (1 - lam).view(-1, 1))
+    raise ValueError(f"self_label must be 'assign' or 'add', got {self_label!r}")
 
 
 def bimixco_loss(
-    preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lambdas: torch.Tensor, temperature: float
+    preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lambdas: torch.Tensor, temperature: float,
+    self_label: str = "assign",
 ) -> torch.Tensor:
     """BiMixCo (Eq. 2, batch-mean): mean of the soft CE of rows against Y and of columns against Y^T."""
     logits = _logits(preds, targets, temperature)
-    y = mixco_targets(perm, lambdas).to(logits.device)
+    y = mixco_targets(perm, lambdas, self_label).to(logits.device)
     return 0.5 * (_soft_ce(logits, y) + _soft_ce(logits.T, y.T))
 
 
 def mixco_nce(
-    preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lambdas: torch.Tensor, temperature: float
+    preds: torch.Tensor, targets: torch.Tensor, perm: torch.Tensor, lambdas: torch.Tensor, temperature: float,
+    self_label: str = "assign",
 ) -> torch.Tensor:
     """Unidirectional InfoNCE + MixCo (Table 3): only the brain->image (row) term of BiMixCo."""
     logits = _logits(preds, targets, temperature)
-    return _soft_ce(logits, mixco_targets(perm, lambdas).to(logits.device))
+    return _soft_ce(logits, mixco_targets(perm, lambdas, self_label).to(logits.device))
 
 
 def soft_clip_loss(preds: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -124,6 +133,18 @@ def soft_clip_loss(preds: torch.Tensor, targets: torch.Tensor, temperature: floa
     soft = (t @ t.T / temperature).softmax(dim=-1)
     logits = _logits(preds, targets, temperature)
     return 0.5 * (_soft_ce(logits, soft) + _soft_ce(logits.T, soft))
+
+
+def token_soft_clip_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The low-level contrastive loss on tokens (the authors' ``train_autoencoder.py`` soft_cont_loss).
+
+    student (B, T, D) and teacher (B, T, D) become (B*T, D), each TOKEN L2-normalised, and SoftCLIP runs
+    as a (B*T) x (B*T) problem: every token is contrasted with every token of every image.
+    """
+    if student.shape[-1] != teacher.shape[-1] or student.numel() != teacher.numel():
+        raise ValueError(f"student tokens {tuple(student.shape)} and teacher tokens {tuple(teacher.shape)} differ")
+    dim = student.shape[-1]
+    return soft_clip_loss(student.reshape(-1, dim), teacher.reshape(-1, dim), temperature)
 
 
 def soft_clip_temperature(

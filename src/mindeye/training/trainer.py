@@ -1,6 +1,6 @@
 """`mindeye train`: one trainer for the high-level model, the low-level model and the ridge baseline.
 
-Reference schedule (docs/choices.md): AdamW (no decay on biases/norms), OneCycle with
+Reference schedule (docs/choices.md): AdamW (no decay on biases: ``train.no_decay``), OneCycle with
 pct_start = 2/epochs and final_div_factor 1000, BiMixCo for the first third of the epochs then
 SoftCLIP with a cosine-annealed temperature, prior loss weight 30. Checkpoints every epoch,
 atomically; ``resume=True`` continues exactly where the last finished epoch left off.
@@ -30,11 +30,14 @@ from mindeye.models.mindeye import MindEyeModel
 from mindeye.training import losses
 from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, save_weights, write_run_files
 from mindeye.training.data import (
+    EpochSampler,
     Targets,
     load_eval_split,
     load_repetitions,
     load_trials,
+    target_options,
     train_val_images,
+    training_images,
 )
 from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
 
@@ -57,15 +60,21 @@ def autocast_context(precision: str, device: str):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype), precision
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only; biases and norm gains/biases get none (reference)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias") -> list[dict[str, Any]]:
+    """AdamW groups: ``bias`` = no decay only for parameters named ``*bias*`` (the authors' effective
+    grouping: their list also names ``LayerNorm.weight``, which matches none of their modules, so norm
+    gains and embeddings are decayed); ``bias+norm`` = also no decay on 1-d/norm/null/position parameters."""
+    decay, no_decay_params = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_norm = any(k in name.lower() for k in ("norm", ".ln", "null_", "pos_emb"))
-        (no_decay if p.ndim < 2 or name.endswith(".bias") or is_norm else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if no_decay == "bias":
+            skip = "bias" in name
+        else:
+            is_norm = any(k in name.lower() for k in ("norm", ".ln", "null_", "pos_emb"))
+            skip = p.ndim < 2 or name.endswith(".bias") or is_norm
+        (no_decay_params if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}]
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +124,7 @@ class Trainer:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
         fused = self.device.startswith("cuda")
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.max_lr,
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay), lr=cfg.train.max_lr,
                                       fused=fused if fused else None)
         steps_per_epoch = task.steps_per_epoch()
         total_steps = cfg.train.epochs * steps_per_epoch
@@ -230,7 +239,8 @@ class Trainer:
     def _fit_ridge(self) -> dict[str, Any]:
         """Closed-form ridge to the flattened targets: the 'previous methods' baseline."""
         cfg = self.cfg
-        targets = Targets(self.store_path, cfg.targets.encoder, cfg.targets.weights)
+        targets = Targets(self.store_path, cfg.targets.encoder, cfg.targets.weights,
+                          options=target_options(cfg, cfg.targets.encoder))
         train_imgs, val_imgs = train_val_images(self.store, cfg)
         train = load_trials(self.store, train_imgs)
         model = build_model(cfg.model, self.store.n_voxels)
@@ -265,51 +275,49 @@ def compile_model(model: nn.Module) -> None:
 
 def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
     """Validation-time top-1 retrieval among min(pool, N) candidates, both directions."""
-    from mindeye.evaluation.retrieval import retrieval_top1_among
+    from mindeye.evaluation.retrieval import DIRECTIONS, retrieval_top1_among
 
     res = retrieval_top1_among(preds.flatten(1).float(), targets.flatten(1).float(),
                                pool=min(pool, len(preds)), draws=draws, seed=seed)
-    return {"image_retrieval": float(res["image_retrieval"]), "brain_retrieval": float(res["brain_retrieval"])}
+    return {d: float(res[d]) for d in DIRECTIONS}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tasks: what a batch is, what the loss is, how to validate
 # ----------------------------------------------------------------------------------------------------
 class HighLevelTask:
-    """Backbone -> projector (contrastive) + diffusion prior (MSE) on one repetition per training trial."""
+    """Backbone -> projector (contrastive) + diffusion prior (MSE); which (image, repetition) pairs each
+    step uses is the :class:`~mindeye.training.data.EpochSampler`'s choice (``train.epoch_unit``)."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
         cfg = trainer.cfg
         self.targets = Targets(trainer.store_path, cfg.targets.encoder, cfg.targets.weights,
-                               views=cfg.targets.augmented_views)
+                               views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder))
         expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
         if self.targets.shape != expected and not (cfg.model.backbone.tokens == 1 and self.targets.shape == (cfg.model.backbone.dim,)):
             raise MindEyeError(
                 f"the {cfg.targets.encoder} targets have shape {self.targets.shape} but the model outputs "
                 f"{expected}; set model.backbone.tokens/dim to match the encoder"
             )
-        train_imgs, val_imgs = train_val_images(trainer.store, cfg)
-        self.train = load_trials(trainer.store, train_imgs)
+        train_imgs, val_imgs = training_images(trainer.store, cfg)
+        # (M, R, V) repetitions of each training image; the sampler picks (image, repetition) per step.
+        self.vox, mask, self.images = load_repetitions(trainer.store, train_imgs)
+        self.sampler = EpochSampler(mask.sum(1).numpy(), cfg.train.batch_size, cfg.train.epoch_unit,
+                                    cfg.train.repetition)
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
-        if len(self.train) < cfg.train.batch_size:
-            raise MindEyeError(f"only {len(self.train)} training trials for batch size {cfg.train.batch_size}; "
-                               "lower train.batch_size")
         self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
 
     def steps_per_epoch(self) -> int:
-        return len(self.train) // self.t.cfg.train.batch_size  # drop the last partial batch (reference)
+        return self.sampler.steps_per_epoch()
 
     def batches(self, epoch: int):
         cfg, dev = self.t.cfg, self.t.device
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        perm = torch.randperm(len(self.train), generator=gen)
-        bs = cfg.train.batch_size
-        for s in range(self.steps_per_epoch()):
-            idx = perm[s * bs:(s + 1) * bs]
-            image_index = self.train.image_index[idx.numpy()]
+        for pos, slots in self.sampler.epoch(gen):
+            image_index = self.images[pos]
             yield {
-                "voxels": self.train.voxels[idx].float(),  # global batch; sliced per rank in loss()
+                "voxels": self.vox[torch.from_numpy(pos), torch.from_numpy(slots)].float(),  # global batch; sliced per rank in loss()
                 "targets": self.targets.get(image_index, gen if self.targets.views is not None else None),
                 "generator": gen,
                 "device": dev,
@@ -336,6 +344,7 @@ class HighLevelTask:
             # Mixing is drawn over the global batch so 1 and N processes see identical inputs.
             vox, perm, lambdas = losses.mixco_mix(vox, beta=cfg.train.mixco_beta, prob=cfg.train.mixco_prob,
                                                   generator=gen)
+        self_label = cfg.train.mixco_self_label
         sl = local_slice(len(vox), info)
         dev = batch["device"]
         tgt = tgt.to(dev, non_blocking=True)  # one host->device copy of the (global) target batch
@@ -346,9 +355,11 @@ class HighLevelTask:
         targets_n = _normalize(tgt)
         parts: dict[str, torch.Tensor] = {}
         if phase == "bimixco":
-            contrastive = losses.bimixco_loss(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature)
+            contrastive = losses.bimixco_loss(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature,
+                                              self_label=self_label)
         elif phase == "mixco+infonce":
-            contrastive = losses.mixco_nce(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature)
+            contrastive = losses.mixco_nce(preds, targets_n, perm, lambdas, cfg.train.mixco_temperature,
+                                           self_label=self_label)
         elif phase == "softclip":
             contrastive = losses.soft_clip_loss(preds, targets_n, self.soft_temperature(epoch))
         elif phase == "clip":
@@ -377,18 +388,36 @@ class HighLevelTask:
         return quick_retrieval(preds, self.targets.get(self.val.image_index), self.t.cfg.eval.pool)
 
 
+def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """Random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
+
+    ``mode="batch"`` (``train.lowlevel_repetition_mix``; the authors' ``utils.voxel_select``): ONE of the
+    three choices for the whole batch; ``"sample"``: one choice per sample. Weights and picks are per sample.
+    """
+    b, r, _ = vox.shape
+    u = torch.rand(1, generator=gen).expand(b) if mode == "batch" else torch.rand(b, generator=gen)
+    w_rand = torch.rand(b, r, generator=gen) * mask
+    w_mean = mask.float()
+    pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
+    w_one = F.one_hot(pick, r).float()
+    w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
+    w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
+    return torch.einsum("br,brv->bv", w, vox.float())
+
+
 class LowLevelTask:
     """Voxels -> SD-VAE latent (L1 / MSE) + 0.1 x SoftCLIP against the teacher's tokens."""
 
     def __init__(self, trainer: Trainer) -> None:
         self.t = trainer
         cfg = trainer.cfg
-        self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights)
+        self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights,
+                               options=target_options(cfg, cfg.targets.lowlevel_encoder))
         self.teacher = None
         if cfg.train.lowlevel_contrastive_weight > 0:
             self.teacher = Targets(trainer.store_path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
                                    views=cfg.targets.augmented_views)
-        train_imgs, val_imgs = train_val_images(trainer.store, cfg)
+        train_imgs, val_imgs = training_images(trainer.store, cfg)
         self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
         if len(self.images) < cfg.train.batch_size:
             raise MindEyeError(f"only {len(self.images)} training images for batch size {cfg.train.batch_size}; "
@@ -401,16 +430,7 @@ class LowLevelTask:
         return len(self.images) // self.t.cfg.train.batch_size
 
     def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Per sample: random weighted average of its repetitions (p .5), their mean (p .3) or one (p .2)."""
-        b, r, _ = vox.shape
-        u = torch.rand(b, generator=gen)
-        w_rand = torch.rand(b, r, generator=gen) * mask
-        w_mean = mask.float()
-        pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
-        w_one = F.one_hot(pick, r).float()
-        w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
-        w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-        return torch.einsum("br,brv->bv", w, vox.float())
+        return mix_repetitions(vox, mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
 
     def batches(self, epoch: int):
         cfg = self.t.cfg
@@ -435,9 +455,10 @@ class LowLevelTask:
         recon = diff.abs().mean() if cfg.train.lowlevel_loss == "l1" else diff.pow(2).mean()
         total, parts = recon, {"recon": recon.detach()}
         if self.teacher is not None:
-            preds = gather_with_grad(_normalize(tokens), info)
-            teacher = _normalize(batch["teacher"].to(dev))
-            contrastive = losses.soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
+            preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
+            teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
+            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
             total = total + cfg.train.lowlevel_contrastive_weight * contrastive
             parts["contrastive"] = contrastive.detach()
         return total, parts
