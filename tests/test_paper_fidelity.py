@@ -22,8 +22,8 @@ from mindeye.training import losses
 from mindeye.training.data import EpochSampler, target_options
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_HIGH = REPO / "configs" / "mindeye-subj01.yaml"
-PAPER_LOW = REPO / "configs" / "lowlevel-subj01.yaml"
+PAPER_HIGH = REPO / "src/mindeye/configs" / "mindeye-subj01.yaml"
+PAPER_LOW = REPO / "src/mindeye/configs" / "lowlevel-subj01.yaml"
 TINY_HIGH = [
     "model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.projector.hidden=32",
     "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "train.log_every=5",
@@ -92,7 +92,7 @@ def test_trainer_steps_per_epoch_on_a_simulated_store(tiny_store, tmp_path, extr
     from mindeye.training.data import train_val_images
     from mindeye.training.trainer import Trainer
 
-    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml",
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-highlevel.yaml",
                       [*TINY_HIGH, "train.epochs=1", "train.batch_size=16", "train.epoch_unit=images",
                        "data.train_on_val=true", "data.val_images=20", *extra])
     store = SubjectStore(tiny_store)
@@ -192,7 +192,7 @@ def test_token_contrastive_equals_direct_per_token_computation():
 def test_lowlevel_trainer_uses_the_per_token_loss(tiny_store, tmp_path):
     from mindeye.training.trainer import LowLevelTask, Trainer
 
-    cfg = load_config(REPO / "configs" / "demo-lowlevel.yaml", ["train.epochs=1", "model.lowlevel.hidden=64"])
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml", ["train.epochs=1", "model.lowlevel.hidden=64"])
     trainer = Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False)
     task = LowLevelTask(trainer)
     from mindeye.models.factory import build_model
@@ -316,7 +316,7 @@ def test_blurry_images_are_decoded_with_the_configured_vae_only_when_present(tin
     from mindeye.inference.blurry import reconstruct_blurry
     from mindeye.training.trainer import Trainer
 
-    cfg = load_config(REPO / "configs" / "demo-lowlevel.yaml",
+    cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml",
                       ["train.epochs=1", "train.max_steps=1", "model.lowlevel.hidden=64"])
     run = tmp_path / "low"
     Trainer(cfg, run, store=tiny_store, device="cpu", progress=False).fit()
