@@ -22,7 +22,12 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cohort")
     return {"a": simulate_cohort(root / "a", 3, "tiny", seed=0, progress=False),
             "a_again": simulate_cohort(root / "a_again", 3, "tiny", seed=0, progress=False),
-            "b": simulate_cohort(root / "b", 2, "tiny", seed=1, progress=False)}
+            "b": simulate_cohort(root / "b", 1, "tiny", seed=1, progress=False)}
+
+
+@pytest.fixture(scope="module")
+def single(cohorts: dict[str, Path]) -> SubjectStore:
+    return SubjectStore(simulate_subject(cohorts["a"].parent / "single", "tiny", seed=0, progress=False))
 
 
 def stores(cohort: Path) -> list[SubjectStore]:
@@ -76,7 +81,8 @@ def test_subjects_differ_in_voxels_noise_and_receptive_fields(cohorts: dict[str,
     assert abs(np.corrcoef(t0[:, :k].ravel(), t1[:, :k].ravel())[0, 1]) < 0.1
 
 
-def test_shared_test_images_are_identical_and_training_images_are_own(cohorts: dict[str, Path]) -> None:
+def test_shared_test_images_are_identical_and_training_images_are_own(cohorts: dict[str, Path],
+                                                                     single: SubjectStore) -> None:
     subj = stores(cohorts["a"])
     ref = subj[0]
     ref_test = ref.image_indices("test")
@@ -93,13 +99,13 @@ def test_shared_test_images_are_identical_and_training_images_are_own(cohorts: d
         assert len(train_ids[-1]) == TINY.n_train_images
     assert not (train_ids[0] & train_ids[1]) and not (train_ids[1] & train_ids[2]) and not (train_ids[0] & train_ids[2])
     # Subject 1's images are the single-subject store's scenes of the same seed (ids name scenes).
-    single = SubjectStore(simulate_subject(cohorts["a"].parent / "single", "tiny", seed=0, progress=False))
     assert single.image_ids == ref.image_ids
     np.testing.assert_array_equal(single.images, ref.images)
 
 
-def test_train_sessions_keeps_early_training_trials_and_the_whole_test_set(tmp_path: Path) -> None:
-    full = SubjectStore(simulate_subject(tmp_path / "full", "tiny", seed=0, progress=False))
+def test_train_sessions_keeps_early_training_trials_and_the_whole_test_set(tmp_path: Path,
+                                                                          single: SubjectStore) -> None:
+    full = single
     few = SubjectStore(simulate_subject(tmp_path / "few", "tiny", seed=0, progress=False, train_sessions=1))
     assert set(few.trials.session[few.trial_indices("train")].tolist()) == {1}
     n_train_full_s1 = int(((full.trials.split == "train") & (full.trials.session == 1)).sum())

@@ -14,6 +14,10 @@
 
 Separate random streams (``default_rng([seed, stream, ...])``) drive the encoding model, the
 stimuli, the noise and the trial design, so changing one leaves the others unchanged.
+
+``simulate_cohort(out, n, scale, seed)`` writes n such subjects who share the test images and
+differ in everything else (own training images, voxel count, encoding model, noise, drift);
+``train_sessions=N`` makes few-session stores of either.
 """
 
 from __future__ import annotations
@@ -534,9 +538,9 @@ def _simulate_store(out: Path, spec: ScaleSpec, stream: Stream, *, image_seed: i
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CohortSpec:
-    """How the subjects of a cohort differ. Each factor is spread over the cohort (one value per
-    equal-width stratum of its range, strata shuffled), so every cohort spans its range as NSD's
-    8 subjects do (nsdgeneral voxel counts 12,682-17,907; ncsnr varies about 2x across subjects)."""
+    """How the subjects of a cohort differ. Each factor is spread over the cohort (one value in the
+    middle half of each of N equal strata of its range, strata shuffled over subjects), so every
+    cohort spans its range as NSD's 8 subjects do (nsdgeneral voxel counts 12,682-17,907)."""
 
     voxel_factor: tuple[float, float] = (0.8, 1.2)  # n_voxels = scale's n_voxels x factor
     ncsnr_factor: tuple[float, float] = (0.7, 1.3)  # multiplies the per-area ncsnr medians (noise level)
@@ -556,7 +560,8 @@ def cohort_variations(n_subjects: int, seed: int, cohort: CohortSpec | None = No
     out: list[dict[str, float]] = [{} for _ in range(n_subjects)]
     for name in ("voxel_factor", "ncsnr_factor", "drift_factor", "frac_low_shift"):
         lo, hi = getattr(cohort, name)
-        u = (rng.permutation(n_subjects) + rng.random(n_subjects)) / n_subjects  # one per stratum
+        # one value in the middle half of each stratum: neighbours stay >= half a stratum apart
+        u = (rng.permutation(n_subjects) + 0.25 + 0.5 * rng.random(n_subjects)) / n_subjects
         for j in range(n_subjects):
             out[j][name] = round(float(lo + (hi - lo) * u[j]), 4)
     return out
