@@ -46,9 +46,10 @@ log = logging.getLogger(__name__)
 TRIALS_PER_SESSION = 750
 N_NSD_IMAGES = 73000
 DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"
-PAPER_SESSIONS = 37  # the paper used sessions 1-37 of subject 1 (the last 3 were withheld at the time)
 RELEASED_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
-WITHHELD_SESSIONS = 3  # NSD withheld every subject's last 3 sessions until the full release
+# NSD withheld every subject's last 3 sessions until the full release; the MindEye paper used
+# what was out then (sessions 1-37 of subject 1).
+WITHHELD_SESSIONS = 3
 # Test conventions: "v1" = MindEye v1's test set (shared-1000 images seen in the sessions released
 # before the full release: 1-37 for subject 1, 982 images / 2,770 trials); "v2" = MindEye2's
 # "new_test" (every shared-1000 image over all released sessions, 3,000 trials for subject 1) with
