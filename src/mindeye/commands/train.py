@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mindeye.config import load_config
 
@@ -13,9 +14,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train", help="train a model (high-level MindEye, low-level, ridge) from a config",
         description="Train the model described by CONFIG on a subject store. Checkpoints every epoch into "
                     "--out; --resume continues an interrupted run exactly. Multi-GPU: launch with "
-                    "`torchrun --nproc_per_node N -m mindeye train ...` (train.batch_size is the global batch).")
-    p.add_argument("--config", required=True, help="YAML config: a path, or a shipped config name (mindeye-subj01, ablations/blocks0, ...; docs/configs.md)")
-    p.add_argument("--data", default=None, help="subject store (overrides data.store)")
+                    "`torchrun --nproc_per_node N -m mindeye train ...` (train.batch_size is the global batch). "
+                    "Several --data stores train one shared-subject high-level model (one input layer per "
+                    "subject, batches split evenly over subjects); --init-from fine-tunes a pretrained run on "
+                    "new subjects (docs/shared-subject.md).")
+    p.add_argument("--config", default=None, help="YAML config: a path, or a shipped config name (mindeye-subj01, ablations/blocks0, ...; docs/configs.md); with --init-from, default: the pretrained run's")
+    p.add_argument("--data", action="append", default=None, metavar="STORE",
+                   help="subject store (overrides data.store); repeat for a shared-subject run on several subjects")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start from this trained high-level run's shared weights; each --data subject not in "
+                        "it gets a new input layer (fine-tuning a new subject)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
@@ -28,9 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mindeye.training.trainer import Trainer
 
-    cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, args.out, store=args.data, device=args.device, resume=args.resume,
-                      progress=not args.no_progress)
+    from mindeye.errors import MindEyeError
+
+    config = args.config
+    if config is None:
+        if not args.init_from:
+            raise MindEyeError("--config is required (a path or a shipped config name, docs/configs.md)")
+        config = Path(args.init_from) / "config.yaml"
+        if not config.exists():
+            raise MindEyeError(f"--init-from {args.init_from} is not a mindeye run directory (no config.yaml)")
+    cfg = load_config(config, args.overrides)
+    stores = args.data if args.data and len(args.data) > 1 else (args.data[0] if args.data else None)
+    trainer = Trainer(cfg, args.out, store=stores, device=args.device, resume=args.resume,
+                      progress=not args.no_progress, init_from=args.init_from)
     result = trainer.fit()
     if trainer.dist.is_main:
         print(json.dumps({"run": str(args.out), **result}, indent=2))

@@ -48,13 +48,16 @@ class ResidualMLPBackbone(nn.Module):
         bias: bool = True,
         norm: str = "layer",
         head_bias: bool = True,
+        input_layer: bool = True,
     ) -> None:
         super().__init__()
         self.out_tokens = out_tokens
         self.out_dim = out_dim
         self.skip = skip
+        # Without ``input_layer`` the stem starts at the norm: a shared-subject model's per-subject
+        # layers (MindEyeModel.subject_layers) take the place of ``stem.0`` and feed it the latent.
         self.stem = nn.Sequential(
-            nn.Linear(n_voxels, hidden, bias=bias),
+            nn.Linear(n_voxels, hidden, bias=bias) if input_layer else nn.Identity(),
             _norm(norm, hidden),
             _activation(act),
             nn.Dropout(dropout_in),
@@ -73,7 +76,7 @@ class ResidualMLPBackbone(nn.Module):
         self.head = nn.Linear(hidden, out_tokens * out_dim, bias=head_bias)
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
-        """(B, n_voxels) -> (B, out_tokens, out_dim)."""
+        """(B, n_voxels) -> (B, out_tokens, out_dim); (B, hidden) latents without the input layer."""
         x = self.stem(voxels)
         for block in self.blocks:
             # Skip connections matter at depth: 4 blocks without them train markedly worse (Table 2).

@@ -14,6 +14,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mindeye.config import Config
+from mindeye.config import Config, to_dict
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
@@ -82,15 +83,34 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, store: str | Path | None = None,
-                 device: str | None = None, resume: bool = False, progress: bool = True) -> None:
+    """One training run. ``store`` may name several subject stores (a list): the high-level model then
+    has one input layer per subject (shared-subject layout) and every batch is drawn evenly from all of
+    them. ``init_from`` (a finished high-level run) starts the shared weights from that run and gives
+    each new subject a fresh input layer (fine-tuning; docs/shared-subject.md)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, store: str | Path | list[str | Path] | None = None,
+                 device: str | None = None, resume: bool = False, progress: bool = True,
+                 init_from: str | Path | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        store_path = store or cfg.data.store
-        if not store_path:
+        paths = list(store) if isinstance(store, list | tuple) else [store or cfg.data.store]
+        if not paths or not all(paths):
             raise MindEyeError("no subject store given: pass --data STORE or set data.store in the config")
-        self.store_path = Path(store_path)
-        self.store = SubjectStore(self.store_path)
+        self.store_paths = [Path(p) for p in paths]
+        self.stores = [SubjectStore(p) for p in self.store_paths]
+        ids = [st.subject_id for st in self.stores]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise MindEyeError(f"subject id {dupes[0]} names several --data stores "
+                               f"({', '.join(str(p) for p, i in zip(self.store_paths, ids) if i == dupes[0])}); "
+                               "each subject of a run needs its own id (meta.json subject_id)")
+        self.subject_ids = ids
+        self.store_path, self.store = self.store_paths[0], self.stores[0]
+        self.init_from = Path(init_from) if init_from is not None else None
+        info_file = self.run_dir / "run.json"
+        if resume and self.init_from is None and info_file.exists():
+            recorded = json.loads(info_file.read_text()).get("init_from")
+            self.init_from = Path(recorded["run"]) if recorded else None  # a resumed fine-tune stays one
         self.device = resolve_device(device)
         self.dist: DistInfo = init_distributed(self.device)
         if self.dist.enabled and self.device.startswith("cuda"):
@@ -106,6 +126,44 @@ class Trainer:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
         self.resume = resume
+        self.shared_layout = len(self.stores) > 1 or self.init_from is not None or self._resumed_shared()
+        if self.shared_layout and cfg.model.kind != "mindeye":
+            raise MindEyeError(f"only the high-level model (model.kind mindeye) trains on several subjects or "
+                               f"from --init-from; train a {cfg.model.kind} model per subject store")
+        self.pretrained = self._check_init_from() if self.init_from is not None else None
+
+    def _resumed_shared(self) -> bool:
+        info = self.run_dir / "run.json"
+        return self.resume and info.exists() and "subjects" in json.loads(info.read_text())
+
+    def _check_init_from(self) -> dict[str, Any]:
+        """The pretrained run's config, run.json and weights, checked against this run."""
+        from mindeye.training.checkpoint import read_run
+
+        cfg_pre, info_pre = read_run(self.init_from)
+        if cfg_pre.model.kind != "mindeye":
+            raise MindEyeError(f"--init-from {self.init_from} is a {cfg_pre.model.kind} run; fine-tuning starts "
+                               "from a high-level (mindeye) run")
+        pre, new = _flat(to_dict(cfg_pre.model)), _flat(to_dict(self.cfg.model))
+        diff = [k for k in pre if pre[k] != new.get(k)]
+        if diff:
+            raise MindEyeError(f"the model config differs from the pretrained run {self.init_from} "
+                               f"(model.{', model.'.join(diff[:4])}); fine-tune with the same architecture "
+                               "(leave out --config to use the pretrained run's)")
+        if (cfg_pre.targets.encoder, cfg_pre.targets.weights) != (self.cfg.targets.encoder, self.cfg.targets.weights):
+            raise MindEyeError(f"the pretrained run {self.init_from} maps to {cfg_pre.targets.encoder} targets, "
+                               f"this config to {self.cfg.targets.encoder}; they must be the same")
+        pre_subjects = {s["id"]: s for s in run_subjects(info_pre)}
+        for sid, st in zip(self.subject_ids, self.stores):
+            if sid in pre_subjects and pre_subjects[sid].get("identity") != subject_identity(st):
+                raise MindEyeError(
+                    f"subject id {sid} of {st.path} is already in the pretrained run {self.init_from} "
+                    f"(trained on {pre_subjects[sid].get('store')}, {pre_subjects[sid].get('n_voxels')} voxels) "
+                    "but is not the same subject; give the new subject its own id (meta.json subject_id)")
+        weights = self.init_from / "model.safetensors"
+        if not weights.exists():
+            raise MindEyeError(f"--init-from {self.init_from} has no model.safetensors; has it finished an epoch?")
+        return {"config": cfg_pre, "info": info_pre, "subjects": pre_subjects, "weights": weights}
 
     # -- public ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -114,15 +172,29 @@ class Trainer:
         if cfg.model.kind == "ridge":
             return self._fit_ridge()
         task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
-        model = build_model(cfg.model, self.store.n_voxels).to(self.device)
+        n_voxels = ({sid: st.n_voxels for sid, st in zip(self.subject_ids, self.stores)} if self.shared_layout
+                    else self.store.n_voxels)
+        model = build_model(cfg.model, n_voxels).to(self.device)
+        new_subjects: list[str] = []
+        if self.pretrained is not None and not (self.resume and (self.run_dir / "checkpoint").exists()):
+            new_subjects = init_from_pretrained(model, self.pretrained["weights"], self.pretrained["subjects"])
         if cfg.train.compile:
             compile_model(model)
         if self.dist.is_main:
-            write_run_files(self.run_dir, cfg, self._run_info(model, processes=self.dist.world))
+            extra: dict[str, Any] = {"processes": self.dist.world}
+            if self.pretrained is not None:
+                extra["init_from"] = {"run": str(self.init_from.resolve()),
+                                      "subjects": sorted(self.pretrained["subjects"]),
+                                      "new_subjects": new_subjects or [s for s in self.subject_ids
+                                                                       if s not in self.pretrained["subjects"]]}
+            write_run_files(self.run_dir, cfg, self._run_info(model, **extra))
         ddp_model: nn.Module = model
         if self.dist.enabled:
+            # A rank's slice of a several-subject batch may hold no sample of some subject: its layer
+            # then gets no gradient there, which DDP must be told about.
             ddp_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
+                model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None,
+                find_unused_parameters=self.shared_layout and len(self.stores) > 1)
         fused = self.device.startswith("cuda")
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay), lr=cfg.train.max_lr,
                                       fused=fused if fused else None)
@@ -155,21 +227,16 @@ class Trainer:
             running: list[torch.Tensor] = []
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                        disable=not self.progress, leave=False, unit="step")
+            # Fine-tuning schedule: the first train.finetune_input_epochs epochs update only the new
+            # subjects' input layers (the shared weights get no gradient, so AdamW leaves them alone).
+            frozen = (self.pretrained is not None and epoch < cfg.train.finetune_input_epochs)
+            frozen_params = [p for _, p in model.shared_parameters()] if frozen else []
             for batch in task.batches(epoch):
-                with autocast:
-                    loss, parts = task.loss(ddp_model, model, batch, epoch)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
+                loss, parts = train_step(task, ddp_model, model, batch, epoch, optimizer, scheduler=scheduler,
+                                         scaler=scaler, autocast=autocast, frozen=frozen_params)
                 step += 1
                 seen += cfg.train.batch_size
-                running.append(loss.detach())
+                running.append(loss)
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == total_steps:
                     # The only host sync in the loop: once every log_every steps.
@@ -216,9 +283,14 @@ class Trainer:
     # -- helpers -----------------------------------------------------------------------------------
     def _run_info(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """The run.json facts every kind of run records (plus ``extra``)."""
-        return {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
+        info = {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
                 "n_voxels": self.store.n_voxels, "subject": self.store.meta.get("subject"),
                 "source": self.store.meta.get("source"), "parameters": parameter_counts(model), **extra}
+        if self.shared_layout:
+            info["subjects"] = [{"id": sid, "store": str(p.resolve()), "n_voxels": st.n_voxels,
+                                 "identity": subject_identity(st)}
+                                for sid, p, st in zip(self.subject_ids, self.store_paths, self.stores)]
+        return info
 
     @staticmethod
     def _drop_records_after(path: Path, step: int) -> None:
@@ -258,6 +330,91 @@ class Trainer:
         return result
 
 
+def train_step(task: Any, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int,
+               optimizer: Any, scheduler: Any = None, scaler: torch.amp.GradScaler | None = None,
+               autocast: Any = None, frozen: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
+    """One optimisation step (timm-style): the task's loss, backward, optimizer and scheduler step.
+
+    ``optimizer`` needs ``zero_grad(set_to_none=...)`` and ``step()``; ``frozen`` parameters have their
+    gradients dropped before the step. Returns the detached loss and its parts (no host sync).
+    """
+    with autocast if autocast is not None else nullcontext():
+        loss, parts = task.loss(ddp_model, model, batch, epoch)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    for p in frozen or ():
+        p.grad = None
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach(), parts
+
+
+def subject_identity(store: SubjectStore) -> str:
+    """What makes two stores the same subject for fine-tuning: id, voxel count, source and (simulated
+    cohorts) the cohort seed and scale. Few-session stores of one subject share it."""
+    cohort = store.meta.get("cohort") or {}
+    parts = [store.subject_id, str(store.n_voxels), str(store.meta.get("source")),
+             str(cohort.get("seed", "")), str(cohort.get("scale", ""))]
+    return "/".join(parts)
+
+
+def run_subjects(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """run.json's subjects: the ``subjects`` list of a shared-subject run, else its one store."""
+    if "subjects" in info:
+        return list(info["subjects"])
+    return []
+
+
+def init_from_pretrained(model: nn.Module, weights: Path, pretrained_subjects: dict[str, Any]) -> list[str]:
+    """Load a pretrained run's shared weights (and the layers of subjects that continue) into ``model``.
+
+    Every weight but the subject layers must load unchanged; subjects not in the pretrained run keep
+    their fresh initialisation. A v1-layout (single-subject) run's ``backbone.stem.0`` is its subject's
+    input layer. Returns the ids of the new subjects.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights), device="cpu")
+    if "backbone.stem.0.weight" in state:  # v1 layout: no subject layers, nothing to continue
+        state = {k: v for k, v in state.items() if not k.startswith("backbone.stem.0.")}
+    own = model.state_dict()
+    shared = {k: v for k, v in state.items() if not k.startswith("subject_layers.")}
+    missing = [k for k in own if not k.startswith("subject_layers.") and k not in shared]
+    unexpected = [k for k in shared if k not in own]
+    wrong = [k for k in shared if k in own and own[k].shape != shared[k].shape]
+    if missing or unexpected or wrong:
+        raise MindEyeError(f"{weights} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                           f"other shapes {wrong[:3]}")
+    load = dict(shared)
+    new = []
+    for sid in model.subjects:
+        keys = [k for k in state if k.startswith(f"subject_layers.{sid}.")]
+        if sid in pretrained_subjects and keys:
+            load.update({k: state[k] for k in keys})
+        else:
+            new.append(sid)
+    model.load_state_dict(load, strict=False)
+    return new
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def compile_model(model: nn.Module) -> None:
     """torch.compile, in place, the modules a training step runs (state-dict names unchanged).
 
@@ -285,72 +442,58 @@ def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws
 # ----------------------------------------------------------------------------------------------------
 # Tasks: what a batch is, what the loss is, how to validate
 # ----------------------------------------------------------------------------------------------------
-class HighLevelTask:
-    """Backbone -> projector (contrastive) + diffusion prior (MSE); which (image, repetition) pairs each
-    step uses is the :class:`~mindeye.training.data.EpochSampler`'s choice (``train.epoch_unit``)."""
+class HighLevelLoss:
+    """The high-level loss of one step (contrastive phase schedule, prior, optional backbone MSE); needs
+    only the config and the process layout, so benchmarks time it on random batches too.
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.t = trainer
-        cfg = trainer.cfg
-        self.targets = Targets(trainer.store_path, cfg.targets.encoder, cfg.targets.weights,
-                               views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder))
-        expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
-        if self.targets.shape != expected and not (cfg.model.backbone.tokens == 1 and self.targets.shape == (cfg.model.backbone.dim,)):
-            raise MindEyeError(
-                f"the {cfg.targets.encoder} targets have shape {self.targets.shape} but the model outputs "
-                f"{expected}; set model.backbone.tokens/dim to match the encoder"
-            )
-        train_imgs, val_imgs = training_images(trainer.store, cfg)
-        # (M, R, V) repetitions of each training image; the sampler picks (image, repetition) per step.
-        self.vox, mask, self.images = load_repetitions(trainer.store, train_imgs)
-        self.sampler = EpochSampler(mask.sum(1).numpy(), cfg.train.batch_size, cfg.train.epoch_unit,
-                                    cfg.train.repetition)
-        self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
+    A batch holds ``voxels`` (one (B, V) tensor, or a list of per-subject (b_s, V_s) tensors that make up
+    the global batch in order, with their ids in ``subjects``), ``targets`` (B, T, D) in the same order,
+    ``generator`` and ``device``.
+    """
+
+    def __init__(self, cfg: Config, dist: DistInfo) -> None:
+        self.cfg, self.dist = cfg, dist
         self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
 
-    def steps_per_epoch(self) -> int:
-        return self.sampler.steps_per_epoch()
-
-    def batches(self, epoch: int):
-        cfg, dev = self.t.cfg, self.t.device
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        for pos, slots in self.sampler.epoch(gen):
-            image_index = self.images[pos]
-            yield {
-                "voxels": self.vox[torch.from_numpy(pos), torch.from_numpy(slots)].float(),  # global batch; sliced per rank in loss()
-                "targets": self.targets.get(image_index, gen if self.targets.views is not None else None),
-                "generator": gen,
-                "device": dev,
-            }
-
     def _phase(self, epoch: int) -> str:
-        loss = self.t.cfg.train.loss
+        loss = self.cfg.train.loss
         if loss == "bimixco+softclip":
             return "bimixco" if epoch < self.mixco_epochs else "softclip"
         return loss
 
     def soft_temperature(self, epoch: int) -> float:
-        cfg = self.t.cfg.train
+        cfg = self.cfg.train
         n = max(cfg.epochs - self.mixco_epochs, 1)
         frac = (epoch - self.mixco_epochs) / max(n - 1, 1) if cfg.loss == "bimixco+softclip" else epoch / max(cfg.epochs - 1, 1)
         return losses.soft_clip_temperature(min(max(frac, 0.0), 1.0), cfg.soft_temperature_start, cfg.soft_temperature_end)
 
     def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
-        cfg, info = self.t.cfg, self.t.dist
+        cfg, info = self.cfg, self.dist
         phase = self._phase(epoch)
-        vox, tgt, gen = batch["voxels"], batch["targets"], batch["generator"]
+        chunks, tgt, gen = batch["voxels"], batch["targets"], batch["generator"]
+        subjects = batch.get("subjects")
+        if isinstance(chunks, torch.Tensor):
+            chunks = [chunks]
         perm = lambdas = None
         if phase in ("bimixco", "mixco+infonce"):
-            # Mixing is drawn over the global batch so 1 and N processes see identical inputs.
-            vox, perm, lambdas = losses.mixco_mix(vox, beta=cfg.train.mixco_beta, prob=cfg.train.mixco_prob,
-                                                  generator=gen)
+            # Mixing is drawn over the global batch so 1 and N processes see identical inputs; with
+            # several subjects, within each subject's part (their voxels cannot be mixed across).
+            mixed, perms, lams, offset = [], [], [], 0
+            for vox in chunks:
+                v, p, lam = losses.mixco_mix(vox, beta=cfg.train.mixco_beta, prob=cfg.train.mixco_prob, generator=gen)
+                mixed.append(v)
+                perms.append(p + offset)
+                lams.append(lam)
+                offset += len(vox)
+            chunks, perm, lambdas = mixed, torch.cat(perms), torch.cat(lams)
         self_label = cfg.train.mixco_self_label
-        sl = local_slice(len(vox), info)
+        n_global = sum(len(v) for v in chunks)
+        sl = local_slice(n_global, info)
         dev = batch["device"]
         tgt = tgt.to(dev, non_blocking=True)  # one host->device copy of the (global) target batch
         if perm is not None:
             perm, lambdas = perm.to(dev), lambdas.to(dev)
-        out = ddp_model(vox[sl].to(dev, non_blocking=True))
+        out = ddp_model(self._local_input(chunks, subjects, sl, dev))
         preds = gather_with_grad(_normalize(MindEyeModel.contrastive_output(out)), info)
         targets_n = _normalize(tgt)
         parts: dict[str, torch.Tensor] = {}
@@ -380,12 +523,101 @@ class HighLevelTask:
             parts["backbone_mse"] = mse.detach()
         return total, parts
 
+    @staticmethod
+    def _local_input(chunks: list[torch.Tensor], subjects: list[str] | None, sl: slice, dev: str):
+        """This process's rows of the global batch: a tensor (v1 layout) or (subject, rows) segments
+        (a slice may cross from one subject's part into the next)."""
+        if subjects is None:
+            return chunks[0][sl].to(dev, non_blocking=True)
+        segments, offset = [], 0
+        for sid, vox in zip(subjects, chunks):
+            lo, hi = max(sl.start - offset, 0), min(sl.stop - offset, len(vox))
+            if hi > lo:
+                segments.append((sid, vox[lo:hi].to(dev, non_blocking=True)))
+            offset += len(vox)
+        return segments
+
+
+class HighLevelTask(HighLevelLoss):
+    """Backbone -> projector (contrastive) + diffusion prior (MSE); which (image, repetition) pairs each
+    step uses is the :class:`~mindeye.training.data.EpochSampler`'s choice (``train.epoch_unit``).
+
+    Several subjects (MindEye2): each step takes ``batch_size / n_subjects`` samples from every subject,
+    each from its own sampler, concatenated in subject order; an epoch ends when the subject with the
+    fewest steps has had its epoch.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer.cfg, trainer.dist)
+        self.t = trainer
+        cfg = trainer.cfg
+        n_sub = len(trainer.stores)
+        if cfg.train.batch_size % n_sub:
+            raise MindEyeError(f"train.batch_size={cfg.train.batch_size} does not split evenly over the "
+                               f"{n_sub} subjects; choose a multiple of {n_sub}")
+        per_subject = cfg.train.batch_size // n_sub
+        self.subjects = trainer.subject_ids if trainer.shared_layout else None
+        self.parts = []
+        for path, store in zip(trainer.store_paths, trainer.stores):
+            targets = Targets(path, cfg.targets.encoder, cfg.targets.weights,
+                              views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder))
+            expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+            if targets.shape != expected and not (cfg.model.backbone.tokens == 1 and targets.shape == (cfg.model.backbone.dim,)):
+                raise MindEyeError(
+                    f"the {cfg.targets.encoder} targets have shape {targets.shape} but the model outputs "
+                    f"{expected}; set model.backbone.tokens/dim to match the encoder"
+                )
+            train_imgs, val_imgs = training_images(store, cfg)
+            # (M, R, V) repetitions of each training image; the sampler picks (image, repetition) per step.
+            vox, mask, images = load_repetitions(store, train_imgs)
+            try:
+                sampler = EpochSampler(mask.sum(1).numpy(), per_subject, cfg.train.epoch_unit, cfg.train.repetition)
+            except MindEyeError as exc:
+                raise MindEyeError(f"{store.path}: {exc}" if n_sub > 1 else str(exc)) from None
+            val = load_eval_split(store, val_imgs) if len(val_imgs) else None
+            self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
+                                              id=store.subject_id))
+        first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
+        self.targets, self.vox, self.images, self.sampler, self.val = (first.targets, first.vox, first.images,
+                                                                       first.sampler, first.val)
+
+    def steps_per_epoch(self) -> int:
+        return min(p.sampler.steps_per_epoch() for p in self.parts)
+
+    def batches(self, epoch: int):
+        cfg, dev = self.t.cfg, self.t.device
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        for picks in zip(*(p.sampler.epoch(gen) for p in self.parts)):
+            chunks, targets = [], []
+            for part, (pos, slots) in zip(self.parts, picks):
+                chunks.append(part.vox[torch.from_numpy(pos), torch.from_numpy(slots)].float())
+                targets.append(part.targets.get(part.images[pos], gen if part.targets.views is not None else None))
+            yield {
+                "voxels": chunks if self.subjects is not None else chunks[0],  # global batch; sliced per rank in loss()
+                "subjects": self.subjects,
+                "targets": torch.cat(targets) if len(targets) > 1 else targets[0],
+                "generator": gen,
+                "device": dev,
+            }
+
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        if self.val is None or len(self.val) < 2:
-            return {}
-        preds = embed_voxels(model, self.val.voxels, self.t.device)
-        return quick_retrieval(preds, self.targets.get(self.val.image_index), self.t.cfg.eval.pool)
+        scores: dict[str, dict[str, float]] = {}
+        for part in self.parts:
+            if part.val is None or len(part.val) < 2:
+                continue
+            if self.subjects is not None:
+                model.select_subject(part.id)
+            preds = embed_voxels(model, part.val.voxels, self.t.device)
+            scores[part.id] = quick_retrieval(preds, part.targets.get(part.val.image_index), self.t.cfg.eval.pool)
+        if self.subjects is not None:
+            model.select_subject(None)
+        if len(scores) <= 1:
+            return next(iter(scores.values()), {})
+        # Several subjects: the mean over subjects, plus each subject's own scores.
+        out = {k: float(np.mean([s[k] for s in scores.values()])) for k in next(iter(scores.values()))}
+        out.update({f"{sid}_{k}": v for sid, s in scores.items() for k, v in s.items()})
+        return out
 
 
 def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
