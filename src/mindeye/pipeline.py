@@ -137,9 +137,12 @@ def save_images(images: Any, out_dir: str | Path, names: list[str] | None = None
     return paths
 
 
-def _load(run: str | Path | Run, device: str) -> Run:
+def _load(run: str | Path | Run, device: str, subject: str | None = None) -> Run:
     if not isinstance(run, Run):
-        return load_run(run, device)
+        return load_run(run, device, subject=subject)
+    if subject is not None and run.subjects is not None and run.subject != subject:
+        raise MindEyeError(f"the Run passed in was loaded for subject {run.subject}, not {subject}; "
+                           f"load it with mindeye.load_run(path, subject={subject!r})")
     if run.device != device:  # a Run loaded elsewhere follows the pipeline's device
         run.model.to(device)
         run.device = device
@@ -170,8 +173,11 @@ class MindEyePipeline:
     @classmethod
     def from_run(cls, high_run: str | Path | Run, lowlevel: str | Path | Run | None = None, generator: Any = None,
                  device: str = "auto", generator_weights: str | None = None, judge_weights: str | None = None,
-                 dtype: torch.dtype | None = None) -> MindEyePipeline:
+                 dtype: torch.dtype | None = None, subject: str | None = None) -> MindEyePipeline:
         """Load the runs now; the generator and the encoders are loaded when first needed.
+
+        ``subject``: which subject's voxels a shared-subject high-level run takes (required when it has
+        several; the error lists them).
 
         ``generator``: a name (``versatile-diffusion``, ``sd-image-variations``, ``demo-latent-diffusion``),
         an ``ImageGenerator``, or None for the one conditioned on the run's target encoder.
@@ -179,7 +185,7 @@ class MindEyePipeline:
         from mindeye.training.trainer import resolve_device
 
         device = resolve_device(device)
-        high = _load(high_run, device)
+        high = _load(high_run, device, subject)
         return cls(high, _load(lowlevel, device) if lowlevel is not None else None, generator, device,
                    generator_weights, judge_weights, dtype)
 

@@ -33,10 +33,50 @@ class Run:
     kind: str  # "mindeye" (high-level), "lowlevel" or "ridge"
     n_voxels: int  # voxels per brain sample the model takes
     device: str  # where the model lives
+    subject: str | None = None  # the subject whose input layer a shared-subject run's model uses
+    subjects: list[str] | None = None  # every subject of a shared-subject run (None: single-subject run)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+
+def run_subject(info: dict[str, Any], subject: str | None, run_dir: str | Path) -> dict[str, Any] | None:
+    """The run.json entry (id, store, n_voxels) of ``subject`` in a shared-subject run; None for a
+    single-subject run. ``subject`` may be left out only when the run has one subject."""
+    subjects = info.get("subjects")
+    if not subjects:
+        if subject is not None:
+            own = info.get("subject")
+            names = {str(own)} | ({f"subj{own:02d}"} if isinstance(own, int) else set())
+            if own is not None and subject not in names:
+                raise MindEyeError(f"{run_dir} is a single-subject run (subject {own}); --subject {subject} "
+                                   "does not name it")
+        return None
+    ids = [s["id"] for s in subjects]
+    if subject is None:
+        if len(ids) == 1:
+            return dict(subjects[0])
+        raise MindEyeError(f"{run_dir} was trained on several subjects ({', '.join(ids)}); "
+                           "say which one with --subject ID (Python: subject=ID)")
+    if subject not in ids:
+        raise MindEyeError(f"subject {subject!r} is not in {run_dir}; its subjects are {', '.join(ids)}")
+    return dict(subjects[ids.index(subject)])
+
+
+def subject_view(info: dict[str, Any], subject: str | None, run_dir: str | Path) -> tuple[dict[str, Any], dict | None]:
+    """(run.json as seen for one subject: its store and voxel count in ``store``/``n_voxels``, the entry)."""
+    entry = run_subject(info, subject, run_dir)
+    if entry is None:
+        return info, None
+    return {**info, "store": entry["store"], "n_voxels": entry["n_voxels"], "subject": entry["id"]}, entry
+
+
+def model_voxels(info: dict[str, Any], n_voxels: int) -> int | dict[str, int]:
+    """What :func:`mindeye.models.factory.build_model` takes for this run: the voxel count, or
+    {subject id: voxel count} for a shared-subject run."""
+    subjects = info.get("subjects")
+    return {s["id"]: int(s["n_voxels"]) for s in subjects} if subjects else n_voxels
 
 
 def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
@@ -55,8 +95,11 @@ def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
                        "this run cannot be loaded without its store")
 
 
-def load_run(path: str | Path, device: str = "cpu") -> Run:
-    """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any)."""
+def load_run(path: str | Path, device: str = "cpu", subject: str | None = None) -> Run:
+    """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any).
+
+    A shared-subject run (several subjects) needs ``subject``: the model then takes that subject's voxels.
+    """
     from mindeye.models.factory import build_model
     from mindeye.training.checkpoint import load_weights, read_run
     from mindeye.training.trainer import resolve_device
@@ -64,9 +107,13 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     run_dir = Path(path)
     device = resolve_device(device)
     cfg, info = read_run(run_dir)
-    n_voxels = voxel_count(run_dir, cfg, info)
-    model = build_model(cfg.model, n_voxels)
+    view, entry = subject_view(info, subject, run_dir)
+    n_voxels = voxel_count(run_dir, cfg, view) if entry is None else int(entry["n_voxels"])
+    model = build_model(cfg.model, model_voxels(info, n_voxels))
     load_weights(model, run_dir / "model.safetensors", device="cpu")
+    if entry is not None:
+        model.select_subject(entry["id"])
     model.to(device).eval()
-    return Run(path=run_dir, config=cfg, info=info, model=model, kind=cfg.model.kind, n_voxels=n_voxels,
-               device=device)
+    return Run(path=run_dir, config=cfg, info=view, model=model, kind=cfg.model.kind, n_voxels=n_voxels,
+               device=device, subject=entry["id"] if entry else None,
+               subjects=[s["id"] for s in info["subjects"]] if entry else None)

@@ -16,6 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       description="Top-1 retrieval in both directions among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
     r.add_argument("--data", default=None, help="subject store (default: the one the run was trained on)")
+    r.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     r.add_argument("--mode", choices=["averaged", "single"], default=None,
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
     r.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
@@ -32,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_retrieval(args: argparse.Namespace) -> int:
     from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
 
-    results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed)
+    results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
+                                  subject=args.subject)
                for run in args.run]
     print(retrieval_table(results))
     if args.out:

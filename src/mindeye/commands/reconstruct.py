@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
     p.add_argument("--data", default=None, help="subject store (default: the run's)")
+    p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                    help="generator precision (auto: float16 on GPU, float32 on CPU)")
@@ -54,6 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--limit", type=int, default=None, help="only the first N test images")
     b.add_argument("--batch-size", type=int, default=32, help="test samples per forward pass (default 32)")
     b.add_argument("--data", default=None, help="subject store (default: the run's)")
+    b.add_argument("--subject", default=None, metavar="ID", help="subject id; a low-level run has one subject, "
+                   "so this only checks it")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     b.add_argument("--out", required=True, help="output directory")
     b.add_argument("--no-progress", action="store_true")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,
                             device=resolve_device(args.device), dtype=dtype, limit=args.limit,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, subject=args.subject)
     print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
     return 0
 
@@ -88,6 +91,6 @@ def run_blurry(args: argparse.Namespace) -> int:
 
     index = reconstruct_blurry(args.run, args.out, store=args.data, weights=args.weights,
                                device=resolve_device(args.device), limit=args.limit, batch_size=args.batch_size,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, subject=args.subject)
     print(json.dumps({"out": str(args.out), "images": len(index["images"])}))
     return 0

@@ -20,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("-k", type=int, default=16, help="candidates per brain sample (default 16, as the paper)")
     p.add_argument("--data", default=None, metavar="STORE", help="subject store (default: the run's)")
+    p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--weights", default=None,
                    help="weights of the run's target encoder, when candidates must be re-encoded (default: the run's)")
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mindeye.inference.database import retrieve
 
-    index = retrieve(args.run, args.index, args.out, k=args.k, store=args.data, device=args.device,
+    index = retrieve(args.run, args.index, args.out, k=args.k, store=args.data, subject=args.subject, device=args.device,
                      weights=args.weights, query=args.query, save_all=args.save_all, limit=args.limit,
                      nprobe=args.nprobe, refine=args.refine, size=args.size, images_root=args.images_root, overwrite=args.overwrite,
                      progress=not args.no_progress)

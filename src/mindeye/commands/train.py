@@ -34,9 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindeye.training.trainer import Trainer
-
     from mindeye.errors import MindEyeError
+    from mindeye.training.trainer import Trainer
 
     config = args.config
     if config is None:

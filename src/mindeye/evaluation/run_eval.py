@@ -16,10 +16,15 @@ from mindeye.training.data import Targets, load_eval_split, target_options
 from mindeye.training.trainer import embed_voxels, resolve_device
 
 
-def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
-    """(cfg, info, model in eval mode, store) for a run directory."""
+def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None,
+                   subject: str | None = None):
+    """(cfg, info, model in eval mode, store) for a run directory; of a shared-subject run, for
+    ``subject`` (info then names that subject's store and voxel count)."""
+    from mindeye.runs import model_voxels, subject_view
+
     run_dir = Path(run_dir)
-    cfg, info = read_run(run_dir)
+    cfg, full_info = read_run(run_dir)
+    info, entry = subject_view(full_info, subject, run_dir)
     store_path = store or info.get("store")
     if not store_path:
         raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
@@ -27,18 +32,21 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path |
     if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
         raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
                            f"{subject.n_voxels}; evaluate on the subject it was trained for")
-    model = build_model(cfg.model, subject.n_voxels)
+    model = build_model(cfg.model, model_voxels(full_info, subject.n_voxels))
     load_weights(model, run_dir / "model.safetensors", device="cpu")
+    if entry is not None:
+        model.select_subject(entry["id"])
     model.to(device).eval()
     return cfg, info, model, subject
 
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
-                       mode: str | None = None, seed: int = 0, write: bool = True) -> dict[str, Any]:
+                       mode: str | None = None, seed: int = 0, write: bool = True,
+                       subject: str | None = None) -> dict[str, Any]:
     from mindeye.evaluation.retrieval import retrieval_top1_among, topk_full
 
     device = resolve_device(device)
-    cfg, info, model, subject = load_run_model(run_dir, device, store)
+    cfg, info, model, subject = load_run_model(run_dir, device, store, subject=subject)
     if cfg.model.kind == "lowlevel":
         raise MindEyeError("retrieval evaluation needs a high-level (mindeye) or ridge run, not a low-level one")
     mode = mode or cfg.data.test_mode
@@ -52,11 +60,14 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
                                  seed=seed, ci=cfg.eval.ci, draw_mode=cfg.eval.draw_mode)
     full = topk_full(preds.flatten(1), targets.flatten(1), ks=(1, 5))
     result = {"run": str(run_dir), "kind": cfg.model.kind, "name": cfg.name, "test_mode": mode,
+              **({"subject": info["subject"]} if info.get("subjects") else {}),
               "n_test": len(test), **_jsonable(among), "full_test_set": _jsonable(full)}
     if write:
         out = Path(run_dir) / "eval"
         out.mkdir(exist_ok=True)
-        (out / "retrieval.json").write_text(json.dumps(result, indent=2))
+        # One file per subject of a shared-subject run, so evaluating another does not overwrite it.
+        name = f"retrieval-{info['subject']}.json" if len(info.get("subjects") or []) > 1 else "retrieval.json"
+        (out / name).write_text(json.dumps(result, indent=2))
     return result
 
 

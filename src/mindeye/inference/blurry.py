@@ -78,6 +78,7 @@ def reconstruct_blurry(
     limit: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    subject: str | None = None,
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
     from mindeye.encoders.registry import get_encoder
@@ -90,7 +91,8 @@ def reconstruct_blurry(
     if cfg.model.kind != "lowlevel":
         raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run; blurry reconstructions need a low-level run "
                            "(trained with model.kind=lowlevel)")
-    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg))  # checks n_voxels
+    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg),  # checks n_voxels
+                                            subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
     rows = slice(0, limit) if limit else slice(None)
     dec_weights = weights or blurry_decoder_weights(cfg)

@@ -660,6 +660,7 @@ def retrieve(
     *,
     k: int = 16,
     store: str | Path | None = None,
+    subject: str | None = None,
     device: str | None = None,
     weights: str | None = None,
     query: str = "auto",
@@ -697,7 +698,7 @@ def retrieve(
         raise MindEyeError(f"{out_dir} already exists and is not empty; choose another --out or pass --overwrite")
     db = DatabaseIndex.open(index_dir, images_root)  # a missing index fails before the model is loaded
     device = resolve_device(device)
-    cfg, info, model, subject = load_run_model(run_dir, device, store)
+    cfg, info, model, subject = load_run_model(run_dir, device, store, subject=subject)
     if cfg.model.kind == "lowlevel":
         raise MindEyeError(f"{run_dir} is a low-level run; database retrieval needs a high-level (mindeye or ridge) "
                            "run that predicts CLIP embeddings")

@@ -248,6 +248,7 @@ def reconstruct_run(
     dtype: torch.dtype | None = None,
     limit: int | None = None,
     progress: bool = True,
+    subject: str | None = None,
 ) -> dict[str, Any]:
     """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
 
@@ -258,6 +259,7 @@ def reconstruct_run(
     from mindeye.evaluation.run_eval import load_run_model
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
+    from mindeye.runs import subject_view
     from mindeye.training.checkpoint import read_run
     from mindeye.training.data import load_eval_split, target_options
     from mindeye.training.trainer import embed_voxels
@@ -267,6 +269,7 @@ def reconstruct_run(
     spec = generator_spec(generator_name)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
+    info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
     if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
         raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
                            f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
@@ -281,7 +284,7 @@ def reconstruct_run(
     # Load the (large, possibly missing) generator first so a missing download fails before any work.
     generator = load_generator(spec.name, weights, device=device, dtype=dtype)
     # load_run_model also checks the store's voxel count against the run's (else a matmul traceback)
-    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg))
+    _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg), subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
     rows = slice(0, limit) if limit else slice(None)
     voxels, image_index = split.voxels[rows], split.image_index[rows]
