@@ -37,7 +37,7 @@ class CohortPlan:
     config: str = "demo-cohort"  # high-level training config (pretraining and the held-out subject)
     ridge_config: str = "demo-ridge"
     encoder: str = "standin-clip-hidden"
-    pretrain_epochs: int | None = 8  # pretraining epochs (None: the config's train.epochs)
+    pretrain_epochs: int | None = 12  # pretraining epochs (None: the config's train.epochs)
     finetune_epochs: int | None = None  # held-out subject's epochs, all three methods (None: the config's)
     overrides: list[str] = field(default_factory=list)
 
