@@ -128,7 +128,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
-    from mindeye.training.trainer import resolve_device
+    from mindeye.devices import resolve_device
 
     device = resolve_device(demo.device)
     for name, weights in sorted(wanted, key=lambda x: x[0]):

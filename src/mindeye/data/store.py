@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mindeye import __version__
+from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 
 FORMAT_VERSION = 1
@@ -61,7 +62,7 @@ class TrialTable:
     """Per-trial metadata; all arrays have length n_trials."""
 
     image_index: np.ndarray  # int64 index into the store's images
-    session: np.ndarray  # int64, 1-based
+    session: np.ndarray  # int64, 1-based (0: unknown)
     repetition: np.ndarray  # int64, 0-based: how many times this image was seen before
     split: np.ndarray  # str: train / val / test
 
@@ -80,6 +81,11 @@ class TrialTable:
             raise MindEyeError(
                 f"trial table refers to image index {int(self.image_index.max())} but only "
                 f"{n_images} images exist; every trial's image must be present"
+            )
+        if n and self.session.min() < 0:  # 1-based; 0 is reserved for "session unknown"
+            raise MindEyeError(
+                f"trial table has session number {int(self.session.min())}; sessions are numbered from 1 "
+                "(renumber them; 0 means unknown)"
             )
         bad = sorted(set(np.unique(self.split).tolist()) - set(SPLITS))
         if bad:
@@ -149,6 +155,12 @@ class StoreWriter:
                                       shape=self.shapes["voxels"])
             self.images = open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8,
                                       shape=self.shapes["images"])
+            try:  # a full disk is an error now, not a SIGBUS halfway through the memory-mapped writes
+                reserve_file(self.tmp / "voxels.npy")
+                reserve_file(self.tmp / "images.npy")
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.voxels = open_memmap(self.tmp / "voxels.npy", mode="r+")
             self.images = open_memmap(self.tmp / "images.npy", mode="r+")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.data.store import SubjectStore, file_sha256
+from mindeye.diskspace import reserve_file
 from mindeye.encoders import augment
 from mindeye.encoders.base import ImageEncoder
 from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, get_encoder, get_spec
@@ -110,6 +111,17 @@ def _encode_into(encoder: ImageEncoder, images: np.ndarray, out: np.ndarray, bat
                 on_batch(len(y))
 
 
+def _reserve_or_remove(path: Path, directory: Path | None) -> None:
+    """Reserve a new memory-mapped array's blocks; on failure remove it (and ``directory``, holding no work yet)."""
+    try:
+        reserve_file(path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 def embed_store(
     store_path: str | Path,
     encoder_name: str,
@@ -166,6 +178,7 @@ def embed_store(
         out.mkdir(parents=True, exist_ok=True)
         (out / "views.npy").unlink(missing_ok=True)
         targets = open_memmap(out / "targets.npy", mode="w+", dtype=np.float16, shape=(n, *shape))
+        _reserve_or_remove(out / "targets.npy", out)
         manifest = {
             **key,
             "weights": "random-init" if random_init else (weights or (spec.default_weights if spec else None)),
@@ -189,6 +202,7 @@ def embed_store(
     n_chunks = manifest["n_chunks"]
     if views and manifest["views"] != views:  # new or different number of views: (re)compute them
         view_arr = open_memmap(out / "views.npy", mode="w+", dtype=np.float16, shape=(n, views, *shape))
+        _reserve_or_remove(out / "views.npy", out if manifest.get("chunks_done", 0) == 0 else None)
         manifest.update(views=views, view_chunks_done=0, augmentation=augment.describe(enc.augmentation, views_seed))
     elif manifest["views"]:
         view_arr = open_memmap(out / "views.npy", mode="r+")

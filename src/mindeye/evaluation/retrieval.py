@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from mindeye.errors import MindEyeError
+from mindeye.finite import require_finite
 
 
 def _normalised(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -27,6 +28,8 @@ def _normalised(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def cosine_matrix(brain: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """S[i, j] = cos(brain_i, image_j) over flattened embeddings, float32, shape (N, N)."""
+    require_finite(brain, "brain embeddings", "the run diverged or its voxels are damaged; retrain or re-prepare")
+    require_finite(images, "image embeddings (targets)", "re-run `mindeye embed` for the store")
     b, im = _normalised(brain), _normalised(images)
     if len(b) != len(im):
         raise MindEyeError(f"got {len(b)} brain embeddings but {len(im)} image embeddings; they must pair up")
@@ -41,13 +44,15 @@ def _ranks(sim: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank of the correct (diagonal) candidate in both directions for sim (..., P, P).
 
     rank = number of other candidates scoring >= the correct one (0 = strict top-1).
+    A NaN similarity never helps: a NaN correct score ranks last, a NaN rival beats the correct one.
     Returns (image_rank, brain_rank), each (..., P).
     """
     diag = torch.diagonal(sim, dim1=-2, dim2=-1)
     eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
+    beats = sim.isnan()  # NaN compares False with everything, which would make it a free hit
     # image retrieval: row i (brain i) over images j; brain retrieval: column j (image j) over brains i.
-    image_rank = ((sim >= diag.unsqueeze(-1)) & ~eye).sum(-1)
-    brain_rank = ((sim >= diag.unsqueeze(-2)) & ~eye).sum(-2)
+    image_rank = (((sim >= diag.unsqueeze(-1)) | beats | diag.isnan().unsqueeze(-1)) & ~eye).sum(-1)
+    brain_rank = (((sim >= diag.unsqueeze(-2)) | beats | diag.isnan().unsqueeze(-2)) & ~eye).sum(-2)
     return image_rank, brain_rank
 
 

@@ -9,17 +9,20 @@ from typing import Any
 import torch
 
 from mindeye.data.store import SubjectStore
+from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
+from mindeye.finite import require_finite
 from mindeye.models.factory import build_model
-from mindeye.training.checkpoint import load_weights, read_run
+from mindeye.training.checkpoint import load_weights, read_run, refuse_diverged
 from mindeye.training.data import Targets, load_eval_split
-from mindeye.training.trainer import embed_voxels, resolve_device
+from mindeye.training.trainer import embed_voxels
 
 
 def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
     """(cfg, info, model in eval mode, store) for a run directory."""
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
+    refuse_diverged(run_dir, info)
     store_path = store or info.get("store")
     if not store_path:
         raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
@@ -45,6 +48,8 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     test = load_eval_split(subject, subject.image_indices("test"), mode)
     if len(test) < 2:
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
+    require_finite(test.voxels, f"test voxels of {subject.path}",
+                   "the store is damaged: prepare it again (or verify it with `mindeye info`)")
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights).get(test.image_index)
     preds = embed_voxels(model, test.voxels, device)
     among = retrieval_top1_among(preds.flatten(1), targets.flatten(1), pool=cfg.eval.pool, draws=cfg.eval.draws,

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mindeye import __version__
 from mindeye.config import Config, dump_config, load_config
 from mindeye.errors import MindEyeError
+from mindeye.finite import non_finite_tensors
 
 
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -52,6 +56,23 @@ def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
     _write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
 
 
+def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
+    """Record in run.json that training diverged (evaluation and inference then refuse the run)."""
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text()) if path.exists() else {"mindeye_version": __version__}
+    info["diverged"] = {"step": step, "epoch": epoch}
+    _write_text_atomic(path, json.dumps(info, indent=2))
+
+
+def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
+    bad = info.get("diverged")
+    if bad:
+        raise MindEyeError(
+            f"{run_dir} diverged during training (non-finite loss at step {bad.get('step')}, epoch "
+            f"{bad.get('epoch')}; see its run.json), so its weights are not a trained model; train it again "
+            "with a lower train.max_lr")
+
+
 def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
@@ -65,7 +86,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
     final = run_dir / "checkpoint"
     tmp = run_dir / "checkpoint.tmp"
     old = run_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    recover_interrupted_swap(run_dir)  # a kill during the previous swap may have left tmp/ or old/
     tmp.mkdir(parents=True)
     save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
               metadata={"mindeye_version": __version__})
@@ -73,17 +94,46 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old)
     # The top-level weights follow the checkpoint so inference always sees the newest model.
     shutil.copyfile(final / "model.safetensors", run_dir / "model.safetensors.tmp")
     os.replace(run_dir / "model.safetensors.tmp", run_dir / "model.safetensors")
 
 
 def recover_interrupted_swap(run_dir: Path) -> None:
-    """If a kill landed between the two renames, the previous checkpoint is still in checkpoint.old."""
-    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
+    """Bring a run directory back to one checkpoint after a kill at any point of :func:`save_checkpoint`.
+
+    The swap is: write tmp/ -> rename checkpoint/ to old/ -> rename tmp/ to checkpoint/ -> delete old/.
+    checkpoint/ present: it is the newest complete one; tmp/ (possibly half written) and old/ (the
+    previous one, possibly half deleted) are removed. checkpoint/ absent but old/ present: the kill
+    came between the renames, old/ is the last complete checkpoint and is put back; tmp/ is dropped
+    (it may be complete, but nothing proves it). Only tmp/: the first checkpoint was never published.
+    """
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
     if not final.exists() and old.exists():
         os.replace(old, final)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    (run_dir / "model.safetensors.tmp").unlink(missing_ok=True)
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (never unpickles); a damaged or foreign file is a MindEyeError."""
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise MindEyeError(f"{path} is not a readable safetensors weights file ({exc}); it is damaged or was "
+                           "not written by mindeye: restore it or train the run again") from None
+
+
+def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> Any:
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise MindEyeError(f"{path} does not fit the model built from the run's config ({first}); the file "
+                           "belongs to another run or config: restore the run's own weights") from None
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -91,15 +141,32 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
     ckpt = run_dir / "checkpoint"
     if not (ckpt / "state.pt").exists():
         raise MindEyeError(f"{run_dir} has no checkpoint to resume from; start without --resume")
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(map_location)))
-    return torch.load(ckpt / "state.pt", map_location=map_location, weights_only=True)
+    _load_state_dict(model, read_safetensors(ckpt / "model.safetensors", map_location), ckpt / "model.safetensors",
+                     strict=True)
+    try:
+        state = torch.load(ckpt / "state.pt", map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise MindEyeError(f"{ckpt / 'state.pt'} holds objects a training state never has, so it was not loaded "
+                           f"(nothing in it was executed: {str(exc).splitlines()[0]}); restore the run's own "
+                           "checkpoint or start a new run") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise MindEyeError(f"{ckpt / 'state.pt'} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           "restore it or start a new run") from None
+    if not isinstance(state, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng_cpu"} <= set(state):
+        raise MindEyeError(f"{ckpt / 'state.pt'} is not a mindeye training state (keys missing); "
+                           "restore it or start a new run")
+    return state
 
 
 def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
     if not path.exists():
         raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
-    state = load_file(str(path), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = read_safetensors(path, device)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise MindEyeError(f"{path} holds NaN or inf weights (in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
+                           "the run diverged or the file is damaged: train the run again")
+    missing, unexpected = _load_state_dict(model, state, path, strict=False)
     if missing or unexpected:
         raise MindEyeError(
             f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
