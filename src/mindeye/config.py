@@ -344,6 +344,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.exists():
             raise MindEyeError(f"config file {path} not found; see configs/ for the shipped configs")
+        if path.is_dir():
+            raise MindEyeError(f"config {path} is a directory; give a YAML file, e.g. configs/demo-highlevel.yaml")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -99,6 +99,11 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
         # Two OpenMP threads on a 2-core machine that is doing anything else run these small
         # models up to 10x slower than one thread (measured: 2.9 s vs 0.26 s per step).
         torch.set_num_threads(demo.cpu_threads)
+    if not demo.store:
+        from mindeye.data.simulate import SCALES
+
+        if demo.scale not in SCALES:  # checked before anything is created
+            raise MindEyeError(f"unknown demo scale {demo.scale!r}; choose one of {', '.join(SCALES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

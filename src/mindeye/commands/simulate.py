@@ -25,7 +25,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                           progress=not args.quiet)
+    import shutil
+    from pathlib import Path
+
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+    try:
+        out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
+                               progress=not args.quiet)
+    except BaseException:  # a simulation cannot resume: never leave a half-written store behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     print(f"wrote subject store {out}")
     return 0

@@ -13,7 +13,6 @@ This is how BOLD5000, THINGS-fMRI, NOD or a lab's own data enter mindeye. Inputs
 from __future__ import annotations
 
 import csv
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from mindeye.data.nsd import resize_image
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import NPY_LOAD_ERRORS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -37,7 +37,7 @@ def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
     if suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        except NPY_LOAD_ERRORS as exc:
             raise MindEyeError(f"cannot read {path} as a numpy array ({exc}); save it with numpy.save") from None
         return arr, lambda: None
     if suffix in (".h5", ".hdf5"):
@@ -208,7 +208,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
     elif images.suffix.lower() == ".npy" and images.is_file():
         try:
             arr = np.load(images, mmap_mode="r")
-        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        except NPY_LOAD_ERRORS as exc:
             raise MindEyeError(f"cannot read {images} as a numpy array ({exc}); save it with numpy.save") from None
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise MindEyeError(f"images in {images} have shape {arr.shape}; expected (n_images, H, W, 3) RGB")

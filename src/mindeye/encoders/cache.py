@@ -38,6 +38,7 @@ from mindeye.encoders import augment
 from mindeye.encoders.base import ImageEncoder
 from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, get_encoder, get_spec
 from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.safe_load import NPY_LOAD_ERRORS
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -331,7 +332,14 @@ def load_targets(
     ``mindeye embed`` command to run.
     """
     d = find_cache(store_path, encoder_name, weights, views, random_init, config, **options)
-    return np.load(d / ("views.npy" if views else "targets.npy"), mmap_mode="r")
+    path = d / ("views.npy" if views else "targets.npy")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except NPY_LOAD_ERRORS as exc:  # truncated or damaged after it was finished
+        raise MindEyeError(f"the target cache file {path} is damaged ({type(exc).__name__}: {exc}); recompute it "
+                           f"with:\n  {embed_command(store_path, encoder_name, weights, 1 if views else 0, random_init)}"
+                           " --overwrite") from None
+    return arr
 
 
 def sample_views(view_targets: np.ndarray, image_indices: np.ndarray, generator: torch.Generator | None = None

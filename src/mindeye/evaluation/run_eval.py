@@ -26,14 +26,30 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path |
     store_path = store or info.get("store")
     if not store_path:
         raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
+    if store is None and not Path(store_path).exists():
+        raise MindEyeError(f"the store {run_dir} was trained on, {store_path}, is not there any more (moved or "
+                           "deleted); pass its new location with --data STORE")
     subject = SubjectStore(store_path)
     if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
         raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
                            f"{subject.n_voxels}; evaluate on the subject it was trained for")
+    check_same_store(run_dir, info, subject)
     model = build_model(cfg.model, subject.n_voxels)
     load_weights(model, run_dir / "model.safetensors", device="cpu")
     model.to(device).eval()
     return cfg, info, model, subject
+
+
+def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore) -> None:
+    """The store is the one the run was trained on (same subject, source and voxel data), not just as wide."""
+    trained = {"subject": info.get("subject"), "source": info.get("source"), "voxels checksum": info.get("store_voxels_sha256")}
+    given = {"subject": subject.meta.get("subject"), "source": subject.meta.get("source"),
+             "voxels checksum": subject.meta.get("checksums", {}).get("voxels.npy")}
+    differ = [k for k in trained if trained[k] is not None and given[k] is not None and trained[k] != given[k]]
+    if differ:
+        shown = "; ".join(f"{k} {str(trained[k])[:16]!r} vs {str(given[k])[:16]!r}" for k in differ)
+        raise MindEyeError(f"{subject.path} is not the store {run_dir} was trained on ({shown}); evaluate on the "
+                           f"run's own store ({info.get('store')}), or --data its moved copy")
 
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
@@ -78,7 +94,10 @@ def _jsonable(x: Any) -> Any:
 
 def retrieval_table(results: list[dict[str, Any]]) -> str:
     """A short fixed-width table of retrieval results (one row per run)."""
-    lines = [f"{'run':<24} {'image top-1 (300)':>18} {'brain top-1 (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]
+    pools = {r.get("pool", 300) for r in results}
+    pool_label = str(pools.pop()) if len(pools) == 1 else "pool"  # the pool actually used, not the paper's 300
+    lines = [f"{'run':<24} {f'image top-1 ({pool_label})':>18} {f'brain top-1 ({pool_label})':>18} "
+             f"{'top-1 all':>10} {'top-5 all':>10}"]
     for r in results:
         pool = r.get("pool", 300)
         img, brain = r["image_retrieval"], r["brain_retrieval"]

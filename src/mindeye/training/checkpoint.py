@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mindeye import __version__
 from mindeye.config import Config, dump_config, load_config
 from mindeye.errors import MindEyeError
 from mindeye.finite import non_finite_tensors
+from mindeye.safe_load import load_safetensors_file, load_torch_file
 
 
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -88,13 +86,18 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
     old = run_dir / "checkpoint.old"
     recover_interrupted_swap(run_dir)  # a kill during the previous swap may have left tmp/ or old/
     tmp.mkdir(parents=True)
-    save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
-              metadata={"mindeye_version": __version__})
-    torch.save({"mindeye_version": __version__, **state}, tmp / "state.pt")
+    try:
+        save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
+                  metadata={"mindeye_version": __version__})
+        torch.save({"mindeye_version": __version__, **state}, tmp / "state.pt")
+    except BaseException:  # e.g. a full disk: the previous checkpoint stays, the torn one goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    shutil.rmtree(old)
+    if old.exists():
+        shutil.rmtree(old)
     # The top-level weights follow the checkpoint so inference always sees the newest model.
     shutil.copyfile(final / "model.safetensors", run_dir / "model.safetensors.tmp")
     os.replace(run_dir / "model.safetensors.tmp", run_dir / "model.safetensors")
@@ -119,12 +122,8 @@ def recover_interrupted_swap(run_dir: Path) -> None:
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A safetensors file's tensors (never unpickles); a damaged or foreign file is a MindEyeError."""
-    try:
-        return load_file(str(path), device=str(device))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise MindEyeError(f"{path} is not a readable safetensors weights file ({exc}); it is damaged or was "
-                           "not written by mindeye: restore it or train the run again") from None
+    """A run's safetensors weights (never unpickles); a damaged or foreign file is a MindEyeError."""
+    return load_safetensors_file(path, "restore the run's own file or train the run again", device)
 
 
 def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> Any:
@@ -143,15 +142,7 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
         raise MindEyeError(f"{run_dir} has no checkpoint to resume from; start without --resume")
     _load_state_dict(model, read_safetensors(ckpt / "model.safetensors", map_location), ckpt / "model.safetensors",
                      strict=True)
-    try:
-        state = torch.load(ckpt / "state.pt", map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise MindEyeError(f"{ckpt / 'state.pt'} holds objects a training state never has, so it was not loaded "
-                           f"(nothing in it was executed: {str(exc).splitlines()[0]}); restore the run's own "
-                           "checkpoint or start a new run") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise MindEyeError(f"{ckpt / 'state.pt'} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                           "restore it or start a new run") from None
+    state = load_torch_file(ckpt / "state.pt", "restore the run's own checkpoint or start a new run")
     if not isinstance(state, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng_cpu"} <= set(state):
         raise MindEyeError(f"{ckpt / 'state.pt'} is not a mindeye training state (keys missing); "
                            "restore it or start a new run")

@@ -235,7 +235,8 @@ class Trainer:
         """The run.json facts every kind of run records (plus ``extra``)."""
         return {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
                 "n_voxels": self.store.n_voxels, "subject": self.store.meta.get("subject"),
-                "source": self.store.meta.get("source"), "parameters": parameter_counts(model), **extra}
+                "source": self.store.meta.get("source"),
+                "store_voxels_sha256": self.store.meta.get("checksums", {}).get("voxels.npy"), "parameters": parameter_counts(model), **extra}
 
     @staticmethod
     def _drop_records_after(path: Path, step: int) -> None:
