@@ -92,6 +92,9 @@ def test_diverged_run_writes_no_weights_and_cannot_be_evaluated(store, tmp_path,
     assert info["diverged"]["step"] >= 1
     rc, err = cli(capsys, "evaluate", "retrieval", "--run", run, "--device", "cpu")
     assert_one_line_error(rc, err, "diverged during training")
+    rc, err = cli(capsys, "reconstruct", "--run", run, "--out", tmp_path / "rec", "--generator",
+                  "demo-latent-diffusion", "--device", "cpu", "--no-progress")
+    assert_one_line_error(rc, err, "diverged during training")  # not blamed on the generator
 
 
 def test_nan_weight_is_an_error_not_a_perfect_score(trained, tmp_path, capsys):
@@ -335,12 +338,31 @@ def test_pickled_encoder_weights_are_refused(tmp_path, capsys, encoder):
     assert not Path("/tmp/mindeye-pwned").exists()
 
 
+def test_pickled_metric_weights_are_refused(tmp_path):
+    from mindeye.errors import MindEyeError
+    from mindeye.evaluation.feature_nets import _load_state_dict
+
+    torch.save({"state_dict": Payload()}, tmp_path / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(MindEyeError, match="pickled Python objects"):
+        _load_state_dict(tmp_path / "alexnet-owt-7be5be79.pth")
+    assert not Path("/tmp/mindeye-pwned").exists()
+
+
 def test_truncated_reconstruction_index_is_refused(tmp_path, capsys):
     recons = tmp_path / "recons"
     recons.mkdir()
     (recons / "index.json").write_text('{"images": {"0": ')
     rc, err = cli(capsys, "evaluate", "recon", "--recons", recons, "--out", tmp_path / "m.json", "--pixel-only")
     assert_one_line_error(rc, err, "index.json")
+
+
+def test_truncated_index_of_an_interrupted_reconstruction_is_refused(tmp_path):
+    from mindeye.errors import MindEyeError
+    from mindeye.inference.reconstruct import open_index
+
+    (tmp_path / "index.json").write_text('{"kind": "recon", "images": {"0": ')
+    with pytest.raises(MindEyeError, match="index.json is damaged"):
+        open_index(tmp_path, "recon", {})
 
 
 # -- 8. OS errors -------------------------------------------------------------------------------------
@@ -380,6 +402,19 @@ def test_metrics_out_is_a_directory(tmp_path, capsys):
     with pytest.raises(MindEyeError, match="is a directory"):
         write_metrics({"rows": []}, tmp_path / "rec")
     assert not (tmp_path / "rec.tmp").exists()
+
+
+def test_full_disk_while_checkpointing_keeps_no_torn_checkpoint(store, tmp_path, capsys, monkeypatch):
+    import mindeye.training.checkpoint as ckpt
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "checkpoint.tmp"))
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    rc, err = cli(capsys, "train", "--config", HIGH, "--data", store, "--out", tmp_path / "run", "--no-progress",
+                  *sets("train.epochs=1"))
+    assert_one_line_error(rc, err, "no space left on the device", "--resume")
+    assert not (tmp_path / "run" / "checkpoint.tmp").exists() and not (tmp_path / "run" / "checkpoint").exists()
 
 
 # -- 9. optional dependency checked first ---------------------------------------------------------------
