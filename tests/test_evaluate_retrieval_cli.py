@@ -33,7 +33,7 @@ def test_evaluate_retrieval_prints_table_and_writes_json(tiny_run, capsys):
     assert main(["evaluate", "retrieval", "--run", str(tiny_run / "run"), "--device", "cpu",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "image top-1 (300)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
+    assert "image top-1 (60)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
     [res] = json.loads(out.read_text())
     assert res["pool"] == 60 and res["draws"] == 30 and res["n_test"] == 60
     assert res["image_ci95"][0] <= res["image_retrieval"] <= res["image_ci95"][1]

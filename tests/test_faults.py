@@ -259,6 +259,17 @@ def test_resume_of_missing_run_is_refused(store, tmp_path, capsys):
     assert not (tmp_path / "nothing").exists()
 
 
+def test_resume_before_the_first_checkpoint_starts_the_run(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    args = ["train", "--config", HIGH, "--data", store, "--out", run, "--no-progress", *sets("train.epochs=1")]
+    assert main([str(a) for a in args]) == 0
+    shutil.rmtree(run / "checkpoint")  # as if killed during the first epoch: config.yaml, no checkpoint
+    (run / "model.safetensors").unlink()
+    assert main([str(a) for a in args + ["--resume"]]) == 0
+    assert (run / "checkpoint" / "state.pt").exists()
+
+
 # -- 6. two trainings into one run directory -----------------------------------------------------------
 def test_second_training_into_a_locked_run_is_refused(store, tmp_path, capsys):
     run = tmp_path / "run"

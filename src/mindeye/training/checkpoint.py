@@ -8,9 +8,13 @@ A run directory holds::
     RUN/checkpoint/          everything needed to resume: model.safetensors, state.pt
                              (optimizer, scheduler, RNG states, epoch; loaded with weights_only=True)
     RUN/metrics.jsonl        one JSON object per logged step / evaluation
+    RUN/.lock                OS file lock held by the training process (its PID inside)
 
 Checkpoints are written to ``checkpoint.tmp/`` and swapped in with renames, so a kill at any
-moment leaves either the previous or the new checkpoint, never a torn one.
+moment leaves either the previous or the new checkpoint, never a torn one
+(:func:`recover_interrupted_swap` tidies up whatever state the kill left). A run whose loss became
+non-finite saves nothing more and records ``"diverged": {"step", "epoch"}`` in run.json; evaluation
+and inference refuse it.
 """
 
 from __future__ import annotations

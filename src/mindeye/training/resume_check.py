@@ -10,7 +10,7 @@ from mindeye.errors import MindEyeError
 
 # Stopping point, logging cadence, compilation, evaluation protocol, the run's name and where the
 # store now lives: none of them changes the optimisation that is being continued.
-CHANGEABLE_ON_RESUME = ("name", "data.store", "train.max_steps", "train.val_every", "train.log_every",
+CHANGEABLE_ON_RESUME = ("name", "data.store", "data.test_mode", "train.max_steps", "train.val_every", "train.log_every",
                         "train.compile", "eval.")
 
 

@@ -101,9 +101,10 @@ class Trainer:
         if has_run and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
-        if resume and not has_run:
-            raise MindEyeError(f"nothing to resume in {self.run_dir} (no checkpoint/ or model.safetensors); "
-                               "drop --resume to start a new run there, or give the run's own --out")
+        started = (self.run_dir / "config.yaml").exists()  # a run stopped before its first checkpoint
+        if resume and not (has_run or started):
+            raise MindEyeError(f"nothing to resume in {self.run_dir} (no run there: no config.yaml, checkpoint/ or "
+                               "model.safetensors); drop --resume to start a new run, or give the run's own --out")
         if resume:
             check_resume_config(self.run_dir, cfg)
         self.resume = resume
@@ -235,8 +236,9 @@ class Trainer:
         """The run.json facts every kind of run records (plus ``extra``)."""
         return {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
                 "n_voxels": self.store.n_voxels, "subject": self.store.meta.get("subject"),
-                "source": self.store.meta.get("source"),
-                "store_voxels_sha256": self.store.meta.get("checksums", {}).get("voxels.npy"), "parameters": parameter_counts(model), **extra}
+                "source": self.store.meta.get("source"), "parameters": parameter_counts(model),
+                # checked when the run is evaluated on a store given with --data (same subject's data?)
+                "store_voxels_sha256": (self.store.meta.get("checksums") or {}).get("voxels.npy"), **extra}
 
     @staticmethod
     def _drop_records_after(path: Path, step: int) -> None:
