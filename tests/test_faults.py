@@ -165,6 +165,8 @@ def test_every_swap_state_recovers_to_one_checkpoint(tmp_path, present, survivor
         assert not (tmp_path / "checkpoint").exists()
     else:
         assert (tmp_path / "checkpoint" / "state.pt").read_text() == survivor
+        # the top-level weights follow the surviving checkpoint (a kill may have come before that copy)
+        assert (tmp_path / "model.safetensors").read_text() == survivor
 
 
 def test_resume_after_kill_during_swap(store, steps_per_epoch, tmp_path, capsys):

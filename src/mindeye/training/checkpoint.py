@@ -123,6 +123,11 @@ def recover_interrupted_swap(run_dir: Path) -> None:
         if leftover.exists():
             shutil.rmtree(leftover)
     (run_dir / "model.safetensors.tmp").unlink(missing_ok=True)
+    # Killed after the swap but before the top-level copy: the top-level weights would be an epoch old.
+    top, inner = run_dir / "model.safetensors", final / "model.safetensors"
+    if inner.exists() and (not top.exists() or top.stat().st_mtime < inner.stat().st_mtime):
+        shutil.copyfile(inner, run_dir / "model.safetensors.tmp")
+        os.replace(run_dir / "model.safetensors.tmp", top)
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

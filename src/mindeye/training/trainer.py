@@ -93,11 +93,9 @@ class Trainer:
         if self.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        if self.run_dir.is_dir():
-            recover_interrupted_swap(self.run_dir)  # a kill mid-swap must not make the run unresumable
         # Existing weights (a ridge run or a run stopped mid-epoch has no checkpoint/, only its
-        # weights) are never silently replaced.
-        has_run = (self.run_dir / "checkpoint").exists() or (self.run_dir / "model.safetensors").exists()
+        # weights; a kill mid-swap may leave only checkpoint.old/) are never silently replaced.
+        has_run = any((self.run_dir / name).exists() for name in ("checkpoint", "checkpoint.old", "model.safetensors"))
         if has_run and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
@@ -112,9 +110,10 @@ class Trainer:
     # -- public ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         """Train (under an OS lock on the run directory, so two processes never write one run)."""
-        if not self.dist.is_main:
-            return self._fit()
-        with RunLock(self.run_dir):
+        with RunLock(self.run_dir) if self.dist.is_main else nullcontext():
+            if self.dist.is_main:
+                recover_interrupted_swap(self.run_dir)  # only under the lock: another process may be mid-swap
+            barrier(self.dist)  # the other processes read the checkpoint only once it is recovered
             return self._fit()
 
     def _fit(self) -> dict[str, Any]:
