@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mindeye.config import load_config, resolve_config_path
+from mindeye.errors import MindEyeError
 
 
 @dataclass

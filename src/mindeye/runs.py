@@ -57,9 +57,9 @@ def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
 
 def load_run(path: str | Path, device: str = "cpu") -> Run:
     """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any)."""
+    from mindeye.devices import resolve_device
     from mindeye.models.factory import build_model
     from mindeye.training.checkpoint import load_weights, read_run
-    from mindeye.devices import resolve_device
 
     run_dir = Path(path)
     device = resolve_device(device)
