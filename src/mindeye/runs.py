@@ -69,7 +69,10 @@ def subject_view(info: dict[str, Any], subject: str | None, run_dir: str | Path)
     entry = run_subject(info, subject, run_dir)
     if entry is None:
         return info, None
-    return {**info, "store": entry["store"], "n_voxels": entry["n_voxels"], "subject": entry["id"]}, entry
+    view = {**info, "store": entry["store"], "n_voxels": entry["n_voxels"], "subject_id": entry["id"]}
+    for key in ("subject", "source", "store_voxels_sha256"):  # what check_same_store compares
+        view[key] = entry.get(key)
+    return view, entry
 
 
 def model_voxels(info: dict[str, Any], n_voxels: int) -> int | dict[str, int]:
@@ -100,9 +103,9 @@ def load_run(path: str | Path, device: str = "cpu", subject: str | None = None) 
 
     A shared-subject run (several subjects) needs ``subject``: the model then takes that subject's voxels.
     """
+    from mindeye.devices import resolve_device
     from mindeye.models.factory import build_model
     from mindeye.training.checkpoint import load_weights, read_run
-    from mindeye.training.trainer import resolve_device
 
     run_dir = Path(path)
     device = resolve_device(device)

@@ -32,6 +32,7 @@ from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.safe_load import load_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -170,7 +171,7 @@ def _find_checkpoint(filename: str, url: str, wdir: Path | None, what: str) -> P
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_torch_file(path, "replace it with the original torchvision / metric checkpoint in --weights-dir")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd

@@ -90,7 +90,7 @@ def read_recon_dir(path: str | os.PathLike) -> ReconDir:
                            "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
     try:
         index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MindEyeError(f"{index_path} is not valid JSON ({exc}); re-run the reconstruction to rewrite it") from None
     images = index.get("images") if isinstance(index, dict) else None
     if not isinstance(images, dict):
@@ -318,10 +318,15 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
 def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
     """Write metrics.json and the Markdown table next to it (same name, .md)."""
     out = Path(out)
+    if out.is_dir():
+        raise MindEyeError(f"--out {out} is a directory; give the metrics file to write, e.g. {out / 'metrics.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     md = out.with_suffix(".md")
     md.write_text(metrics_markdown(result, title))
     return out, md

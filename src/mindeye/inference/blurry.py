@@ -131,9 +131,13 @@ class BlurryImages:
                                "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
         import json
 
-        index = json.loads(path.read_text())
-        if index.get("kind") != "blurry":
-            raise MindEyeError(f"{self.dir} holds '{index.get('kind')}' output, not blurry reconstructions")
+        try:
+            index = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MindEyeError(f"{path} is damaged ({exc}); run `mindeye reconstruct-blurry` into a new directory") from None
+        if not isinstance(index, dict) or index.get("kind") != "blurry":
+            kind = index.get("kind") if isinstance(index, dict) else "unknown"
+            raise MindEyeError(f"{self.dir} holds '{kind}' output, not blurry reconstructions")
         self.index = index
 
     def get(self, image_index: int) -> np.ndarray:

@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from mindeye import __version__
+from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 from mindeye.inference.reconstruct import save_png
 
@@ -367,6 +368,14 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def require_faiss() -> None:
+    try:
+        import faiss  # noqa: F401
+    except ModuleNotFoundError:
+        raise MindEyeError("building or searching an index needs faiss, which is not installed; "
+                           "install it with: pip install 'mindeye[index]'") from None
+
+
 def make_faiss_index(vectors: np.ndarray, index_type: str = "auto", *, nlist: int | None = None,
                      m: int | None = None, seed: int = 0, chunk: int = 65536,
                      progress: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -435,6 +444,7 @@ def build_index(
             raise MindEyeError(f"{out} already exists; choose another --out, delete it, or pass --overwrite to rebuild")
     if batch_size <= 0 or chunk_size <= 0:
         raise MindEyeError("--batch-size and --chunk-size must be positive")
+    require_faiss()  # before the (long) embedding, not after it
     source = open_source(images)
     enc = encoder if encoder is not None else get_encoder(encoder_name, weights, device, random_init=random_init)
     size = image_size or encoder_input_size(enc.preprocessing)
@@ -457,6 +467,12 @@ def build_index(
         tmp.mkdir(parents=True)
         source.write_ids(tmp / IDS)
         vectors = np.lib.format.open_memmap(tmp / EMBEDDINGS, mode="w+", dtype=np.float16, shape=(n, dim))
+        try:
+            reserve_file(tmp / EMBEDDINGS)
+        except BaseException:
+            del vectors
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         state = {**key, "chunk_size": chunk_size, "batch_size": batch_size, "n_chunks": -(-n // chunk_size),
                  "chunks_done": 0, "complete": False,
                  "weights": "random-init" if random_init else weights, "preprocessing": enc.preprocessing}
@@ -687,9 +703,10 @@ def retrieve(
     (all k, in kNN order), ``index.json`` (the reconstruction-directory format read by ``mindeye evaluate
     recon``) and ``retrievals.json`` (one record per test sample). Returns the index.json content.
     """
+    from mindeye.devices import resolve_device
     from mindeye.evaluation.run_eval import load_run_model
     from mindeye.training.data import load_eval_split
-    from mindeye.training.trainer import embed_voxels, resolve_device
+    from mindeye.training.trainer import embed_voxels
 
     if k < 1:
         raise MindEyeError(f"-k must be at least 1, got {k}")

@@ -122,7 +122,13 @@ def open_index(out_dir: Path, kind: str, config: dict[str, Any]) -> dict[str, An
     path = out_dir / INDEX_NAME
     if not path.exists():
         return {"kind": kind, "mindeye_version": __version__, "config": config, "images": {}}
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MindEyeError(f"{path} is damaged ({exc}), so the finished images cannot be told apart; delete {out_dir} "
+                           "and run the reconstruction again") from None
+    if not isinstance(index, dict):
+        raise MindEyeError(f"{path} is not a reconstruction index; delete {out_dir} or choose another --out")
     old = json.loads(json.dumps(index.get("config", {})))
     new = json.loads(json.dumps(config))  # normalise tuples etc. the same way
     if index.get("kind") != kind or old != new:
@@ -260,7 +266,7 @@ def reconstruct_run(
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
     from mindeye.runs import subject_view
-    from mindeye.training.checkpoint import read_run
+    from mindeye.training.checkpoint import read_run, refuse_diverged
     from mindeye.training.data import load_eval_split, target_options
     from mindeye.training.trainer import embed_voxels
 
@@ -269,6 +275,7 @@ def reconstruct_run(
     spec = generator_spec(generator_name)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
+    refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
     info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
     if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
         raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
