@@ -9,8 +9,8 @@
     # a real store (targets read from its cache, as `mindeye train` does):
     python benchmarks/train_throughput.py --pipeline high --source store --data STORE
 
-What one step is. The trainer's own step (``mindeye.training.trainer``): ``HighLevelTask.loss`` /
-``LowLevelTask.loss`` (BiMixCo or SoftCLIP on the projector + 30 x the diffusion prior's MSE; L1 latent
+What one step is. The trainer's own step, ``mindeye.training.trainer.train_step`` (the function the
+trainer calls every step): ``HighLevelLoss.loss`` / ``LowLevelLoss.loss`` (BiMixCo or SoftCLIP on the projector + 30 x the diffusion prior's MSE; L1 latent
 + 0.1 x SoftCLIP for the low-level model) under autocast, ``zero_grad``, backward, AdamW step (weight
 decay groups as the trainer's ``param_groups``), OneCycleLR step. Models are built by
 ``mindeye.models.factory.build_model`` from the shipped configs (random weights).
@@ -65,11 +65,14 @@ from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.training.distributed import DistInfo
 from mindeye.training.trainer import (
+    HighLevelLoss,
     HighLevelTask,
+    LowLevelLoss,
     LowLevelTask,
     mix_repetitions,
     param_groups,
     resolve_device,
+    train_step,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,17 +300,13 @@ class Optimizers:
             o, max_lr=t.max_lr, total_steps=total_steps, pct_start=0.5, final_div_factor=t.final_div_factor)
             for o in self.optimizers]
 
-    def zero_grad(self) -> None:
-        if not self.in_backward:
-            self.optimizers[0].zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """In-backward: gradients are already freed by the hooks."""
 
-    def step(self, scaler: torch.amp.GradScaler | None) -> None:
-        if not self.in_backward:
-            if scaler is not None:
-                scaler.step(self.optimizers[0])
-                scaler.update()
-            else:
-                self.optimizers[0].step()
+    def step(self) -> None:
+        """In-backward: each parameter was stepped by its hook."""
+
+    def schedule(self) -> None:
         for s in self.schedulers:
             s.step()
 
@@ -320,22 +319,15 @@ def _step_and_free(opt: torch.optim.Optimizer) -> Callable[[torch.Tensor], None]
 
 
 def make_task(pipeline: str, cfg: Config, device: str, store_path: Path | None = None) -> Any:
-    """The trainer's task object: the real one reading a store, else one with just what ``loss`` uses."""
+    """The trainer's task reading a store, else the trainer's loss alone (random batches bring the data)."""
     from mindeye.data.store import SubjectStore
 
+    if store_path is None:
+        return HighLevelLoss(cfg, DistInfo()) if pipeline == "high" else LowLevelLoss(cfg, DistInfo())
     stub = SimpleNamespace(cfg=cfg, dist=DistInfo(), device=device, store_path=store_path,
-                           store=SubjectStore(store_path) if store_path else None)
-    if store_path is not None:
-        return HighLevelTask(stub) if pipeline == "high" else LowLevelTask(stub)
-    if pipeline == "high":
-        task = object.__new__(HighLevelTask)
-        task.t, task.mixco_epochs = stub, int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
-    else:
-        task = object.__new__(LowLevelTask)
-        task.t = stub
-        task.teacher = True if cfg.train.lowlevel_contrastive_weight > 0 else None  # loss only tests for None
-        task.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
-    return task
+                           store=SubjectStore(store_path), stores=[SubjectStore(store_path)],
+                           store_paths=[store_path], subject_ids=[None], shared_layout=False)
+    return HighLevelTask(stub) if pipeline == "high" else LowLevelTask(stub)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -542,7 +534,8 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
         batches = reference_store_batches(args.pipeline, cfg, store_path, args.batch, device, epoch)
     else:
         if on_device and args.pipeline == "high":
-            task.train.voxels = task.train.voxels.to(device)
+            for part in task.parts:
+                part.vox = part.vox.to(device)
         batches = store_batches(task, epoch)
     build_s = time.perf_counter() - t_build
 
@@ -556,18 +549,11 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
                     batch = online(batch)
             else:
                 batch = online(batch)
-        if autocast is not None:
-            with autocast:
-                loss, _ = task.loss(model, model, batch, epoch)
-        else:
-            loss, _ = task.loss(model, model, batch, epoch)
-        opt.zero_grad()
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        opt.step(scaler)
-        losses.append(loss.detach())
+        # The trainer's own step function; in-backward AdamW steps inside backward, so there the
+        # optimizer handed in only schedules.
+        loss, _ = train_step(task, model, model, batch, epoch, opt if opt.in_backward else opt.optimizers[0],
+                             scheduler=SimpleNamespace(step=opt.schedule), scaler=scaler, autocast=autocast)
+        losses.append(loss)
 
     for _ in range(args.warmup):
         step()

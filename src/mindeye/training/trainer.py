@@ -677,10 +677,39 @@ def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator,
     return torch.einsum("br,brv->bv", w, vox.float())
 
 
-class LowLevelTask:
+class LowLevelLoss:
+    """The low-level loss of one step; needs only the config and the process layout (benchmarks)."""
+
+    def __init__(self, cfg: Config, dist: DistInfo) -> None:
+        self.cfg, self.dist = cfg, dist
+        self.use_teacher = cfg.train.lowlevel_contrastive_weight > 0
+        # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
+        self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
+
+    def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
+        cfg, info, dev = self.cfg, self.dist, batch["device"]
+        sl = local_slice(len(batch["voxels"]), info)
+        latent_pred, tokens = ddp_model(batch["voxels"][sl].to(dev))
+        target = batch["latents"][sl].to(dev).view_as(latent_pred)
+        diff = (latent_pred.float() - target) / self.latent_scale
+        recon = diff.abs().mean() if cfg.train.lowlevel_loss == "l1" else diff.pow(2).mean()
+        total, parts = recon, {"recon": recon.detach()}
+        if self.use_teacher:
+            # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
+            preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
+            teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
+            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            total = total + cfg.train.lowlevel_contrastive_weight * contrastive
+            parts["contrastive"] = contrastive.detach()
+        return total, parts
+
+
+
+class LowLevelTask(LowLevelLoss):
     """Voxels -> SD-VAE latent (L1 / MSE) + 0.1 x SoftCLIP against the teacher's tokens."""
 
     def __init__(self, trainer: Trainer) -> None:
+        super().__init__(trainer.cfg, trainer.dist)
         self.t = trainer
         cfg = trainer.cfg
         self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights,
@@ -695,8 +724,6 @@ class LowLevelTask:
             raise MindEyeError(f"only {len(self.images)} training images for batch size {cfg.train.batch_size}; "
                                "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
-        # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
-        self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
 
     def steps_per_epoch(self) -> int:
         return len(self.images) // self.t.cfg.train.batch_size
@@ -717,23 +744,6 @@ class LowLevelTask:
             if self.teacher is not None:
                 batch["teacher"] = self.teacher.get(imgs, gen if self.teacher.views is not None else None)
             yield batch
-
-    def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
-        cfg, info, dev = self.t.cfg, self.t.dist, batch["device"]
-        sl = local_slice(len(batch["voxels"]), info)
-        latent_pred, tokens = ddp_model(batch["voxels"][sl].to(dev))
-        target = batch["latents"][sl].to(dev).view_as(latent_pred)
-        diff = (latent_pred.float() - target) / self.latent_scale
-        recon = diff.abs().mean() if cfg.train.lowlevel_loss == "l1" else diff.pow(2).mean()
-        total, parts = recon, {"recon": recon.detach()}
-        if self.teacher is not None:
-            # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
-            preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
-            teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
-            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
-            total = total + cfg.train.lowlevel_contrastive_weight * contrastive
-            parts["contrastive"] = contrastive.detach()
-        return total, parts
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
