@@ -40,14 +40,14 @@ def cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pretrained(cohort, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pre") / "pre"
-    cfg = load_config("demo-cohort", TINY + ["train.epochs=1"])
+    cfg = load_config("demo-cohort-highlevel", TINY + ["train.epochs=1"])
     Trainer(cfg, run, store=[cohort / "subj01", cohort / "subj02", cohort / "subj03"], device="cpu",
             progress=False).fit()
     return run
 
 
 def test_one_subject_shared_layout_has_the_v1_parameters():
-    cfg = load_config("demo-cohort", TINY).model
+    cfg = load_config("demo-cohort-highlevel", TINY).model
     v1, shared = build_model(cfg, 600), build_model(cfg, {"subj01": 600})
     assert parameter_counts(v1)["total"] == parameter_counts(shared)["total"]
     assert "backbone.stem.0.weight" in v1.state_dict() and "backbone.stem.0.weight" not in shared.state_dict()
@@ -60,7 +60,7 @@ def test_one_subject_shared_layout_has_the_v1_parameters():
 
 
 def test_batches_are_balanced_across_subjects(cohort):
-    cfg = load_config("demo-cohort", TINY + ["train.epochs=1"])
+    cfg = load_config("demo-cohort-highlevel", TINY + ["train.epochs=1"])
     trainer = Trainer(cfg, cohort.parent / "unused-run", store=[cohort / f"subj0{j}" for j in (1, 2, 3)],
                       device="cpu", progress=False)
     task = HighLevelTask(trainer)
@@ -80,7 +80,7 @@ def test_batches_are_balanced_across_subjects(cohort):
 
 
 def test_batch_size_must_split_over_subjects(cohort, tmp_path):
-    cfg = load_config("demo-cohort", TINY + ["train.batch_size=32"])
+    cfg = load_config("demo-cohort-highlevel", TINY + ["train.batch_size=32"])
     trainer = Trainer(cfg, tmp_path / "r", store=[cohort / "subj01", cohort / "subj02", cohort / "subj03"],
                       device="cpu", progress=False)
     with pytest.raises(MindEyeError, match="does not split evenly over the 3 subjects; choose a multiple of 3"):
@@ -96,7 +96,7 @@ def test_run_json_lists_subjects(pretrained):
 
 
 def test_finetuned_shared_weights_start_as_the_pretrained_run(cohort, pretrained):
-    cfg = load_config("demo-cohort", TINY).model
+    cfg = load_config("demo-cohort-highlevel", TINY).model
     model = build_model(cfg, {"subj04": 627})
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
     new = init_from_pretrained(model, pretrained / "model.safetensors", {"subj01": {}, "subj02": {}, "subj03": {}})
@@ -110,7 +110,7 @@ def test_finetuned_shared_weights_start_as_the_pretrained_run(cohort, pretrained
 
 def test_input_layer_first_schedule_keeps_shared_weights(cohort, pretrained, tmp_path):
     """train.finetune_input_epochs=1 of 1: only the new subject's layer changes."""
-    cfg = load_config("demo-cohort", TINY + ["train.epochs=1", "train.finetune_input_epochs=1"])
+    cfg = load_config("demo-cohort-highlevel", TINY + ["train.epochs=1", "train.finetune_input_epochs=1"])
     Trainer(cfg, tmp_path / "ft", store=cohort / "subj04", device="cpu", progress=False, init_from=pretrained).fit()
     before, after = load_file(str(pretrained / "model.safetensors")), load_file(str(tmp_path / "ft/model.safetensors"))
     assert all(torch.equal(after[k], before[k]) for k in after if not k.startswith("subject_layers."))
@@ -128,7 +128,7 @@ def test_init_from_refuses_another_subject_under_a_pretrained_id(cohort, pretrai
     meta = json.loads((other / "meta.json").read_text())
     meta["subject_id"] = "subj02"
     (other / "meta.json").write_text(json.dumps(meta))
-    cfg = load_config("demo-cohort", TINY)
+    cfg = load_config("demo-cohort-highlevel", TINY)
     with pytest.raises(MindEyeError, match=r"subject id subj02 of .* is already in the pretrained run .* but is not "
                                            r"the same subject; give the new subject its own id"):
         Trainer(cfg, tmp_path / "ft", store=other, device="cpu", progress=False, init_from=pretrained)
@@ -139,7 +139,7 @@ def test_init_from_refuses_another_subject_under_a_pretrained_id(cohort, pretrai
 
 
 def test_init_from_needs_the_same_architecture(cohort, pretrained, tmp_path):
-    cfg = load_config("demo-cohort", TINY + ["model.backbone.hidden=32"])
+    cfg = load_config("demo-cohort-highlevel", TINY + ["model.backbone.hidden=32"])
     with pytest.raises(MindEyeError, match=r"model config differs from the pretrained run .*model.backbone.hidden"):
         Trainer(cfg, tmp_path / "ft", store=cohort / "subj04", device="cpu", progress=False, init_from=pretrained)
 
@@ -166,7 +166,7 @@ def test_cli_train_several_stores_and_evaluate_a_subject(cohort, tmp_path):
     sets = sum((["--set", o] for o in TINY + ["train.epochs=1", "train.max_steps=3"]), [])
     base = [sys.executable, "-m", "mindeye"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*base, "train", "--config", "demo-cohort", "--data", str(cohort / "subj01"), "--data",
+    subprocess.run([*base, "train", "--config", "demo-cohort-highlevel", "--data", str(cohort / "subj01"), "--data",
                     str(cohort / "subj02"), "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress",
                     *sets], check=True, env=env, capture_output=True)
     bad = subprocess.run([*base, "evaluate", "retrieval", "--run", str(tmp_path / "run"), "--device", "cpu"],
@@ -194,7 +194,7 @@ def test_ddp_two_processes_match_single_process_on_several_subjects(cohort, tmp_
              "train.log_every=1", "train.max_steps=12"]
     sets = sum((["--set", o] for o in TINY + extra), [])
     data = sum((["--data", str(cohort / f"subj0{j}")] for j in (1, 2, 3)), [])
-    common = ["-m", "mindeye", "train", "--config", "demo-cohort", *data, "--device", "cpu", "--no-progress", *sets]
+    common = ["-m", "mindeye", "train", "--config", "demo-cohort-highlevel", *data, "--device", "cpu", "--no-progress", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "report",
     "import_checkpoint",
     "demo",
+    "demo_cohort",
 ]
 
 

@@ -34,7 +34,7 @@ class CohortPlan:
     n_subjects: int = 4  # the last one is held out
     sessions: list[int | None] = field(default_factory=lambda: [1, 2, None])  # None = all sessions
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    config: str = "demo-cohort"  # high-level training config (pretraining and the held-out subject)
+    config: str = "demo-cohort-highlevel"  # high-level training config (pretraining and the held-out subject)
     ridge_config: str = "demo-ridge"
     encoder: str = "standin-clip-hidden"
     pretrain_epochs: int | None = 12  # pretraining epochs (None: the config's train.epochs)
