@@ -391,7 +391,7 @@ def reference_store_batches(pipeline: str, cfg: Config, store_path: Path, batch:
             if pipeline == "high":
                 b["voxels"], b["generator"] = split.voxels[idx].float(), gen
             else:
-                b["voxels"] = LowLevelTask.mix_repetitions(None, vox[idx], mask[idx], gen)  # type: ignore[arg-type]
+                b["voxels"] = LowLevelTask.mix_repetitions(vox[idx], mask[idx], gen)
             yield b
 
 

@@ -28,6 +28,7 @@ from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.training import losses
+from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, save_weights, write_run_files
 from mindeye.training.data import (
     Targets,
@@ -296,6 +297,8 @@ class HighLevelTask:
             raise MindEyeError(f"only {len(self.train)} training trials for batch size {cfg.train.batch_size}; "
                                "lower train.batch_size")
         self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
+        self.loader = BatchLoader(self.train.voxels, [TargetTable("targets", self.targets.array, self.targets.views)],
+                                  train_imgs, trainer.device, mode=cfg.train.data_path)
 
     def steps_per_epoch(self) -> int:
         return len(self.train) // self.t.cfg.train.batch_size  # drop the last partial batch (reference)
@@ -304,16 +307,16 @@ class HighLevelTask:
         cfg, dev = self.t.cfg, self.t.device
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.train), generator=gen)
-        bs = cfg.train.batch_size
+        bs, views = cfg.train.batch_size, self.targets.views
+        # The whole epoch's data draws are made up front, so every data-path mode sees the same stream.
+        requests = []
         for s in range(self.steps_per_epoch()):
-            idx = perm[s * bs:(s + 1) * bs]
-            image_index = self.train.image_index[idx.numpy()]
-            yield {
-                "voxels": self.train.voxels[idx].float(),  # global batch; sliced per rank in loss()
-                "targets": self.targets.get(image_index, gen if self.targets.views is not None else None),
-                "generator": gen,
-                "device": dev,
-            }
+            rows = perm[s * bs:(s + 1) * bs].numpy()
+            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            requests.append(Request(rows, self.train.image_index[rows], views=k))
+        for b in self.loader.batches(requests):
+            # global batch (sliced per rank in loss()), already float32 on the device
+            yield {"voxels": b["voxels"], "targets": b["targets"], "generator": gen, "device": dev}
 
     def _phase(self, epoch: int) -> str:
         loss = self.t.cfg.train.loss
@@ -396,35 +399,44 @@ class LowLevelTask:
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
         self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
+        tables = [TargetTable("latents", self.latents.array)]
+        if self.teacher is not None:
+            tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
+        self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
     def steps_per_epoch(self) -> int:
         return len(self.images) // self.t.cfg.train.batch_size
 
-    def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    @staticmethod
+    def repetition_weights(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Per sample: random weighted average of its repetitions (p .5), their mean (p .3) or one (p .2)."""
-        b, r, _ = vox.shape
+        b, r = mask.shape
         u = torch.rand(b, generator=gen)
         w_rand = torch.rand(b, r, generator=gen) * mask
         w_mean = mask.float()
         pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
         w_one = F.one_hot(pick, r).float()
         w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
-        w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-        return torch.einsum("br,brv->bv", w, vox.float())
+        return w / w.sum(1, keepdim=True).clamp_min(1e-8)
+
+    @staticmethod
+    def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return torch.einsum("br,brv->bv", LowLevelTask.repetition_weights(mask, gen), vox.float())
 
     def batches(self, epoch: int):
         cfg = self.t.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.images), generator=gen)
         bs = cfg.train.batch_size
+        views = self.teacher.views if self.teacher is not None else None
+        requests = []  # every data draw up front, in today's order (weights, then teacher views, per step)
         for s in range(self.steps_per_epoch()):
-            idx = perm[s * bs:(s + 1) * bs]
-            imgs = self.images[idx.numpy()]
-            batch = {"voxels": self.mix_repetitions(self.vox[idx], self.mask[idx], gen),
-                     "latents": self.latents.get(imgs), "device": self.t.device}
-            if self.teacher is not None:
-                batch["teacher"] = self.teacher.get(imgs, gen if self.teacher.views is not None else None)
-            yield batch
+            idx = perm[s * bs:(s + 1) * bs].numpy()
+            w = self.repetition_weights(self.mask[idx], gen)
+            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
+        for b in self.loader.batches(requests):
+            yield {**b, "device": self.t.device}
 
     def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
         cfg, info, dev = self.t.cfg, self.t.dist, batch["device"]
