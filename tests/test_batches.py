@@ -165,7 +165,6 @@ def test_training_metrics_are_identical_across_data_paths(tiny_store, tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     runs = {}
-    from mindeye.training.trainer import Trainer
 
     for mode in ("simple", "resident", "prefetch"):
         for kind in ("demo-highlevel.yaml", "demo-lowlevel.yaml"):

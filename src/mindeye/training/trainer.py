@@ -37,7 +37,17 @@ from mindeye.training.data import (
     load_trials,
     train_val_images,
 )
-from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
+from mindeye.training.distributed import (
+    DistInfo,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    gather_with_grad,
+    init_distributed,
+    load_full_optimizer_state,
+    local_slice,
+    shard_model,
+)
 
 
 def resolve_device(device: str | None) -> str:
@@ -107,12 +117,21 @@ class Trainer:
             return self._fit_ridge()
         task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
         model = build_model(cfg.model, self.store.n_voxels).to(self.device)
+        if cfg.train.activation_checkpointing:
+            set_activation_checkpointing(model, True)
         if cfg.train.compile:
             compile_model(model)
         if self.dist.is_main:
             write_run_files(self.run_dir, cfg, self._run_info(model, processes=self.dist.world))
+        has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
+        sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
+        resume_state = None
+        if sharded and has_checkpoint:  # full weights go in before the parameters are sharded
+            resume_state = load_checkpoint(self.run_dir, model, map_location=self.device)
         ddp_model: nn.Module = model
-        if self.dist.enabled:
+        if sharded:
+            shard_model(model, self.dist, self.device)
+        elif self.dist.enabled:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
         fused = self.device.startswith("cuda")
@@ -125,9 +144,16 @@ class Trainer:
             optimizer, max_lr=cfg.train.max_lr, total_steps=total_steps, pct_start=pct_start,
             final_div_factor=cfg.train.final_div_factor)
         start_epoch, step = 0, 0
-        if self.resume and (self.run_dir / "checkpoint").exists():
-            state = load_checkpoint(self.run_dir, model, map_location=self.device)
-            optimizer.load_state_dict(state["optimizer"])
+        if has_checkpoint:
+            state = resume_state or load_checkpoint(self.run_dir, model, map_location=self.device)
+            fsdp_written = any(isinstance(k, str) for k in state["optimizer"]["state"])  # keyed by name
+            if fsdp_written != sharded:
+                raise MindEyeError(f"{self.run_dir} was checkpointed with train.parallel="
+                                   f"{'fsdp' if fsdp_written else 'ddp'} under torchrun; resume it with that setting")
+            if sharded:
+                load_full_optimizer_state(model, optimizer, state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng_cpu"])
             if self.device.startswith("cuda") and "rng_cuda" in state:
@@ -182,24 +208,27 @@ class Trainer:
             bar.close()
             done = epoch + 1
             stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
-            if self.dist.is_main and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
+            # A sharded model's forward is a collective: every process validates, the main one logs.
+            if (self.dist.is_main or sharded) and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
                 last_eval = task.validate(model)
-                if last_eval:
+                if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
                     if self.progress:
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
                         print(f"epoch {done}: {shown}")
             epoch_complete = step == done * steps_per_epoch
+            saved = full_model_state(model) if sharded else model  # gathering is a collective
+            opt_state = full_optimizer_state(model, optimizer) if sharded and epoch_complete else None
             if self.dist.is_main and epoch_complete:
-                state = {"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
+                state = {"epoch": done, "step": step, "optimizer": opt_state or optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
                 if self.device.startswith("cuda"):
                     state["rng_cuda"] = torch.cuda.get_rng_state()
-                save_checkpoint(self.run_dir, model, state)
+                save_checkpoint(self.run_dir, saved, state)
             elif self.dist.is_main:
                 # Stopped mid-epoch (train.max_steps): keep the weights for inspection, but the
                 # resumable checkpoint stays at the last whole epoch so --resume replays exactly.
-                save_weights(model, self.run_dir / "model.safetensors")
+                save_weights(saved, self.run_dir / "model.safetensors")
             barrier(self.dist)
             if stop:
                 break
@@ -247,6 +276,14 @@ class Trainer:
             result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
         self._log(self.run_dir / "metrics.jsonl", {"epoch": 1, **{f"val_{k}": v for k, v in result.items()}})
         return result
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Lean mode: every module with ``checkpoint_blocks`` (backbone MLP blocks, prior layers) recomputes
+    its blocks in backward instead of storing their activations (dropout RNG replayed: same gradients)."""
+    for m in model.modules():
+        if hasattr(m, "checkpoint_blocks"):
+            m.checkpoint_blocks = enabled
 
 
 def compile_model(model: nn.Module) -> None:
