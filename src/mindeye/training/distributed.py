@@ -86,10 +86,10 @@ def shard_model(model: torch.nn.Module, info: DistInfo, device: str) -> torch.nn
     and projector; then the root for whatever is left. Gradients are reduce-scattered as averages, so
     the update is DDP's.
     """
+    import warnings
+
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
-
-    import warnings
 
     # Our modules return views (the head's reshape) that nothing modifies in place afterwards.
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
