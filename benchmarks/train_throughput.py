@@ -622,7 +622,7 @@ def run_whole_train(args: argparse.Namespace) -> list[dict[str, Any]]:
         cfg.train.log_every = max(cfg.train.max_steps, 1)  # the loop's one host sync, once
         stamps: list[float] = []
 
-        def stamp(*_: Any) -> None:
+        def stamp(*_: Any, stamps: list[float] = stamps) -> None:
             _sync(args.device)
             stamps.append(time.perf_counter())
 
