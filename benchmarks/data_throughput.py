@@ -14,7 +14,8 @@ and the VICRegL teacher tokens (9,841, 256, 512) float16. Values are random norm
 
 What is timed: ``BatchLoader.batches`` of :mod:`mindeye.training.batches` -- the exact object the
 trainer uses -- on the trainer's requests (a random permutation of the training rows, batch 32 / 8),
-for ``--batches`` steps after 3 warm-up steps, in each mode:
+for ``--batches`` steps (in ``--rounds`` rounds that alternate between the modes, 2 warm-up steps each;
+the median round is reported), in each mode:
 ``simple`` (today's path: host gather from the memory map, float32 on the host, pageable copy),
 ``prefetch`` (background thread gathers float16 into pinned buffers ``--depth`` batches ahead), and
 ``resident`` (float16 tables on the device, indexed there). "consumer 0 ms" pulls batches as fast as
@@ -97,29 +98,38 @@ def low_requests(data: dict, batch: int, steps: int) -> list[Request]:
     return out
 
 
-def time_mode(voxels: torch.Tensor, tables: list[TargetTable], images: np.ndarray, requests: list[Request],
-              device: str, mode: str, depth: int, step_ms: float, warmup: int = 3) -> dict:
-    t0 = time.perf_counter()
-    loader = BatchLoader(voxels, tables, images, device, mode=mode, depth=depth)
-    setup = time.perf_counter() - t0
-    it = iter(loader.batches(requests))
-    for _ in range(warmup):
-        next(it)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    n = 0
-    for b in it:
-        if step_ms:
-            time.sleep(step_ms / 1000)
-        n += 1
-        del b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    del loader, it
-    return {"mode": mode, "setup_s": setup, "batches": n, "batches_per_s": n / elapsed,
-            "ms_per_batch": 1000 * elapsed / n, "step_ms": step_ms}
+def time_modes(voxels: torch.Tensor, tables: list[TargetTable], images: np.ndarray, requests: list[Request],
+               device: str, modes: list[str], depth: int, step_ms: float, rounds: int, warmup: int = 2) -> list[dict]:
+    """Each mode's loader is built once; the timing rounds then alternate between the modes, so a
+    shared machine's load swings hit every mode alike. Reported: the median round."""
+    loaders, setup = {}, {}
+    for mode in modes:
+        t0 = time.perf_counter()
+        loaders[mode] = BatchLoader(voxels, tables, images, device, mode=mode, depth=depth)
+        setup[mode] = time.perf_counter() - t0
+    per_round = len(requests) // rounds - warmup
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        chunk = requests[r * (per_round + warmup):(r + 1) * (per_round + warmup)]
+        for mode in modes:
+            it = iter(loaders[mode].batches(chunk))
+            for _ in range(warmup):
+                next(it)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            n = 0
+            for b in it:
+                if step_ms:
+                    time.sleep(step_ms / 1000)
+                n += 1
+                del b
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            rates[mode].append(n / (time.perf_counter() - t0))
+    return [{"mode": m, "setup_s": setup[m], "batches": per_round * rounds, "rounds": rounds,
+             "batches_per_s": float(np.median(rates[m])), "ms_per_batch": 1000 / float(np.median(rates[m])),
+             "round_rates": rates[m], "step_ms": step_ms} for m in modes]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batches", type=int, default=150, help="timed batches per mode and consumer")
     ap.add_argument("--step-ms", type=float, default=20.0, help="simulated step (0 disables that column)")
     ap.add_argument("--depth", type=int, default=3, help="prefetch depth")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds, alternating between the modes")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (smoke test)")
@@ -147,20 +158,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict] = []
     pipelines = ["high", "low"] if args.pipeline == "both" else [args.pipeline]
     consumers = [0.0] + ([args.step_ms] if args.step_ms else [])
+    n_requests = args.rounds * (max(1, args.batches // args.rounds) + 2)  # 2 warm-up batches per round
     for pipe in pipelines:
         if pipe == "high":
             voxels = torch.from_numpy(np.array(data["trial_voxels"]))  # in RAM, as load_trials
             tables = [TargetTable("targets", data["clip"])]
-            requests = high_requests(data, 32, args.batches + 3)
+            requests = high_requests(data, 32, n_requests)
             images = data["train_images"]
         else:
             voxels = torch.from_numpy(np.array(data["rep_voxels"]))
             tables = [TargetTable("latents", data["latents"]), TargetTable("teacher", data["teacher"])]
-            requests = low_requests(data, 8, args.batches + 3)
+            requests = low_requests(data, 8, n_requests)
             images = data["train_images"]
         for step_ms in consumers:
-            for mode in args.modes.split(","):
-                r = time_mode(voxels, tables, images, requests, args.device, mode, args.depth, step_ms)
+            for r in time_modes(voxels, tables, images, requests, args.device, args.modes.split(","), args.depth,
+                                step_ms, args.rounds):
                 r["pipeline"] = pipe
                 rows.append(r)
         del voxels

@@ -41,6 +41,7 @@ growth beyond the earlier runs' peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -628,12 +629,18 @@ def run_whole_train(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         handle = register_optimizer_step_post_hook(stamp)
         t0 = time.perf_counter()
+        import mindeye.encoders.cache as cache
+
+        real_load = cache.load_targets
+        if args.random_init_targets:  # the trainer reads the `mindeye embed --random-init` cache
+            cache.load_targets = functools.partial(real_load, random_init=True)
         try:
             with tempfile.TemporaryDirectory(prefix="mindeye-whole-train-") as out:
                 trainer = Trainer(cfg, out, store=args.data, device=args.device, progress=False)
                 result = trainer.fit()
         finally:
             handle.remove()
+            cache.load_targets = real_load
         total = time.perf_counter() - t0
         if result["steps"] < cfg.train.max_steps or len(stamps) < args.warmup + args.steps:
             raise MindEyeError(f"the store gives {result['steps']} steps, fewer than --warmup + --steps")
@@ -729,6 +736,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "path included) on --data STORE, once per --data-paths entry")
     ap.add_argument("--data-paths", default="simple,prefetch,resident",
                     help="--whole-train: comma-separated train.data_path values to compare")
+    ap.add_argument("--random-init-targets", action="store_true", help="--whole-train: read the store's "
+                    "`mindeye embed --random-init` caches (timing only; a GPU machine has no real weights)")
     args = ap.parse_args(argv)
     if args.whole_train and not args.data:
         ap.error("--whole-train needs --data STORE")
