@@ -216,9 +216,8 @@ class BatchLoader:
                 gathered = torch.index_select(_as_tensor(t.plain), 0, torch.from_numpy(idx[order]))
                 buf[torch.from_numpy(order)] = gathered
 
-    def _new_slot(self, req: Request) -> dict[str, torch.Tensor]:
+    def _new_slot(self, req: Request, b: int) -> dict[str, torch.Tensor]:
         pin = self.device.type == "cuda"
-        b = len(req.image_index)
         vshape = (b, *self.voxels.shape[1:]) if req.repetition is None else (b, self.voxels.shape[-1])
         slot = {"voxels": torch.empty(vshape, dtype=self.voxels.dtype, pin_memory=pin)}
         for t in self.tables:
@@ -231,7 +230,8 @@ class BatchLoader:
         if not reqs:
             return
         n_slots = self.depth + 1
-        slots = [self._new_slot(reqs[0]) for _ in range(n_slots)]
+        largest = max(len(r.image_index) for r in reqs)
+        slots = [self._new_slot(reqs[0], largest) for _ in range(n_slots)]
         free: queue.Queue = queue.Queue()
         for i in range(n_slots):
             free.put((i, None))
