@@ -144,3 +144,19 @@ def test_fsdp_run_stopped_mid_epoch_resumes_exactly(tiny_store, tmp_path):
     read = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     b = [(m["step"], m["loss"]) for m in read if "loss" in m]
     assert len(a) == 60 and a == b
+
+
+def test_resuming_an_fsdp_checkpoint_without_fsdp_is_a_clear_error(tiny_store, tmp_path):
+    from mindeye.errors import MindEyeError
+    from mindeye.training.trainer import Trainer
+
+    cfg = load_config(REPO / "configs" / "demo-highlevel.yaml", TINY_HIGH + ["train.epochs=2", "train.max_steps=25"])
+    Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False).fit()
+    path = tmp_path / "run" / "checkpoint" / "state.pt"
+    state = torch.load(path, weights_only=False)
+    names = [n for n, _ in build_model(cfg.model, 600).named_parameters()]
+    state["optimizer"]["state"] = {names[i]: v for i, v in state["optimizer"]["state"].items()}  # as FSDP saves it
+    torch.save(state, path)
+    with pytest.raises(MindEyeError, match=r"checkpointed with train\.parallel=fsdp under torchrun; resume it "
+                                           r"with that setting"):
+        Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False, resume=True).fit()
