@@ -43,6 +43,9 @@ class DemoConfig:
     recon_limit: int | None = 60  # reconstruct only the first N test images (null = all)
     metrics_weights_dir: str | None = None  # where metric network checkpoints live (offline machines)
     clip_weights: str | None = None  # CLIP for the CLIP metric (HF id or local path)
+    # Without metric weights: also score with the offline substitute network (EfficientNet-Lite0, extra
+    # mindeye[offline]) in its own table, never the paper's columns ("unavailable" without the extra).
+    offline_net: bool = True
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
     report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
@@ -198,7 +201,8 @@ def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results
         [out / "recons" / "final", out / "recons" / "blurry"], names=["MindEye", "MindEye (low-level)"],
         store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
         pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
-        mean_row=False)  # the rows are two methods, not subjects of one
+        mean_row=False,  # the rows are two methods, not subjects of one
+        offline_net=demo.offline_net and offline)  # the real metric networks win when their weights are given
     json_path, md_path = write_metrics(res, out / "metrics.json", title="mindeye demo")
     results["metrics"] = str(json_path)
     print(md_path.read_text())
