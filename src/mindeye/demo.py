@@ -33,6 +33,9 @@ class DemoConfig:
     highlevel_config: str = "demo-highlevel.yaml"  # high-level model config (relative to this file)
     lowlevel_config: str = "demo-lowlevel.yaml"  # low-level model config
     ridge_config: str | None = "demo-ridge.yaml"  # ridge baseline config; null = skip the baseline
+    # A second high-level run on EfficientNet-Lite0 targets (retrieval only; extra mindeye[offline], skipped
+    # without it); null = skip. Its errors are scored for semantic closeness on simulated stores.
+    offline_target_config: str | None = "demo-highlevel-effnet.yaml"
     device: str = "auto"  # auto = GPU if present
     generator: str = "demo-latent-diffusion"  # image generator for reconstructions
     generator_weights: str | None = None  # HF id / local path (null = the generator's default)
@@ -161,7 +164,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     results["retrieval"] = retrieval
     _done(t0)
 
-    for stage in (_stage_reconstruct, _stage_metrics, _stage_report):
+    for stage in (_stage_offline_target, _stage_reconstruct, _stage_metrics, _stage_report):
         stage(demo, out, store, runs, results, device)
 
     results["wall_seconds"] = time.perf_counter() - t_start
@@ -170,6 +173,38 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     if (out / "report.html").exists():
         print(f"report:  {out / 'report.html'}")
     return results
+
+
+def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    """The EfficientNet-Lite0 target run beside the stand-in one, and how close each one's errors are."""
+    from mindeye.encoders.cache import embed_store
+    from mindeye.encoders.effnet_lite import available
+    from mindeye.evaluation.run_eval import evaluate_retrieval
+    from mindeye.evaluation.scene_semantics import run_error_semantics
+
+    if not demo.offline_target_config:
+        return
+    t0 = _step("high-level model on EfficientNet-Lite0 targets (offline substitute; retrieval only)")
+    missing = available()
+    if missing is not None:
+        print(f"   skipped: {missing}")
+        results["offline_target"] = {"skipped": missing}
+        return
+    cfg_path = _resolve(demo.offline_target_config, Path("configs"))
+    cfg = _model_config(cfg_path, demo)
+    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device)
+    _train(cfg_path, runs / "highlevel-effnet", store, demo)
+    retrieval = evaluate_retrieval(runs / "highlevel-effnet", device=device)
+    semantics = {name: run_error_semantics(runs / name, device) for name in ("highlevel", "highlevel-effnet")}
+    results["offline_target"] = {"retrieval": retrieval, "error_semantics": semantics}
+    if semantics["highlevel"] is not None:
+        print("   test-set top-1 (brain -> image) and its errors' closeness to the true scene (chance: attribute "
+              f"cosine {semantics['highlevel']['chance_attr_cos']:.3f}, same category "
+              f"{100 * semantics['highlevel']['chance_same_category']:.1f}%):")
+        for s in semantics.values():
+            print(f"   {s['encoder']:<22} top-1 {100 * s['top1']:5.1f}%  errors: attribute cosine "
+                  f"{s['error_attr_cos']:.3f}, same main-object category {100 * s['error_same_category']:.1f}%")
+    _done(t0)
 
 
 def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
