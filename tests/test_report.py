@@ -314,6 +314,18 @@ def test_sessions_curve_and_escaping(exp, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_template_ships_with_the_package():
+    import tomllib
+
+    from mindeye.evaluation.report import render_page  # noqa: F401  (the loader finds the template)
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mindeye"]
+    template = REPO / "src/mindeye/templates/report.html.j2"
+    assert template.exists() and any(template.relative_to(REPO / "src/mindeye").match(g) for g in data)
+    deps = " ".join(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    assert "matplotlib" in deps and "jinja2" in deps
+
+
 def test_latex_and_csv_of_synthetic_rows():
     from mindeye.evaluation.report_tables import csv_table, latex_escape, latex_table
 
