@@ -363,7 +363,7 @@ def test_renders_in_headless_chromium(exp, tmp_path):
     assert n_img == len(re.findall(r"<img ", exp["html"])) and n_img > 0
     assert n_ok == n_img  # every embedded image decoded (naturalWidth > 0)
     assert n_lines >= 4 and n_rows >= 4
-    assert 'id="metrics-table"' in dom and 'id="fig-image_grid"' in dom
+    assert 'id="metrics-table"' in dom and 'id="fig-umap"' in dom
     shot = tmp_path / "page.png"
     subprocess.run([*cmd[:-2], "--window-size=1280,3000", f"--screenshot={shot}", exp["page"].as_uri()],
                    capture_output=True, timeout=120)

@@ -94,6 +94,7 @@ def retrieval_draws_chart(stem: str, runs: Sequence[tuple[str, dict[str, Sequenc
             ax.hlines(100 * v.mean(), k - 0.3, k + 0.3, color=color, linewidth=2)
         ax.axhline(100 / pool, color="#777", linestyle="--", linewidth=1, label=f"chance ({100 / pool:.2g}%)")
         ax.set_xticks(range(len(cells)), [f"{run}\n{label}" for run, label, _ in cells], fontsize=7)
+        ax.set_ylim(bottom=0)
         ax.set(ylabel=f"top-1 among {pool} (%)", title=f"Retrieval per draw ({max(len(v) for *_, v in cells)} draws)")
         ax.legend(loc="best", fontsize=8)
     return FigureFile(stem, fig, caption)
@@ -171,7 +172,7 @@ def image_grid_figure(stem: str, columns: Sequence[str], rows: Sequence[tuple[st
                     for s in ax.spines.values():
                         s.set_visible(False)
                 else:
-                    ax.imshow(np.asarray(img))
+                    ax.imshow(np.asarray(img), interpolation="none")  # PDF: the raw pixels, unresampled
                     color = outlines[c] if outlines is not None and r == n_rows - 1 else None
                     for s in ax.spines.values():
                         s.set_visible(color is not None)
@@ -181,7 +182,7 @@ def image_grid_figure(stem: str, columns: Sequence[str], rows: Sequence[tuple[st
                 if r == 0:
                     ax.set_title(columns[c], fontsize=7, pad=2)
                 if c == 0:
-                    ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
+                    ax.set_ylabel(label.replace(" (", "\n("), fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
     return FigureFile(stem, fig, caption)
 
 
