@@ -8,6 +8,7 @@ atomically; ``resume=True`` continues exactly where the last finished epoch left
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.training import losses
+from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import (
     load_checkpoint,
     mark_diverged,
@@ -48,7 +50,17 @@ from mindeye.training.data import (
     train_val_images,
     training_images,
 )
-from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
+from mindeye.training.distributed import (
+    DistInfo,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    gather_with_grad,
+    init_distributed,
+    load_full_optimizer_state,
+    local_slice,
+    shard_model,
+)
 from mindeye.training.divergence import DivergenceGuard
 from mindeye.training.resume_check import check_resume_config
 from mindeye.training.run_lock import RunLock
@@ -195,6 +207,8 @@ class Trainer:
         new_subjects: list[str] = []
         if self.pretrained is not None and not (self.resume and (self.run_dir / "checkpoint").exists()):
             new_subjects = init_from_pretrained(model, self.pretrained["weights"], self.pretrained["subjects"])
+        if cfg.train.activation_checkpointing:
+            set_activation_checkpointing(model, True)
         if cfg.train.compile:
             compile_model(model)
         if self.dist.is_main:
@@ -205,8 +219,15 @@ class Trainer:
                                       "new_subjects": new_subjects or [s for s in self.subject_ids
                                                                        if s not in self.pretrained["subjects"]]}
             write_run_files(self.run_dir, cfg, self._run_info(model, **extra))
+        has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
+        sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
+        resume_state = None
+        if sharded and has_checkpoint:  # full weights go in before the parameters are sharded
+            resume_state = load_checkpoint(self.run_dir, model, map_location=self.device)
         ddp_model: nn.Module = model
-        if self.dist.enabled:
+        if sharded:
+            shard_model(model, self.dist, self.device)
+        elif self.dist.enabled:
             # A rank's slice of a several-subject batch may hold no sample of some subject: its layer
             # then gets no gradient there, which DDP must be told about.
             ddp_model = nn.parallel.DistributedDataParallel(
@@ -222,9 +243,16 @@ class Trainer:
             optimizer, max_lr=cfg.train.max_lr, total_steps=total_steps, pct_start=pct_start,
             final_div_factor=cfg.train.final_div_factor)
         start_epoch, step = 0, 0
-        if self.resume and (self.run_dir / "checkpoint").exists():
-            state = load_checkpoint(self.run_dir, model, map_location=self.device)
-            optimizer.load_state_dict(state["optimizer"])
+        if has_checkpoint:
+            state = resume_state or load_checkpoint(self.run_dir, model, map_location=self.device)
+            fsdp_written = any(isinstance(k, str) for k in state["optimizer"]["state"])  # keyed by name
+            if fsdp_written != sharded:
+                raise MindEyeError(f"{self.run_dir} was checkpointed with train.parallel="
+                                   f"{'fsdp' if fsdp_written else 'ddp'} under torchrun; resume it with that setting")
+            if sharded:
+                load_full_optimizer_state(model, optimizer, state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng_cpu"])
             if self.device.startswith("cuda") and "rng_cuda" in state:
@@ -279,24 +307,27 @@ class Trainer:
                 self._stop_diverged(bad_step, epoch)
             done = epoch + 1
             stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
-            if self.dist.is_main and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
+            # A sharded model's forward is a collective: every process validates, the main one logs.
+            if (self.dist.is_main or sharded) and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
                 last_eval = task.validate(model)
-                if last_eval:
+                if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
                     if self.progress:
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
                         print(f"epoch {done}: {shown}")
             epoch_complete = step == done * steps_per_epoch
+            saved = full_model_state(model) if sharded else model  # gathering is a collective
+            opt_state = full_optimizer_state(model, optimizer) if sharded and epoch_complete else None
             if self.dist.is_main and epoch_complete:
-                state = {"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
+                state = {"epoch": done, "step": step, "optimizer": opt_state or optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
                 if self.device.startswith("cuda"):
                     state["rng_cuda"] = torch.cuda.get_rng_state()
-                save_checkpoint(self.run_dir, model, state)
+                save_checkpoint(self.run_dir, saved, state)
             elif self.dist.is_main:
                 # Stopped mid-epoch (train.max_steps): keep the weights for inspection, but the
                 # resumable checkpoint stays at the last whole epoch so --resume replays exactly.
-                save_weights(model, self.run_dir / "model.safetensors")
+                save_weights(saved, self.run_dir / "model.safetensors")
             barrier(self.dist)
             if stop:
                 break
@@ -453,6 +484,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Lean mode: every module with ``checkpoint_blocks`` (backbone MLP blocks, prior layers) recomputes
+    its blocks in backward instead of storing their activations (dropout RNG replayed: same gradients)."""
+    for m in model.modules():
+        if hasattr(m, "checkpoint_blocks"):
+            m.checkpoint_blocks = enabled
 
 
 def compile_model(model: nn.Module) -> None:
@@ -615,11 +654,13 @@ class HighLevelTask(HighLevelLoss):
             except MindEyeError as exc:
                 raise MindEyeError(f"{store.path}: {exc}" if n_sub > 1 else str(exc)) from None
             val = load_eval_split(store, val_imgs) if len(val_imgs) else None
+            loader = BatchLoader(vox, [TargetTable("targets", targets.array, targets.views)], images, trainer.device,
+                                 mode=cfg.train.data_path)
             self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
-                                              id=store.subject_id))
+                                              id=store.subject_id, loader=loader))
         first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
-        self.targets, self.vox, self.images, self.sampler, self.val = (first.targets, first.vox, first.images,
-                                                                       first.sampler, first.val)
+        self.targets, self.vox, self.images, self.sampler, self.val, self.loader = (
+            first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
 
     def steps_per_epoch(self) -> int:
         return min(p.sampler.steps_per_epoch() for p in self.parts)
@@ -627,15 +668,24 @@ class HighLevelTask(HighLevelLoss):
     def batches(self, epoch: int):
         cfg, dev = self.t.cfg, self.t.device
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        for picks in zip(*(p.sampler.epoch(gen) for p in self.parts)):
-            chunks, targets = [], []
-            for part, (pos, slots) in zip(self.parts, picks):
-                chunks.append(part.vox[torch.from_numpy(pos), torch.from_numpy(slots)].float())
-                targets.append(part.targets.get(part.images[pos], gen if part.targets.views is not None else None))
+        steps = self.steps_per_epoch()
+        # The whole epoch's data draws are made up front (per subject: sampler order, then the view per
+        # step), so every data-path mode sees the same stream; one subject = the single-subject stream.
+        streams = []
+        for part in self.parts:
+            views = part.targets.views
+            requests = []
+            for pos, slots in itertools.islice(part.sampler.epoch(gen), steps):
+                k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
+                requests.append(Request(pos, part.images[pos], repetition=slots, views=k))
+            streams.append(part.loader.batches(requests))
+        for got in zip(*streams):
+            # global batch (sliced per rank in loss()), already float32 on the device
+            chunks = [b["voxels"] for b in got]
             yield {
-                "voxels": chunks if self.subjects is not None else chunks[0],  # global batch; sliced per rank in loss()
+                "voxels": chunks if self.subjects is not None else chunks[0],
                 "subjects": self.subjects,
-                "targets": torch.cat(targets) if len(targets) > 1 else targets[0],
+                "targets": torch.cat([b["targets"] for b in got]) if len(got) > 1 else got[0]["targets"],
                 "generator": gen,
                 "device": dev,
             }
@@ -660,21 +710,25 @@ class HighLevelTask(HighLevelLoss):
         return out
 
 
-def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
-    """Random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
+def repetition_weights(mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """(B, R) weights: random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
 
     ``mode="batch"`` (``train.lowlevel_repetition_mix``; the authors' ``utils.voxel_select``): ONE of the
     three choices for the whole batch; ``"sample"``: one choice per sample. Weights and picks are per sample.
     """
-    b, r, _ = vox.shape
+    b, r = mask.shape
     u = torch.rand(1, generator=gen).expand(b) if mode == "batch" else torch.rand(b, generator=gen)
     w_rand = torch.rand(b, r, generator=gen) * mask
     w_mean = mask.float()
     pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
     w_one = F.one_hot(pick, r).float()
     w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
-    w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-    return torch.einsum("br,brv->bv", w, vox.float())
+    return w / w.sum(1, keepdim=True).clamp_min(1e-8)
+
+
+def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """(B, V): each image's repetitions (B, R, V) averaged with :func:`repetition_weights`."""
+    return torch.einsum("br,brv->bv", repetition_weights(mask, gen, mode), vox.float())
 
 
 class LowLevelLoss:
@@ -724,26 +778,31 @@ class LowLevelTask(LowLevelLoss):
             raise MindEyeError(f"only {len(self.images)} training images for batch size {cfg.train.batch_size}; "
                                "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
+        tables = [TargetTable("latents", self.latents.array)]
+        if self.teacher is not None:
+            tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
+        self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
     def steps_per_epoch(self) -> int:
         return len(self.images) // self.t.cfg.train.batch_size
 
-    def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return mix_repetitions(vox, mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
+    def repetition_weights(self, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return repetition_weights(mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
 
     def batches(self, epoch: int):
         cfg = self.t.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.images), generator=gen)
         bs = cfg.train.batch_size
+        views = self.teacher.views if self.teacher is not None else None
+        requests = []  # every data draw up front, in today's order (weights, then teacher views, per step)
         for s in range(self.steps_per_epoch()):
-            idx = perm[s * bs:(s + 1) * bs]
-            imgs = self.images[idx.numpy()]
-            batch = {"voxels": self.mix_repetitions(self.vox[idx], self.mask[idx], gen),
-                     "latents": self.latents.get(imgs), "device": self.t.device}
-            if self.teacher is not None:
-                batch["teacher"] = self.teacher.get(imgs, gen if self.teacher.views is not None else None)
-            yield batch
+            idx = perm[s * bs:(s + 1) * bs].numpy()
+            w = self.repetition_weights(self.mask[idx], gen)
+            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
+        for b in self.loader.batches(requests):
+            yield {**b, "device": self.t.device}
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
