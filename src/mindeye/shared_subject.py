@@ -112,13 +112,13 @@ def run_comparison(out: str | Path, plan: CohortPlan | None = None, progress: bo
                     _train(plan.config, ft_over, run, [store])
                 else:
                     _train(plan.ridge_config, [f"seed={seed}", f"targets.encoder={plan.encoder}"], run, [store])
-                row = {"method": method, "sessions": n if n is not None else "all", "seed": seed,
+                row = {"method": method, "sessions": n if n is not None else "all", "seed": seed, "run": run.name,
                        "train_trials": _train_trials(store), **_score(run)}
                 rows.append(row)
                 if progress:
                     print(f"  {method:<9} {tag:>5}: brain_to_image {row['brain_to_image']:.3f}, "
                           f"image_to_brain {row['image_to_brain']:.3f}", flush=True)
-    result = {"plan": {k: v for k, v in plan.__dict__.items()}, "held_out": held_out,
+    result = {"plan": dict(plan.__dict__), "held_out": held_out,
               "pretrain_subjects": [p.name for p in pretrain_stores], "rows": rows, "summary": summarise(rows)}
     (out / "shared_subject.json").write_text(json.dumps(result, indent=2))
     return result
@@ -162,26 +162,29 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def sessions_figure(result: dict[str, Any], path: str | Path) -> Path:
-    """Sessions-vs-accuracy figure (PNG): one line per method and direction, error bars = sd over seeds."""
-    import matplotlib
+def session_points(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary as `mindeye report --sessions` points: integer sessions ("all" = the scale's
+    session count), both directions and their sd over seeds as ``<key>_std``."""
+    from mindeye.data.simulate import SCALES
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    total = SCALES[result["plan"]["scale"]].n_sessions
+    return [{"sessions": total if r["sessions"] == "all" else int(r["sessions"]), "method": r["method"],
+             "train_trials": r["train_trials"], "seeds": r["seeds"],
+             **{k: r[k] for k in ("brain_to_image", "image_to_brain")},
+             **{f"{k}_std": r[f"{k}_sd"] for k in ("brain_to_image", "image_to_brain")}}
+            for r in result["summary"]]
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
-    for ax, d in zip(axes, ("brain_to_image", "image_to_brain")):
-        for method in METHODS:
-            rs = [r for r in result["summary"] if r["method"] == method]
-            rs.sort(key=lambda r: r["train_trials"])
-            ax.errorbar([r["train_trials"] for r in rs], [100 * r[d] for r in rs],
-                        yerr=[100 * r[f"{d}_sd"] for r in rs], marker="o", capsize=3, label=method)
-        ax.set_title(d)
-        ax.set_xlabel(f"training trials of {result['held_out']} (1, 2, ... sessions)")
-    axes[0].set_ylabel("top-1 retrieval (%)")
-    axes[0].legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+def write_sessions(result: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """OUT/sessions.json (the report's sessions-figure input) and OUT/sessions.png (that figure)."""
+    from mindeye.evaluation.report_figures import sessions_chart
+    from mindeye.evaluation.report_tables import RETRIEVAL
+
+    out = Path(out)
+    points = session_points(result)
+    data = out / "sessions.json"
+    data.write_text(json.dumps(points, indent=2))
+    figure = sessions_chart("sessions", points, [(d.key, d.label) for d in RETRIEVAL])
+    png = out / "sessions.png"
+    figure.figure.savefig(png, dpi=120, bbox_inches="tight")
+    return data, png

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Simulate a tiny cohort, pretrain one high-level model on all subjects but the last, then "
                     "for the held-out subject with few sessions compare fine-tuned (--init-from) vs trained "
                     "from scratch vs ridge on both retrieval directions. Prints the table, writes "
-                    "OUT/shared_subject.json and OUT/sessions.png. Finished runs are reused on a re-run. "
+                    "OUT/shared_subject.json, OUT/sessions.json (`mindeye report --sessions`) and OUT/sessions.png. Finished runs are reused on a re-run. "
                     "The defaults (1 seed, 1 session and all) take about 5 minutes on 2 CPU cores.")
     p.add_argument("--out", required=True, help="output directory (cohorts, runs, results)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
@@ -41,15 +41,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mindeye.shared_subject import CohortPlan, format_table, run_comparison, sessions_figure
+    from mindeye.shared_subject import CohortPlan, format_table, run_comparison, write_sessions
 
     plan = CohortPlan(scale=args.scale, n_subjects=args.subjects, sessions=args.sessions, seeds=args.seeds,
                       overrides=args.overrides)
     result = run_comparison(args.out, plan, progress=not args.quiet)
     print(format_table(result))
-    try:
-        figure = sessions_figure(result, Path(args.out) / "sessions.png")
-        print(json.dumps({"results": str(Path(args.out) / "shared_subject.json"), "figure": str(figure)}))
-    except ModuleNotFoundError:  # matplotlib is optional
-        print(json.dumps({"results": str(Path(args.out) / "shared_subject.json")}))
+    points, figure = write_sessions(result, args.out)
+    print(json.dumps({"results": str(Path(args.out) / "shared_subject.json"), "sessions": str(points),
+                      "figure": str(figure)}))
+    print(f"report with this figure: mindeye report --run {Path(args.out) / result['rows'][0]['run']} "
+          f"--sessions {points} --out {Path(args.out) / 'report.html'}")
     return 0
