@@ -220,3 +220,21 @@ def test_finetuned_beats_scratch_over_seeds(tmp_path):
     by = {r["method"]: r for r in result["summary"]}
     for direction in ("brain_to_image", "image_to_brain"):
         assert by["finetuned"][direction] > by["scratch"][direction] + 0.04, (direction, by)
+
+
+@pytest.mark.slow
+def test_demo_cohort_command_writes_the_table_and_the_report_points(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    sets = sum((["--set", o] for o in TINY[:6]), [])
+    out = subprocess.run([sys.executable, "-m", "mindeye", "demo-cohort", "--out", str(tmp_path), "--subjects", "3",
+                          "--sessions", "1", "--pretrain-epochs", "1", "--epochs", "2", "--quiet", *sets],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "held-out subject subj03 (pretrained on subj01, subj02)" in out.stdout
+    points = json.loads((tmp_path / "sessions.json").read_text())
+    assert sorted(p["method"] for p in points) == ["finetuned", "ridge", "scratch"]
+    assert all(p["sessions"] == 1 and 0 <= p["brain_to_image"] <= 1 and "image_to_brain_std" in p for p in points)
+    assert (tmp_path / "sessions.png").stat().st_size > 1000
+    from mindeye.evaluation.report_data import read_sessions
+
+    assert read_sessions(tmp_path / "sessions.json") == points  # the report's --sessions input

@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out subject's training session counts (default: 1 all)")
     p.add_argument("--subjects", type=int, default=4, help="cohort size, the last one held out (default 4)")
     p.add_argument("--scale", default="tiny", help="simulated scale (default tiny; small is ~20x the work)")
+    p.add_argument("--pretrain-epochs", type=int, default=12, help="pretraining epochs (default 12)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="held-out subject's epochs, every method (default: the config's, 20)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the training config (demo-cohort-highlevel) for every run")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from mindeye.shared_subject import CohortPlan, format_table, run_comparison, write_sessions
 
     plan = CohortPlan(scale=args.scale, n_subjects=args.subjects, sessions=args.sessions, seeds=args.seeds,
-                      overrides=args.overrides)
+                      overrides=args.overrides, pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.epochs)
     result = run_comparison(args.out, plan, progress=not args.quiet)
     print(format_table(result))
     points, figure = write_sessions(result, args.out)
