@@ -294,9 +294,8 @@ def _train(store: Path, run: Path, extra: list[str]) -> Path:
 
 
 def _brain(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import load_eval_split
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.runs import embed_voxels, load_run_model
 
     _, _, model, subject = load_run_model(run)
     test = load_eval_split(subject, subject.image_indices("test"), "averaged")

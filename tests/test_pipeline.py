@@ -12,9 +12,9 @@ import torch
 import mindeye
 from mindeye.cli import main
 from mindeye.config import load_config
+from mindeye.data.splits import load_eval_split
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
-from mindeye.training.data import load_eval_split
 from mindeye.training.trainer import Trainer
 
 TOY = ["data.val_images=0", "train.val_every=100"]
@@ -101,7 +101,7 @@ def test_bad_voxels_give_one_clear_error(pipe):
 
 
 def test_retrieve_ranks_by_cosine_both_ways(pipe, runs, test_split):
-    from mindeye.training.data import Targets
+    from mindeye.encoders.targets import Targets
 
     x = test_split.voxels[:6]
     cands = Targets(runs["store"], "standin-clip-hidden", None).get(test_split.image_index[:9]).numpy()
@@ -136,7 +136,7 @@ def test_ridge_run_embeds_and_retrieves(runs, test_split):
 
 
 def test_api_images_equal_the_cli_outputs(pipe, runs, test_split, tmp_path):
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
 
     out = tmp_path / "cli"
     assert main(["reconstruct", "--run", str(runs["high"]), "--lowlevel", str(runs["low"]), "--generator",
@@ -168,7 +168,7 @@ def test_api_images_equal_the_cli_outputs(pipe, runs, test_split, tmp_path):
 
 
 def test_save_images_writes_pngs(tmp_path):
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
 
     imgs = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     paths = mindeye.save_images(imgs, tmp_path / "o")

@@ -164,9 +164,9 @@ def test_training_curves_match_metrics_jsonl(exp):
 
 
 def test_image_grid(exp):
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import Targets, load_eval_split
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets
+    from mindeye.runs import embed_voxels, load_run_model
 
     html, store = exp["html"], exp["store"]
     grid = re.search(r'<table class="grid" id="image-grid">.*?</table>', html, re.S).group(0)
@@ -182,7 +182,7 @@ def test_image_grid(exp):
     for uri, i in zip(truth, shown):
         np.testing.assert_array_equal(_img_from_uri(uri), store.images[i])
     recon = re.findall(r'src="([^"]+)"', rows[3])
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
     np.testing.assert_array_equal(_img_from_uri(recon[0]), load_png(exp["recons"] / f"images/{shown[0]:05d}.png"))
     # retrieved: argmax cosine of the projector output over all test targets, computed independently here
     cfg, _, model, subject = load_run_model(exp["high"], "cpu")

@@ -117,10 +117,10 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
-    from mindeye.training.trainer import resolve_device
+    from mindeye.utils.device import resolve_device
 
     device = resolve_device(demo.device)
-    from mindeye.training.data import target_options
+    from mindeye.encoders.targets import target_options
 
     for name, weights in sorted(wanted, key=lambda x: x[0]):
         embed_store(store, name, weights=weights, device=device, **target_options(high, name))

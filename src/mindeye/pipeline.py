@@ -125,7 +125,7 @@ def as_images(images: Any, what: str = "images") -> np.ndarray:
 
 def save_images(images: Any, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
     """Write uint8 (n, H, W, 3) images as PNGs (atomically) into ``out_dir``: 00000.png, 00001.png, ..."""
-    from mindeye.inference.reconstruct import save_png
+    from mindeye.utils.images import save_png
 
     arr = as_images(images)
     names = names or [f"{i:05d}.png" for i in range(len(arr))]
@@ -176,7 +176,7 @@ class MindEyePipeline:
         ``generator``: a name (``versatile-diffusion``, ``sd-image-variations``, ``demo-latent-diffusion``),
         an ``ImageGenerator``, or None for the one conditioned on the run's target encoder.
         """
-        from mindeye.training.trainer import resolve_device
+        from mindeye.utils.device import resolve_device
 
         device = resolve_device(device)
         high = _load(high_run, device)
@@ -190,7 +190,7 @@ class MindEyePipeline:
     # -- embeddings and retrieval ------------------------------------------------------------------
     def embed(self, voxels: Any, batch_size: int = 256) -> Embeddings:
         """Backbone and projector outputs (float32 arrays) of each brain sample."""
-        from mindeye.training.trainer import embed_voxels
+        from mindeye.runs import embed_voxels
 
         x = as_voxels(voxels, self.n_voxels)
         b = self.high.config.model.backbone

@@ -5,18 +5,28 @@ it was trained on: the voxel count comes from run.json (written by `mindeye trai
 `mindeye import-checkpoint`), and for a run that predates that field, from the shape of the model's
 input layer in model.safetensors.
 
-The run-directory reader and the weights loader still live in ``mindeye.training.checkpoint`` (imported
-lazily here); moving them into this layer is part of the import-order clean-up of issue 15.
+This module is the one home of reading a run directory: :func:`read_run` (config + run.json),
+:func:`load_weights`, :func:`load_run` (store-free) and :func:`load_run_model` (checked against a subject
+store, for commands that evaluate on the store's test split), and :func:`embed_voxels` (a model's
+outputs for voxel rows, used by validation, evaluation, retrieval and the pipeline). It sits above
+``models`` and below ``training`` / ``inference`` (docs/architecture.md); writing runs is the trainer's
+(``mindeye.training.checkpoint``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mindeye.config import Config
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from mindeye.config import Config, load_config
 from mindeye.errors import MindEyeError
+from mindeye.utils.device import resolve_device
 
 # The weight whose input dimension is the voxel count, per model kind (see mindeye.models.factory).
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
@@ -39,6 +49,26 @@ class Run:
         return self.config.name
 
 
+def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
+        raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
+                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
+    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    if not path.exists():
+        raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
+    state = load_file(str(path), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise MindEyeError(
+            f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
+
+
 def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
     """run.json's ``n_voxels``; for older runs without it, the input width of the saved weights."""
     if info.get("n_voxels"):
@@ -58,8 +88,6 @@ def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
 def load_run(path: str | Path, device: str = "cpu") -> Run:
     """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any)."""
     from mindeye.models.factory import build_model
-    from mindeye.training.checkpoint import load_weights, read_run
-    from mindeye.training.trainer import resolve_device
 
     run_dir = Path(path)
     device = resolve_device(device)
@@ -70,3 +98,42 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
     model.to(device).eval()
     return Run(path=run_dir, config=cfg, info=info, model=model, kind=cfg.model.kind, n_voxels=n_voxels,
                device=device)
+
+
+def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
+    """(cfg, info, model in eval mode, store) for a run directory, checked against its subject store."""
+    from mindeye.data.store import SubjectStore
+    from mindeye.models.factory import build_model
+
+    run_dir = Path(run_dir)
+    cfg, info = read_run(run_dir)
+    store_path = store or info.get("store")
+    if not store_path:
+        raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
+    subject = SubjectStore(store_path)
+    if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
+        raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
+                           f"{subject.n_voxels}; evaluate on the subject it was trained for")
+    model = build_model(cfg.model, subject.n_voxels)
+    load_weights(model, run_dir / "model.safetensors", device="cpu")
+    model.to(device).eval()
+    return cfg, info, model, subject
+
+
+@torch.no_grad()
+def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
+                 which: str = "projector") -> torch.Tensor:
+    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for s in range(0, len(voxels), batch_size):
+        x = voxels[s:s + batch_size].float().to(device)
+        if hasattr(model, "predict"):
+            outs.append(model.predict(x).float().cpu())
+            continue
+        out = model(x)
+        emb = out.get(which) if out.get(which) is not None else out["backbone"]
+        outs.append(emb.float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)

@@ -44,7 +44,7 @@ def run_recon(args: argparse.Namespace) -> int:
     from mindeye.errors import MindEyeError
     from mindeye.evaluation.metrics import METRICS
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
-    from mindeye.training.trainer import resolve_device
+    from mindeye.utils.device import resolve_device
 
     metrics = list(METRICS)
     if args.metrics:

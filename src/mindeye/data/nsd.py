@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mindeye.constants import NSDGENERAL_VOXELS
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
 
@@ -48,7 +49,7 @@ N_NSD_IMAGES = 73000
 DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"
 PAPER_SESSIONS = 37  # the paper used sessions 1-37 (the last 3 were withheld at the time)
 RELEASED_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
-KNOWN_NSDGENERAL_VOXELS = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
+KNOWN_NSDGENERAL_VOXELS = NSDGENERAL_VOXELS
 BETAS_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
 
 

@@ -30,9 +30,9 @@ from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
-from mindeye.evaluation.retrieval import DIRECTIONS
+from mindeye.inference.recon_dir import INDEX_NAME, read_index
+from mindeye.metrics.retrieval import DIRECTIONS
 
-INDEX_NAME = "index.json"
 PIXEL_METRICS = ("pixcorr", "ssim")  # need no network weights
 RETRIEVAL_KEYS = DIRECTIONS
 
@@ -85,13 +85,8 @@ def read_recon_dir(path: str | os.PathLike) -> ReconDir:
         raise MindEyeError(f"reconstruction directory {path} does not exist; make it with `mindeye reconstruct "
                            "--run RUN --out DIR` (or `mindeye reconstruct-blurry`) or fix the path")
     index_path = path / INDEX_NAME
-    if not index_path.exists():
-        raise MindEyeError(f"{path} holds no reconstructions (no {INDEX_NAME}); make them with `mindeye "
-                           "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
-    try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MindEyeError(f"{index_path} is not valid JSON ({exc}); re-run the reconstruction to rewrite it") from None
+    index = read_index(path, f"{path} holds no reconstructions (no {INDEX_NAME}); make them with `mindeye "
+                             "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
     images = index.get("images") if isinstance(index, dict) else None
     if not isinstance(images, dict):
         raise MindEyeError(f"{index_path} has no 'images' table; it was not written by `mindeye reconstruct`")

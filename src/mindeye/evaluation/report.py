@@ -32,8 +32,8 @@ import numpy as np
 from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.recon_eval import ReconDir, load_pngs, read_metrics, read_recon_dir, table_row
-from mindeye.evaluation.retrieval import BRAIN_TO_IMAGE, DIRECTIONS, IMAGE_TO_BRAIN, TABLE1_FOOTNOTE
 from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value
+from mindeye.metrics.retrieval import BRAIN_TO_IMAGE, DIRECTIONS, IMAGE_TO_BRAIN, TABLE1_FOOTNOTE
 
 # Categorical palette (colour-blind friendly, Okabe-Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -185,7 +185,7 @@ class RunInfo:
 
 
 def read_run_info(path: str | os.PathLike, role: str) -> RunInfo:
-    from mindeye.training.checkpoint import read_run
+    from mindeye.runs import read_run
 
     path = Path(path)
     cfg, info = read_run(path)
@@ -242,8 +242,9 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     """Targets, backbone / projector outputs for the whole test split; prior samples for the first few."""
     import torch
 
-    from mindeye.training.data import Targets, load_eval_split, target_options
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets, target_options
+    from mindeye.runs import embed_voxels
 
     test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
@@ -491,7 +492,7 @@ def build_report(
     source, when those hold blurry images. retrieved: a directory in the reconstruction index format holding retrieved images.
     embed_samples caps the test images in the UMAP (and the prior samples drawn for it).
     """
-    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.runs import load_run_model
 
     t0 = time.perf_counter()
     run = Path(run)
@@ -599,7 +600,7 @@ def build_report(
     # Top-1 retrieval among the test images: projector output vs every test target (cosine).
     classes: dict[int, str] = {}
     if emb.projector is not None:
-        from mindeye.evaluation.retrieval import cosine_matrix
+        from mindeye.metrics.retrieval import cosine_matrix
 
         best = cosine_matrix(emb.projector, emb.targets).argmax(dim=1).numpy()
         pos = {int(i): k for k, i in enumerate(emb.image_index)}

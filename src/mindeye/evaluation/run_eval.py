@@ -8,34 +8,16 @@ from typing import Any
 
 import torch
 
-from mindeye.data.store import SubjectStore
+from mindeye.data.splits import load_eval_split
+from mindeye.encoders.targets import Targets, target_options
 from mindeye.errors import MindEyeError
-from mindeye.models.factory import build_model
-from mindeye.training.checkpoint import load_weights, read_run
-from mindeye.training.data import Targets, load_eval_split, target_options
-from mindeye.training.trainer import embed_voxels, resolve_device
-
-
-def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
-    """(cfg, info, model in eval mode, store) for a run directory."""
-    run_dir = Path(run_dir)
-    cfg, info = read_run(run_dir)
-    store_path = store or info.get("store")
-    if not store_path:
-        raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
-    subject = SubjectStore(store_path)
-    if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
-        raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
-                           f"{subject.n_voxels}; evaluate on the subject it was trained for")
-    model = build_model(cfg.model, subject.n_voxels)
-    load_weights(model, run_dir / "model.safetensors", device="cpu")
-    model.to(device).eval()
-    return cfg, info, model, subject
+from mindeye.runs import embed_voxels, load_run_model  # noqa: F401  (load_run_model's home is mindeye.runs)
+from mindeye.utils.device import resolve_device
 
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
                        mode: str | None = None, seed: int = 0, write: bool = True) -> dict[str, Any]:
-    from mindeye.evaluation.retrieval import retrieval_top1_among, topk_full
+    from mindeye.metrics.retrieval import retrieval_top1_among, topk_full
 
     device = resolve_device(device)
     cfg, info, model, subject = load_run_model(run_dir, device, store)
@@ -74,7 +56,7 @@ def _jsonable(x: Any) -> Any:
 
 def retrieval_table(results: list[dict[str, Any]]) -> str:
     """A short fixed-width table of retrieval results (one row per run), Table 1's column names."""
-    from mindeye.evaluation.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
+    from mindeye.metrics.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
 
     image_col, brain_col = TABLE1_COLUMNS["Image retrieval"], TABLE1_COLUMNS["Brain retrieval"]
     lines = [f"{'run':<24} {'image retr. (300)':>18} {'brain retr. (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]

@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.inference.reconstruct import finished, load_png, open_index, save_png, write_index
+from mindeye.inference.recon_dir import finished, open_index, read_index, write_index
+from mindeye.utils.images import load_png, save_png
 
 
 def decode_latents_to_pngs(
@@ -80,10 +81,9 @@ def reconstruct_blurry(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
+    from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.checkpoint import read_run
-    from mindeye.training.data import load_eval_split
+    from mindeye.runs import load_run_model, read_run
 
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
@@ -123,13 +123,8 @@ class BlurryImages:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
-        path = self.dir / "index.json"
-        if not path.exists():
-            raise MindEyeError(f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
-                               "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
-        import json
-
-        index = json.loads(path.read_text())
+        index = read_index(self.dir, f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
+                           "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
         if index.get("kind") != "blurry":
             raise MindEyeError(f"{self.dir} holds '{index.get('kind')}' output, not blurry reconstructions")
         self.index = index

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
-from mindeye.inference.reconstruct import save_png
+from mindeye.utils.images import save_png
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")  # in order of preference within one webdataset sample
 MANIFEST = "manifest.json"
@@ -686,9 +686,9 @@ def retrieve(
     (all k, in kNN order), ``index.json`` (the reconstruction-directory format read by ``mindeye evaluate
     recon``) and ``retrievals.json`` (one record per test sample). Returns the index.json content.
     """
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import load_eval_split
-    from mindeye.training.trainer import embed_voxels, resolve_device
+    from mindeye.data.splits import load_eval_split
+    from mindeye.runs import embed_voxels, load_run_model
+    from mindeye.utils.device import resolve_device
 
     if k < 1:
         raise MindEyeError(f"-k must be at least 1, got {k}")

@@ -25,8 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mindeye import __version__
-from mindeye.config import Config, dump_config, load_config
+from mindeye.config import Config, dump_config
 from mindeye.errors import MindEyeError
+from mindeye.runs import load_weights, read_run  # noqa: F401  (their home is mindeye.runs)
+from mindeye.utils.files import atomic_path, write_text_atomic
 
 
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -34,30 +36,15 @@ def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_contiguous_state(model), str(tmp), metadata={"mindeye_version": __version__, **(metadata or {})})
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(_contiguous_state(model), str(tmp), metadata={"mindeye_version": __version__, **(metadata or {})})
 
 
 def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
     # Atomic: a resumed run rewrites both, and a torn config.yaml would make the run unreadable.
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    _write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
-
-
-def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
-        raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
-                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
-    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
+    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
@@ -93,15 +80,3 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
         raise MindEyeError(f"{run_dir} has no checkpoint to resume from; start without --resume")
     model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(map_location)))
     return torch.load(ckpt / "state.pt", map_location=map_location, weights_only=True)
-
-
-def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
-    if not path.exists():
-        raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
-    state = load_file(str(path), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise MindEyeError(
-            f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
-            f"unexpected {list(unexpected)[:5]}"
-        )

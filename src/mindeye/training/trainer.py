@@ -27,6 +27,7 @@ from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
+from mindeye.runs import embed_voxels
 from mindeye.training import losses
 from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, save_weights, write_run_files
 from mindeye.training.data import (
@@ -40,14 +41,7 @@ from mindeye.training.data import (
     training_images,
 )
 from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
-
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MindEyeError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
-    return device
+from mindeye.utils.device import resolve_device
 
 
 def autocast_context(precision: str, device: str):
@@ -275,7 +269,7 @@ def compile_model(model: nn.Module) -> None:
 
 def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
     """Validation-time top-1 retrieval among min(pool, N) candidates, both directions."""
-    from mindeye.evaluation.retrieval import DIRECTIONS, retrieval_top1_among
+    from mindeye.metrics.retrieval import DIRECTIONS, retrieval_top1_among
 
     res = retrieval_top1_among(preds.flatten(1).float(), targets.flatten(1).float(),
                                pool=min(pool, len(preds)), draws=draws, seed=seed)
@@ -476,22 +470,3 @@ class LowLevelTask:
         model.train()
         return {"latent_l1": float(((pred - target).abs().mean() / self.latent_scale).item()),
                 "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
-
-
-@torch.no_grad()
-def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
-                 which: str = "projector") -> torch.Tensor:
-    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    outs = []
-    for s in range(0, len(voxels), batch_size):
-        x = voxels[s:s + batch_size].float().to(device)
-        if hasattr(model, "predict"):
-            outs.append(model.predict(x).float().cpu())
-            continue
-        out = model(x)
-        emb = out.get(which) if out.get(which) is not None else out["backbone"]
-        outs.append(emb.float().cpu())
-    model.train(was_training)
-    return torch.cat(outs)
