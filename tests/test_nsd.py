@@ -14,7 +14,7 @@ from PIL import Image
 from fake_nsd import TRIALS, build_fake_nsd, write_betas
 from mindeye.commands.prepare_nsd import add_prepare_parsers
 from mindeye.data import nsd
-from mindeye.data.nsd import parse_sessions, prepare_nsd
+from mindeye.data.nsd import convention_sessions, parse_sessions, prepare_nsd
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 
@@ -193,7 +193,10 @@ def test_all_missing_files_are_listed_at_once(fake, tmp_path):
 
 def test_sessions_beyond_the_release_are_refused():
     assert parse_sessions(None, 1) == list(range(1, 38))
-    assert parse_sessions(None, 4) == list(range(1, 31))
+    # v1 = the sessions released before NSD's full release: the last 3 of every subject were withheld
+    # (MindEyeV2 src/Train.py: old test 1,985 trials for subject 4 vs 2,188 over all 30 sessions).
+    assert parse_sessions(None, 4) == list(range(1, 28))
+    assert parse_sessions(None, 4, "v2") == list(range(1, 31))
     assert parse_sessions("1,3,5-7", 2) == [1, 3, 5, 6, 7]
     assert parse_sessions("all", 3) == list(range(1, 33))
     with pytest.raises(MindEyeError, match="subject 4 has 30 released NSD sessions.*31-33"):
@@ -287,3 +290,120 @@ def test_cli_prepares_a_store(fake, tmp_path, capsys):
     assert SubjectStore(tmp_path / "s").meta["sessions"] == [1]
     with pytest.raises(SystemExit):
         _parser().parse_args(["nsd", "--nsd-root", ".", "--subject", "9", "--out", "x"])
+
+
+# ---------------------------------------------------------------------------------------------
+# test conventions (v1 / v2) and few-session training stores
+
+
+def test_test_set_conventions_for_all_eight_subjects():
+    released = [40, 40, 32, 30, 40, 32, 40, 30]
+    for subject, n in enumerate(released, start=1):
+        assert convention_sessions(subject, "v2") == list(range(1, n + 1))
+        assert convention_sessions(subject, "v1") == list(range(1, n - 2))
+    assert [len(convention_sessions(s, "v1")) for s in range(1, 9)] == [37, 37, 29, 27, 37, 29, 37, 27]
+    with pytest.raises(MindEyeError, match="unknown --test-set 'v3'"):
+        convention_sessions(1, "v3")
+
+
+@pytest.fixture(scope="module")
+def fake6(tmp_path_factory):
+    """Six sessions; tests pretend subject 1 released 6 (v1 = sessions 1-3, v2 = 1-6)."""
+    return build_fake_nsd(tmp_path_factory.mktemp("nsd6") / "root", n_sessions=6, n_stim=1800, pool=1500,
+                          n_shared_in_pool=150, seed=1)
+
+
+@pytest.fixture
+def six_released(monkeypatch):
+    monkeypatch.setitem(nsd.RELEASED_SESSIONS, 1, 6)
+
+
+def _expected_split(fake, sessions, train_sessions):
+    """Independent count: per trial of the sessions, test if shared, train if in a training session."""
+    ids = np.concatenate([fake.session_images0(1, s) for s in sessions])
+    session = np.repeat(sessions, TRIALS)
+    shared = np.isin(ids, fake.sharedix - 1)
+    return ids, session, shared, ~shared & np.isin(session, train_sessions)
+
+
+@pytest.mark.parametrize("test_set,train_sessions", [("v1", None), ("v2", None), ("v1", 2), ("v2", 1)])
+def test_test_set_and_train_sessions_counts(fake6, six_released, tmp_path, test_set, train_sessions):
+    sessions = [1, 2, 3] if test_set == "v1" else [1, 2, 3, 4, 5, 6]
+    st = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "s", test_set=test_set, train_sessions=train_sessions,
+                                  image_size=SIZE, voxel_dtype="float32", progress=False))
+    ids, session, shared, train = _expected_split(fake6, sessions, sessions[:train_sessions])
+    test_rows, train_rows = st.trial_indices("test"), st.trial_indices("train")
+    assert len(test_rows) == shared.sum() and len(train_rows) == train.sum()
+    np.testing.assert_array_equal(image_ids0(st, test_rows), ids[shared])
+    np.testing.assert_array_equal(image_ids0(st, train_rows), ids[train])
+    np.testing.assert_array_equal(st.trials.session[train_rows], session[train])
+    assert len(st.image_indices("test")) == len(np.unique(ids[shared]))
+    assert st.meta["test_set"] == test_set and st.meta["sessions"] == sessions
+    assert st.meta["train_sessions"] == sessions[:train_sessions] and st.meta["test_trials"] == shared.sum()
+    assert st.meta["subject_id"] == st.subject_id == "subj01"
+    assert st.meta["zscore_exclude_test"] is (test_set == "v2")
+    if test_set == "v2":  # the shared images of the later sessions make v2's test set larger than v1's
+        v1_shared = _expected_split(fake6, [1, 2, 3], [1])[2]
+        assert len(test_rows) > v1_shared.sum() and set(session[shared]) == set(sessions)
+
+
+def test_v2_zscores_each_session_with_its_training_trials_only(fake6, six_released, tmp_path):
+    st = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "s", test_set="v2", train_sessions=1, image_size=SIZE,
+                                  voxel_dtype="float32", progress=False))
+    v1 = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "v1", test_set="v1", train_sessions=1, image_size=SIZE,
+                                  voxel_dtype="float32", progress=False))
+    for s in (1, 5):  # a training session and a test-only one
+        shared = np.isin(fake6.session_images0(1, s), fake6.sharedix - 1)
+        rows = np.flatnonzero(st.trials.session == s)
+        want = expected_voxels(fake6, s, exclude_shared=True)
+        want = want if s == 1 else want[shared]  # session 5 contributes its test trials only
+        np.testing.assert_allclose(st.voxels[rows], want, atol=1e-4)
+        # the statistics come from the non-shared trials: they are exactly standardised ...
+        if s == 1:
+            train_part = np.asarray(st.voxels[rows][~shared], dtype=np.float64)
+            np.testing.assert_allclose(train_part.mean(0), 0, atol=1e-4)
+            np.testing.assert_allclose(train_part.std(0), 1, atol=1e-4)
+    # ... whereas v1 uses all 750 trials of the session, so its values differ
+    rows1 = np.flatnonzero(v1.trials.session == 1)
+    np.testing.assert_allclose(v1.voxels[rows1], expected_voxels(fake6, 1), atol=1e-4)
+    assert not np.allclose(v1.voxels[rows1], st.voxels[np.flatnonzero(st.trials.session == 1)], atol=1e-3)
+
+
+def test_train_sessions_store_keeps_the_full_store_test_set(fake6, six_released, tmp_path):
+    full = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "full", test_set="v2", image_size=SIZE,
+                                    voxel_dtype="float32", progress=False))
+    few = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "few", test_set="v2", train_sessions=1,
+                                   image_size=SIZE, voxel_dtype="float32", progress=False))
+    np.testing.assert_array_equal(few.voxels[few.trial_indices("test")], full.voxels[full.trial_indices("test")])
+    assert [few.image_ids[i] for i in few.image_indices("test")] == [full.image_ids[i] for i in full.image_indices("test")]
+    np.testing.assert_array_equal(few.images[few.image_indices("test")], full.images[full.image_indices("test")])
+    assert len(few.trial_indices("train")) < len(full.trial_indices("train")) / 4
+
+
+def test_explicit_sessions_are_a_custom_test_set_and_bad_train_sessions_fail(fake6, six_released, tmp_path):
+    st = SubjectStore(prepare_nsd(fake6.root, 1, tmp_path / "s", sessions="1-2", image_size=SIZE, progress=False))
+    assert st.meta["test_set"] == "custom"
+    with pytest.raises(MindEyeError, match="--train-sessions must be between 1 and the 3 chosen sessions, got 4"):
+        prepare_nsd(fake6.root, 1, tmp_path / "t", train_sessions=4, image_size=SIZE, progress=False)
+    with pytest.raises(MindEyeError, match="unknown --test-set 'new'"):
+        prepare_nsd(fake6.root, 1, tmp_path / "t", test_set="new", image_size=SIZE, progress=False)
+
+
+def test_another_subject_gets_its_own_id(tmp_path):
+    fake3 = build_fake_nsd(tmp_path / "root", subject=3, n_sessions=2, mask_shape=(5, 4, 6), seed=3)
+    st = SubjectStore(prepare_nsd(fake3.root, 3, tmp_path / "s", sessions="1-2", train_sessions=1,
+                                  image_size=SIZE, progress=False))
+    assert st.meta["subject"] == 3 and st.subject_id == "subj03" and st.n_voxels == int(fake3.mask.sum())
+    assert st.meta["nsdgeneral_voxels_expected"] == 15226
+    assert set(st.trials.session[st.trial_indices("train")].tolist()) == {1}
+
+
+def test_cli_test_set_and_train_sessions(fake6, six_released, tmp_path, capsys):
+    args = _parser().parse_args(["nsd", "--nsd-root", str(fake6.root), "--subject", "1", "--out",
+                                 str(tmp_path / "s"), "--test-set", "v2", "--train-sessions", "1",
+                                 "--image-size", str(SIZE), "--no-progress"])
+    assert args.func(args) == 0
+    st = SubjectStore(tmp_path / "s")
+    assert st.meta["test_set"] == "v2" and st.meta["train_sessions"] == [1] and st.meta["sessions"] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["nsd", "--nsd-root", ".", "--subject", "1", "--out", "x", "--test-set", "v3"])

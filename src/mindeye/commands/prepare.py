@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--zscore", action="store_true", help="z-score every voxel within each session")
     a.add_argument("--image-size", type=int, default=256, help="square size images are stored at (default 256)")
     a.add_argument("--voxel-dtype", choices=["float16", "float32"], default="float16")
-    a.add_argument("--subject", default="1", help="subject label recorded in the metadata")
+    a.add_argument("--subject", default="1", help="subject label recorded in the metadata; also the subject's id when it joins a "
+                        "cohort (letters, digits, '-', '_'; default 1)")
     a.add_argument("--source-name", default="arrays", help="dataset name recorded in the metadata")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     a.set_defaults(func=run_arrays)

@@ -22,9 +22,16 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
     n.add_argument("--nsd-root", required=True, help="directory holding nsddata/, nsddata_betas/, nsddata_stimuli/")
     n.add_argument("--subject", required=True, type=int, choices=range(1, 9), metavar="N", help="NSD subject 1-8")
     n.add_argument("--out", required=True, help="output store directory")
+    n.add_argument("--test-set", choices=["v1", "v2"], default="v1",
+                   help="test convention: v1 = MindEye v1's (shared-1000 images seen in all but the last 3 released "
+                        "sessions: 1-37 for subject 1, 982 images); v2 = MindEye2's new_test (every shared-1000 image "
+                        "over all released sessions, each session z-scored with its non-shared trials only)")
     n.add_argument("--sessions", default=None,
-                   help="sessions to use, e.g. '1-37' (default: 1-37, the paper's; fewer if the subject has fewer), "
-                        "'1,3,5-7' or 'all'")
+                   help="sessions to read, e.g. '1-37', '1,3,5-7' or 'all' (default: the --test-set convention's: "
+                        "v1 all but the last 3 released, v2 all released)")
+    n.add_argument("--train-sessions", type=int, default=None, metavar="N",
+                   help="few-session training store: training trials from the first N sessions only; the test set "
+                        "(shared images of every chosen session) is unchanged")
     n.add_argument("--betas", default=DEFAULT_BETAS,
                    help=f"betas version directory under func1pt8mm (default {DEFAULT_BETAS})")
     n.add_argument("--image-size", type=int, default=256, help="square size images are stored at (default 256)")
@@ -37,7 +44,7 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
     n.add_argument("--max-sessions", type=int, default=None, help="use only the first K of the chosen sessions")
     n.add_argument("--zscore-exclude-test", action="store_true",
                    help="compute each session's z-score statistics without the shared-1000 trials (MindEye2 "
-                        "notes); default uses all 750 trials as MindEye v1 did")
+                        "notes; always on with --test-set v2); default uses all 750 trials as MindEye v1 did")
     n.add_argument("--seed", type=int, default=0, help="seed for --val-fraction / --train-fraction (default 0)")
     n.add_argument("--voxel-dtype", choices=["float16", "float32"], default="float16")
     n.add_argument("--chunk-trials", type=int, default=50,
@@ -66,7 +73,8 @@ def run_nsd(args: argparse.Namespace) -> int:
         args.nsd_root, args.subject, args.out, sessions=args.sessions, betas=args.betas,
         image_size=args.image_size, val_fraction=args.val_fraction, train_fraction=args.train_fraction,
         train_images=args.train_images, max_sessions=args.max_sessions,
-        zscore_exclude_test=args.zscore_exclude_test, seed=args.seed, voxel_dtype=args.voxel_dtype,
+        zscore_exclude_test=args.zscore_exclude_test, test_set=args.test_set, train_sessions=args.train_sessions,
+        seed=args.seed, voxel_dtype=args.voxel_dtype,
         overwrite=args.overwrite, restart=args.restart, chunk_trials=args.chunk_trials,
         progress=not args.no_progress,
     )

@@ -1,10 +1,10 @@
-"""`mindeye simulate`: generate the simulated subject (mindeye's embedded default dataset)."""
+"""`mindeye simulate`: generate the simulated subject (mindeye's embedded default dataset) or a cohort."""
 
 from __future__ import annotations
 
 import argparse
 
-from mindeye.data.simulate import SCALES, simulate_subject
+from mindeye.data.simulate import MAX_COHORT, SCALES, simulate_cohort, simulate_subject
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,14 +18,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=list(SCALES), default="small",
                    help="tiny: unit tests (seconds); small: CPU demo (default); nsd: NSD subject 1's shapes")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical store (default 0)")
-    p.add_argument("--out", required=True, help="output store directory (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True,
+                   help="output store directory (with --cohort: the cohort directory; must not exist unless "
+                        "--overwrite)")
+    p.add_argument("--cohort", type=int, default=None, metavar="N",
+                   help=f"write N (1-{MAX_COHORT}) subjects to OUT/subj01 ... plus OUT/cohort.json: shared test "
+                        "images, own training images, own voxel count, receptive fields, tuning, noise and drift")
+    p.add_argument("--train-sessions", type=int, default=None, metavar="N",
+                   help="keep training trials from the first N sessions only (few-session stores); the test "
+                        "trials of every session are kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cohort is not None:
+        out = simulate_cohort(args.out, args.cohort, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
+                              progress=not args.quiet, train_sessions=args.train_sessions)
+        print(f"wrote a cohort of {args.cohort} subject stores to {out} (cohort.json lists them)")
+        return 0
     out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                           progress=not args.quiet)
+                           progress=not args.quiet, train_sessions=args.train_sessions)
     print(f"wrote subject store {out}")
     return 0

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from mindeye.data.nsd import resize_image
-from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir
+from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir, check_subject_id
 from mindeye.errors import MindEyeError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -143,6 +143,7 @@ def prepare_arrays(
     check_output_dir(out, overwrite)
     if image_size <= 0:
         raise MindEyeError(f"--image-size must be positive, got {image_size}")
+    check_subject_id(subject)  # the label doubles as the subject's id in a cohort
     vox, close = _open_voxels(voxels, voxels_key)
     try:
         return _prepare(vox, voxels, images, trials, out, zscore=zscore, image_size=image_size,
@@ -261,6 +262,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
         return writer.finalize({
             "source": source,
             "subject": subject,
+            "subject_id": str(subject),
             "preprocessing": "per-session z-score" if zscore else "as provided",
             "inputs": {"voxels": str(voxels), "images": str(images), "trials": str(trials)},
         })

@@ -47,8 +47,15 @@ log = logging.getLogger(__name__)
 TRIALS_PER_SESSION = 750
 N_NSD_IMAGES = 73000
 DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"
-PAPER_SESSIONS = 37  # the paper used sessions 1-37 (the last 3 were withheld at the time)
 RELEASED_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
+# NSD withheld every subject's last 3 sessions until the full release; the MindEye paper used
+# what was out then (sessions 1-37 of subject 1).
+WITHHELD_SESSIONS = 3
+# Test conventions: "v1" = MindEye v1's test set (shared-1000 images seen in the sessions released
+# before the full release: 1-37 for subject 1, 982 images / 2,770 trials); "v2" = MindEye2's
+# "new_test" (every shared-1000 image over all released sessions, 3,000 trials for subject 1) with
+# each session z-scored using its non-shared-1000 trials only.
+TEST_SETS = ("v1", "v2")
 KNOWN_NSDGENERAL_VOXELS = NSDGENERAL_VOXELS
 BETAS_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
 
@@ -99,14 +106,23 @@ class NSDPaths:
         return None
 
 
-def parse_sessions(text: str | None, subject: int) -> list[int]:
+def convention_sessions(subject: int, test_set: str = "v1") -> list[int]:
+    """Sessions a test convention uses: v1 all but the last 3 released (1-37 for subjects 1, 2, 5, 7;
+    1-29 for 3 and 6; 1-27 for 4 and 8), v2 every released session."""
+    if test_set not in TEST_SETS:
+        raise MindEyeError(f"unknown --test-set {test_set!r}; choose v1 (MindEye v1) or v2 (MindEye2 new_test)")
+    released = RELEASED_SESSIONS[subject]
+    return list(range(1, released + 1 - (WITHHELD_SESSIONS if test_set == "v1" else 0)))
+
+
+def parse_sessions(text: str | None, subject: int, test_set: str = "v1") -> list[int]:
     """``"1-37"``, ``"1,3,5-7"`` or ``"all"`` -> sorted session numbers, checked against the release.
 
-    ``None`` means the paper's setting: sessions 1-37 (or all released ones if the subject has fewer).
+    ``None`` means the sessions of the test convention (:func:`convention_sessions`).
     """
     released = RELEASED_SESSIONS[subject]
     if text is None:
-        return list(range(1, min(PAPER_SESSIONS, released) + 1))
+        return convention_sessions(subject, test_set)
     if text.strip().lower() == "all":
         return list(range(1, released + 1))
     sessions: set[int] = set()
@@ -236,17 +252,21 @@ def assign_splits(
     train_fraction: float = 1.0,
     train_images: int | None = None,
     seed: int = 0,
+    trainable: np.ndarray | None = None,
 ) -> np.ndarray:
     """Split label per trial: shared images -> test, others -> val/train; '' = trial left out.
 
     ``val_fraction`` of the non-shared images (seeded) become val; of the remaining train images a
     seeded ``train_fraction`` (or exactly ``train_images``) is kept with all its trials (paper Table 9).
+    ``trainable`` (bool per trial) limits train/val to those trials (few-session stores); the
+    shared images' trials stay test wherever they are.
     """
     for name, f in (("val fraction", val_fraction), ("train fraction", train_fraction)):
         if not 0 <= f <= 1:
             raise MindEyeError(f"{name} must be between 0 and 1, got {f}")
     rng = np.random.default_rng(seed)
-    others = np.unique(trials.nsd_id[~trials.shared])
+    trainable = np.ones(len(trials.nsd_id), dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
+    others = np.unique(trials.nsd_id[~trials.shared & trainable])
     perm = rng.permutation(others)
     n_val = int(round(val_fraction * len(perm)))
     val, train = np.sort(perm[:n_val]), perm[n_val:]
@@ -260,8 +280,8 @@ def assign_splits(
         raise MindEyeError("no training images left; raise --train-fraction / --train-images or use more sessions")
     kept_train = train[rng.permutation(len(train))[:n_train]]
     split = np.full(len(trials.nsd_id), "", dtype=object)
-    split[np.isin(trials.nsd_id, kept_train)] = "train"
-    split[np.isin(trials.nsd_id, val)] = "val"
+    split[np.isin(trials.nsd_id, kept_train) & trainable] = "train"
+    split[np.isin(trials.nsd_id, val) & trainable] = "val"
     split[trials.shared] = "test"
     return split.astype(str)
 
@@ -416,6 +436,8 @@ def prepare_nsd(
     train_images: int | None = None,
     max_sessions: int | None = None,
     zscore_exclude_test: bool = False,
+    test_set: str = "v1",
+    train_sessions: int | None = None,
     seed: int = 0,
     voxel_dtype: str = "float16",
     overwrite: bool = False,
@@ -425,8 +447,11 @@ def prepare_nsd(
 ) -> Path:
     """Prepare one NSD subject into a subject store at ``out``; returns its path.
 
-    An interrupted run leaves ``OUT.partial``; calling again with the same options resumes after the
-    last finished session (``restart=True`` discards it instead).
+    ``test_set`` picks the test convention (:data:`TEST_SETS`): the default sessions and, for
+    ``"v2"``, z-scoring without the shared-1000 trials. ``train_sessions=N`` keeps training trials
+    from the first N sessions only; the test set is unchanged. An interrupted run leaves
+    ``OUT.partial``; calling again with the same options resumes after the last finished session
+    (``restart=True`` discards it instead).
     """
     import h5py
 
@@ -436,13 +461,21 @@ def prepare_nsd(
     if not root.is_dir():
         raise MindEyeError(f"--nsd-root {root} is not a directory; point it at your NSD download (docs/nsd.md)")
     check_output_dir(out, overwrite)
+    if test_set not in TEST_SETS:
+        raise MindEyeError(f"unknown --test-set {test_set!r}; choose v1 (MindEye v1) or v2 (MindEye2 new_test)")
+    if test_set == "v2":
+        zscore_exclude_test = True  # MindEye2: statistics from each session's non-shared-1000 trials
     if sessions is not None and not isinstance(sessions, str):
         sessions = ",".join(str(int(s)) for s in sessions)
-    session_list = parse_sessions(sessions, subject)
+    session_list = parse_sessions(sessions, subject, test_set)
     if max_sessions is not None:
         if max_sessions < 1:
             raise MindEyeError(f"--max-sessions must be at least 1, got {max_sessions}")
         session_list = session_list[:max_sessions]
+    if train_sessions is not None and not 1 <= train_sessions <= len(session_list):
+        raise MindEyeError(f"--train-sessions must be between 1 and the {len(session_list)} chosen sessions, "
+                           f"got {train_sessions}")
+    training_sessions = session_list if train_sessions is None else session_list[:train_sessions]
     if chunk_trials < 1:
         raise MindEyeError(f"chunk size must be at least 1 trial, got {chunk_trials}")
 
@@ -471,7 +504,8 @@ def prepare_nsd(
     design = load_design(paths.expdesign)
     trials = subject_trials(design, subject, session_list)
     split = assign_splits(trials, val_fraction=val_fraction, train_fraction=train_fraction,
-                          train_images=train_images, seed=seed)
+                          train_images=train_images, seed=seed,
+                          trainable=np.isin(trials.session, training_sessions))
     keep = split != ""
     image_ids0 = np.unique(trials.nsd_id[keep])  # 0-based 73k ids, ascending = store image order
 
@@ -480,7 +514,8 @@ def prepare_nsd(
 
     config = {"subject": subject, "betas": betas, "sessions": session_list, "image_size": image_size,
               "val_fraction": val_fraction, "train_fraction": train_fraction, "train_images": train_images,
-              "zscore_exclude_test": zscore_exclude_test, "seed": seed, "voxel_dtype": voxel_dtype}
+              "zscore_exclude_test": zscore_exclude_test, "seed": seed, "voxel_dtype": voxel_dtype,
+              "test_set": test_set, "train_sessions": train_sessions}
     partial = out.with_name(out.name + ".partial")
     resume = not restart and (partial / "progress.json").exists()
     if resume:
@@ -536,12 +571,17 @@ def prepare_nsd(
     kinds = sorted({"hdf5" if p.suffix == ".hdf5" else "nifti" for p in betas_files.values()})
     zscore_text = ("non-shared-1000 trials of the session (MindEye2 recommendation)" if zscore_exclude_test
                    else f"all {TRIALS_PER_SESSION} trials of the session (as MindEye v1)")
+    default_sessions = session_list == convention_sessions(subject, test_set)
     meta: dict[str, Any] = {
         "source": "nsd",
         "subject": subject,
+        "subject_id": f"subj{subject:02d}",
         "betas": betas,
         "betas_format": kinds,
         "sessions": session_list,
+        # "custom": test = shared images of the chosen sessions, not a published convention
+        "test_set": test_set if default_sessions else "custom",
+        "train_sessions": training_sessions,
         "preprocessing": (f"GLMsingle {betas} int16 / {BETAS_SCALE:g} = percent signal change; nsdgeneral mask "
                           f"(value > 0) on (x, y, z) NIfTI-oriented volumes, C-order flattening; each voxel "
                           f"z-scored (mean/std, ddof=0) over {zscore_text}"),
@@ -552,6 +592,7 @@ def prepare_nsd(
         "image_id_format": "nsd-XXXXX, XXXXX = 0-based 73k index (imgBrick row; NSD 73k ID minus 1)",
         "image_source_size": list(brick_shape[1:3]),
         "test_images": "shared-1000 images seen in these sessions (average the repetitions when evaluating)",
+        "test_trials": int((split == "test").sum()),
         "val_fraction": val_fraction,
         "train_fraction": train_fraction,
         "train_images": train_images,

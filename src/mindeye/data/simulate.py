@@ -14,13 +14,21 @@
 
 Separate random streams (``default_rng([seed, stream, ...])``) drive the encoding model, the
 stimuli, the noise and the trial design, so changing one leaves the others unchanged.
+
+``simulate_cohort(out, n, scale, seed)`` writes n such subjects who share the test images and
+differ in everything else (own training images, voxel count, encoding model, noise, drift);
+``train_sessions=N`` makes few-session stores of either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,31 +382,75 @@ def _progress(iterable: Any, enabled: bool, desc: str, unit: str, total: int | N
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 
 
+Stream = Callable[..., np.random.Generator]
+
+
 def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overwrite: bool = False,
-                     progress: bool = True, chunk: int = 256) -> Path:
+                     progress: bool = True, chunk: int = 256, train_sessions: int | None = None) -> Path:
     """Generate the simulated subject ``scale`` (a key of :data:`SCALES`) into the store ``out``.
 
     Streams: images are rendered ``chunk`` at a time straight into the store's memory map, voxels
     are produced one session at a time; peak memory is dominated by the noiseless responses
     (n_images x n_voxels float32, ~0.6 GB at the nsd scale).
+
+    ``train_sessions=N`` keeps training trials from the first N sessions only (the test trials of
+    every session stay): a few-session store whose rows are exactly rows of the full store.
     """
+    spec = _checked_spec(scale, seed, train_sessions)
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    t0 = time.perf_counter()
+    meta = {"source": "simulated", "subject": f"sim-{scale}-seed{seed}"}
+    path, reliability = _simulate_store(
+        out, spec, lambda *keys: np.random.default_rng([seed, *keys]), image_seed=seed,
+        scene_indices=np.arange(spec.n_images), meta=meta, simulation={"scale": scale, "seed": seed},
+        train_sessions=train_sessions, overwrite=overwrite, progress=progress, chunk=chunk)
+    if progress:
+        print(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
+              f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
+              f"ncsnr median {reliability['ncsnr_median']:.3f}")
+    return path
+
+
+def _checked_spec(scale: str, seed: Any, train_sessions: int | None) -> ScaleSpec:
     if scale not in SCALES:
         raise MindEyeError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise MindEyeError(f"seed must be a non-negative integer, got {seed!r}")
     spec = SCALES[scale]
     spec.validate()
-    out = Path(out)
-    check_output_dir(out, overwrite)
-    t0 = time.perf_counter()
+    if train_sessions is not None and not 1 <= train_sessions <= spec.n_sessions:
+        raise MindEyeError(f"--train-sessions must be between 1 and {spec.n_sessions} (the {scale!r} scale has "
+                           f"{spec.n_sessions} sessions), got {train_sessions}")
+    return spec
+
+
+def _simulate_store(out: Path, spec: ScaleSpec, stream: Stream, *, image_seed: int, scene_indices: np.ndarray,
+                    meta: dict[str, Any], simulation: dict[str, Any], train_sessions: int | None,
+                    overwrite: bool, progress: bool, chunk: int) -> tuple[Path, dict[str, float]]:
+    """Write one simulated subject; ``stream(*keys)`` gives the subject's random streams.
+
+    Image ``i`` of the store is scene ``scene_indices[i]`` of the seed ``image_seed`` (id
+    ``sim{image_seed}_{scene:05d}``), so subjects that share a scene share its id and pixels.
+    """
     brain = spec.brain
-
-    design = make_design(spec, np.random.default_rng([seed, DESIGN_STREAM]))
-    scenes = sample_scenes(seed, range(spec.n_images))
+    design = make_design(spec, stream(DESIGN_STREAM))
+    scenes = sample_scenes(image_seed, scene_indices)
     attrs = np.stack([attribute_vector(s) for s in scenes])
-    model = EncodingModel(spec.n_voxels, brain, np.random.default_rng([seed, MODEL_STREAM]), attrs)
+    model = EncodingModel(spec.n_voxels, brain, stream(MODEL_STREAM), attrs)
 
-    writer = StoreWriter(out, n_trials=spec.n_trials, n_voxels=spec.n_voxels, n_images=spec.n_images,
+    # Few-session stores keep the test trials of every session and training trials of the first
+    # sessions; images only shown in dropped trials are left out (kept images keep their order).
+    keep = np.ones(spec.n_trials, dtype=bool) if train_sessions is None else \
+        (design.split == "test") | (design.session <= train_sessions)
+    kept_images = np.unique(design.image_index[keep])
+    store_index = np.full(spec.n_images, -1, dtype=np.int64)
+    store_index[kept_images] = np.arange(len(kept_images))
+    kept_rows = np.flatnonzero(keep)
+    trials = TrialTable(image_index=store_index[design.image_index[kept_rows]], session=design.session[kept_rows],
+                        repetition=design.repetition[kept_rows], split=design.split[kept_rows])
+
+    writer = StoreWriter(out, n_trials=len(kept_rows), n_voxels=spec.n_voxels, n_images=len(kept_images),
                          image_size=spec.image_size, voxel_dtype="float16", overwrite=overwrite)
     # Noiseless responses of every image (the only n_images x n_voxels array held in memory).
     signal = np.empty((spec.n_images, spec.n_voxels), dtype=np.float32)
@@ -408,18 +460,20 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
     starts = range(0, spec.n_images, chunk)
     for start in _progress(starts, progress, f"rendering {spec.n_images} images", "chunk", len(starts)):
         images = render_scenes(scenes[start:start + chunk], spec.image_size)
-        writer.write_images(start, images)
         rows = slice(start, start + len(images))
+        stored = store_index[rows] >= 0  # kept images are contiguous in the store
+        if stored.any():
+            writer.write_images(int(store_index[rows][stored][0]), images[stored])
         signal[rows], mid_low[rows], mid_high[rows] = model.respond(images, attrs[rows])
     for part in (signal, mid_low, mid_high):
         _standardise_columns(part, chunk)
     model.mix_mid(signal, mid_low, mid_high, chunk)
     del mid_low, mid_high
     _standardise_columns(signal, chunk)
-    _add_unexplained(signal, brain, np.random.default_rng([seed, MODEL_STREAM, 1]), chunk)
+    _add_unexplained(signal, brain, stream(MODEL_STREAM, 1), chunk)
 
     # Noise: per-voxel level from the target ncsnr (signal sd is 1), part shared across voxels.
-    noise_rng = np.random.default_rng([seed, NOISE_STREAM, 0])
+    noise_rng = stream(NOISE_STREAM, 0)
     log_median = np.log(np.asarray(brain.ncsnr_median))[model.area]
     ncsnr_target = np.exp(log_median + noise_rng.normal(0, brain.ncsnr_log_sd, spec.n_voxels))
     noise_sd = (1 / ncsnr_target).astype(np.float32)
@@ -431,9 +485,9 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
     shared = np.float32(np.sqrt(brain.shared_noise_fraction))
     private = np.float32(np.sqrt(1 - brain.shared_noise_fraction))
 
-    start = 0
+    start, written = 0, 0
     for s, size in enumerate(_progress(spec.session_sizes(), progress, "simulating sessions", "session")):
-        rng = np.random.default_rng([seed, NOISE_STREAM, s + 1])
+        rng = stream(NOISE_STREAM, s + 1)
         rows = design.image_index[start:start + size]
         noise = rng.standard_normal((size, spec.n_voxels), dtype=np.float32) * private
         noise += (rng.standard_normal((size, brain.noise_factors), dtype=np.float32) * shared) @ loadings
@@ -441,38 +495,173 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
         # NSD preprocessing: z-score every voxel over all trials of the session.
         x -= x.mean(0)
         x /= x.std(0) + 1e-6
-        writer.write_voxels(start, x.astype(np.float16))
+        session_keep = keep[start:start + size]
+        if not session_keep.all():
+            x = x[session_keep]
+        writer.write_voxels(written, x.astype(np.float16))
         start += size
+        written += len(x)
     del signal
 
-    reliability = measure_reliability(writer.voxels, design, block=512)
+    reliability = measure_reliability(writer.voxels, trials, block=512)
     reliability["target_ncsnr_median"] = round(float(np.median(ncsnr_target)), 4)
-    split_sizes = {sp: {"images": int(len(np.unique(design.image_index[design.split == sp]))),
-                        "trials": int((design.split == sp).sum())} for sp in ("train", "val", "test")}
-    writer.set_trials(design)
-    image_ids = [f"sim{seed}_{i:05d}" for i in range(spec.n_images)]
-    writer.set_images(image_ids, [caption(s) for s in scenes])
-    image_split = np.where(np.arange(spec.n_images) < spec.n_test_images, "test", "train")
+    split_sizes = {sp: {"images": int(len(np.unique(trials.image_index[trials.split == sp]))),
+                        "trials": int((trials.split == sp).sum())} for sp in ("train", "val", "test")}
+    writer.set_trials(trials)
+    image_ids = [f"sim{image_seed}_{int(k):05d}" for k in scene_indices[kept_images]]
+    kept_scenes = [scenes[i] for i in kept_images.tolist()]
+    writer.set_images(image_ids, [caption(s) for s in kept_scenes])
+    image_split = np.where(kept_images < spec.n_test_images, "test", "train")
     attributes = [{"image_id": iid, "split": str(sp), **scene}
-                  for iid, sp, scene in zip(image_ids, image_split, scenes)]
+                  for iid, sp, scene in zip(image_ids, image_split, kept_scenes)]
     voxel_info = {
         "area": [["low", "mid", "high"][a] for a in model.area.tolist()],
         "ncsnr_target": np.round(ncsnr_target, 4).tolist(),
         "rf": {str(int(c)): [round(float(x), 4), round(float(y), 4), round(float(r), 4)]
                for c, x, y, r in zip(model.low_cols, model.rf_x, model.rf_y, model.rf_size)},
     }
-    meta = {
-        "source": "simulated",
-        "subject": f"sim-{scale}-seed{seed}",
+    full_meta = {
+        **meta,
         "preprocessing": "per-session z-score",
         "splits": split_sizes,
-        "simulation": {"scale": scale, "seed": seed, "spec": asdict(spec), "feature_maps": list(FEATURE_MAPS),
+        **({} if train_sessions is None else {"train_sessions": train_sessions}),
+        "simulation": {**simulation, "spec": asdict(spec), "feature_maps": list(FEATURE_MAPS),
                        "attribute_names": attribute_names(), "reliability": reliability},
     }
-    path = writer.finalize(meta, extra_files={"attributes.json": json.dumps(attributes),
-                                              "voxel_info.json": json.dumps(voxel_info)})
+    path = writer.finalize(full_meta, extra_files={"attributes.json": json.dumps(attributes),
+                                                   "voxel_info.json": json.dumps(voxel_info)})
+    return path, reliability
+
+
+# --------------------------------------------------------------------------------------------
+# a cohort of subjects
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CohortSpec:
+    """How the subjects of a cohort differ. Each factor is spread over the cohort (one value in the
+    middle half of each of N equal strata of its range, strata shuffled over subjects), so every
+    cohort spans its range as NSD's 8 subjects do (nsdgeneral voxel counts 12,682-17,907)."""
+
+    voxel_factor: tuple[float, float] = (0.8, 1.2)  # n_voxels = scale's n_voxels x factor
+    ncsnr_factor: tuple[float, float] = (0.7, 1.3)  # multiplies the per-area ncsnr medians (noise level)
+    drift_factor: tuple[float, float] = (0.5, 1.5)  # multiplies the per-session drift step sizes
+    frac_low_shift: tuple[float, float] = (-0.05, 0.05)  # added to the share of low-level voxels
+
+
+COHORT_STREAM = 4  # second entry of a cohort subject's seed tuple: (seed, 4, subject, stream, ...)
+VARIATION_STREAM = 4  # per-cohort draw of the subject factors: (seed, 4, 0, 4)
+MAX_COHORT = 99
+
+
+def cohort_variations(n_subjects: int, seed: int, cohort: CohortSpec | None = None) -> list[dict[str, float]]:
+    """Per-subject factors of a cohort (deterministic per seed; see :class:`CohortSpec`)."""
+    cohort = cohort or CohortSpec()
+    rng = np.random.default_rng([seed, COHORT_STREAM, 0, VARIATION_STREAM])
+    out: list[dict[str, float]] = [{} for _ in range(n_subjects)]
+    for name in ("voxel_factor", "ncsnr_factor", "drift_factor", "frac_low_shift"):
+        lo, hi = getattr(cohort, name)
+        # one value in the middle half of each stratum: neighbours stay >= half a stratum apart
+        u = (rng.permutation(n_subjects) + 0.25 + 0.5 * rng.random(n_subjects)) / n_subjects
+        for j in range(n_subjects):
+            out[j][name] = round(float(lo + (hi - lo) * u[j]), 4)
+    return out
+
+
+def cohort_subject_spec(spec: ScaleSpec, variation: dict[str, float]) -> ScaleSpec:
+    """The scale's spec with one cohort subject's voxel count, noise, drift and area mix."""
+    b = spec.brain
+    f = variation["ncsnr_factor"]
+    brain = replace(b, ncsnr_median=tuple(round(m * f, 4) for m in b.ncsnr_median),
+                    drift_offset_sd=round(b.drift_offset_sd * variation["drift_factor"], 4),
+                    drift_gain_sd=round(b.drift_gain_sd * variation["drift_factor"], 4),
+                    frac_low=round(b.frac_low + variation["frac_low_shift"], 4))
+    return replace(spec, n_voxels=int(round(spec.n_voxels * variation["voxel_factor"])), brain=brain)
+
+
+def cohort_subject_id(j: int) -> str:
+    """Id (and store directory name) of the j-th (1-based) subject of a cohort."""
+    return f"subj{j:02d}"
+
+
+def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed: int = 0,
+                    overwrite: bool = False, progress: bool = True, chunk: int = 256,
+                    train_sessions: int | None = None) -> Path:
+    """Write ``n_subjects`` simulated subjects to ``out/subj01 ...`` plus ``out/cohort.json``.
+
+    Every subject sees the scale's test images, the same scenes for all subjects (like NSD's
+    shared 1000), and its own training images (scenes no other subject sees), through its own
+    synthetic brain: own voxel count, receptive fields, tuning, noise level and drift. The
+    directory appears complete or not at all (built in ``out.partial``).
+    """
+    if not isinstance(n_subjects, int | np.integer) or not 1 <= n_subjects <= MAX_COHORT:
+        raise MindEyeError(f"--cohort must be between 1 and {MAX_COHORT} subjects, got {n_subjects!r}")
+    spec = _checked_spec(scale, seed, train_sessions)
+    out = Path(out)
+    check_output_dir(out, overwrite)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    variations = cohort_variations(n_subjects, seed)
+    entries = []
+    for j, variation in enumerate(variations, start=1):
+        sid = cohort_subject_id(j)
+        sub_spec = cohort_subject_spec(spec, variation)
+        sub_spec.validate()
+        own = spec.n_test_images + (j - 1) * spec.n_train_images + np.arange(spec.n_train_images)
+        scene_indices = np.concatenate([np.arange(spec.n_test_images), own])
+        cohort_info = {"seed": seed, "scale": scale, "n_subjects": n_subjects, "index": j, "variation": variation}
+        path, reliability = _simulate_store(
+            tmp / sid, sub_spec, lambda *keys, j=j: np.random.default_rng([seed, COHORT_STREAM, j, *keys]),
+            image_seed=seed, scene_indices=scene_indices,
+            meta={"source": "simulated", "subject": sid, "subject_id": sid, "cohort": cohort_info},
+            simulation={"scale": scale, "seed": seed}, train_sessions=train_sessions, overwrite=False,
+            progress=progress, chunk=chunk)
+        meta = json.loads((path / "meta.json").read_text())
+        entries.append({"subject_id": sid, "store": sid, "n_voxels": sub_spec.n_voxels, **variation,
+                        "ncsnr_median": reliability["ncsnr_median"],
+                        "split_half_r_median": reliability["split_half_r_median"],
+                        "splits": meta["splits"], "checksums": meta["checksums"]})
+        if progress:
+            print(f"  {sid}: {sub_spec.n_voxels} voxels, ncsnr median {reliability['ncsnr_median']:.3f}")
+    shared_ids = [f"sim{seed}_{k:05d}" for k in range(spec.n_test_images)]
+    cohort = {
+        "format_version": 1,
+        "source": "simulated",
+        "scale": scale,
+        "seed": seed,
+        "n_subjects": n_subjects,
+        "train_sessions": train_sessions,
+        "shared_test_images": {"n_images": spec.n_test_images, "first_id": shared_ids[0], "last_id": shared_ids[-1],
+                               "ids_sha256": hashlib.sha256("\n".join(shared_ids).encode()).hexdigest()},
+        "own_train_images_per_subject": spec.n_train_images,
+        "variation_ranges": asdict(CohortSpec()),
+        "subjects": entries,
+    }
+    (tmp / "cohort.json").write_text(json.dumps(cohort, indent=2))
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    if out.exists():  # only with overwrite=True; replaced once the new cohort is complete
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     if progress:
-        print(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
-              f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
-              f"ncsnr median {reliability['ncsnr_median']:.3f}")
-    return path
+        print(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
+              f"{time.perf_counter() - t0:.1f} s")
+    return out
+
+
+def read_cohort(path: str | Path) -> dict[str, Any]:
+    """``cohort.json`` of a cohort directory, with each subject's store path resolved."""
+    path = Path(path)
+    file = path / "cohort.json"
+    if not file.exists():
+        raise MindEyeError(f"{path} is not a simulated cohort (no cohort.json); create one with "
+                           "`mindeye simulate --cohort N --out DIR`")
+    try:
+        cohort = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MindEyeError(f"{file} is not valid JSON ({exc}); simulate the cohort again") from None
+    for entry in cohort.get("subjects", []):
+        entry["path"] = str(path / entry["store"])
+    return cohort

@@ -21,6 +21,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,20 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+_SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_subject_id(subject_id: str) -> str:
+    """A subject id names the subject's layers in multi-subject checkpoints: 1-64 letters, digits, '-', '_'."""
+    text = str(subject_id)
+    if not _SUBJECT_ID.fullmatch(text):
+        raise MindEyeError(
+            f"subject id {text!r} cannot name a subject; use 1-64 letters, digits, '-' or '_' "
+            "(starting with a letter or digit), e.g. 'subj01' or 'lab-S03'"
+        )
+    return text
 
 
 def check_output_dir(out: Path, overwrite: bool = False) -> None:
@@ -338,6 +353,19 @@ class SubjectStore:
             )
 
     # -- basic facts -------------------------------------------------------------------------
+    @property
+    def subject_id(self) -> str:
+        """The subject's id in a cohort: ``meta["subject_id"]``; stores written before it existed
+        derive one (NSD / shard stores ``subjNN``, others their ``subject`` label or directory name)."""
+        sid = self.meta.get("subject_id")
+        if sid is None:
+            subject = self.meta.get("subject")
+            if self.meta.get("source") in ("nsd", "nsd-webdataset") and isinstance(subject, int):
+                sid = f"subj{subject:02d}"
+            else:
+                sid = re.sub(r"[^A-Za-z0-9_-]+", "-", str(subject or self.path.name)).strip("-_")[:64] or "subject"
+        return check_subject_id(sid)
+
     @property
     def n_voxels(self) -> int:
         return int(self.voxels.shape[1])

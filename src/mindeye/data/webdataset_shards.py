@@ -263,6 +263,7 @@ def prepare_webdataset(
         return writer.finalize({
             "source": "nsd-webdataset",
             "subject": subject,
+            "subject_id": f"subj{subject:02d}",
             "shards": [str(p.relative_to(root)) for _, p in shard_list],
             "preprocessing": "as published in the MindEye webdataset shards (nsdgeneral voxels, z-scored per "
                              "session by the authors); not z-scored again",
