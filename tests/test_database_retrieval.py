@@ -18,16 +18,10 @@ from mindeye.cli import main
 from mindeye.data.store import SubjectStore
 from mindeye.encoders.registry import encoder_fingerprint, get_encoder
 from mindeye.errors import MindEyeError
-from mindeye.inference import database
-from mindeye.inference.database import (
-    DatabaseIndex,
-    build_index,
-    make_faiss_index,
-    query_embeddings,
-    rerank,
-    retrieve,
-    square,
-)
+from mindeye.inference import index as database_index
+from mindeye.inference.index import DatabaseIndex, build_index, make_faiss_index, rerank
+from mindeye.inference.retrieve import query_embeddings, retrieve
+from mindeye.utils.images import square
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_HIGH = [
@@ -181,7 +175,7 @@ def test_ivfpq_recall_and_auto_choice(monkeypatch):
     recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(got, want)])
     assert recall > 0.5, recall
     assert make_faiss_index(x, "auto")[1]["type"] == "flat"
-    monkeypatch.setattr(database, "FLAT_MAX", 1000)
+    monkeypatch.setattr(database_index, "FLAT_MAX", 1000)
     assert make_faiss_index(x, "auto")[1]["type"] == "ivfpq"
 
 

@@ -85,17 +85,22 @@ def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
                        "this run cannot be loaded without its store")
 
 
-def load_run(path: str | Path, device: str = "cpu") -> Run:
-    """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any)."""
+def _built_model(run_dir: Path, cfg: Config, n_voxels: int, device: str) -> nn.Module:
+    """The run's model with its saved weights, in eval mode on ``device`` (the one place runs are loaded)."""
     from mindeye.models.factory import build_model
 
+    model = build_model(cfg.model, n_voxels)
+    load_weights(model, run_dir / "model.safetensors", device="cpu")
+    return model.to(device).eval()
+
+
+def load_run(path: str | Path, device: str = "cpu") -> Run:
+    """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any)."""
     run_dir = Path(path)
     device = resolve_device(device)
     cfg, info = read_run(run_dir)
     n_voxels = voxel_count(run_dir, cfg, info)
-    model = build_model(cfg.model, n_voxels)
-    load_weights(model, run_dir / "model.safetensors", device="cpu")
-    model.to(device).eval()
+    model = _built_model(run_dir, cfg, n_voxels, device)
     return Run(path=run_dir, config=cfg, info=info, model=model, kind=cfg.model.kind, n_voxels=n_voxels,
                device=device)
 
@@ -103,7 +108,6 @@ def load_run(path: str | Path, device: str = "cpu") -> Run:
 def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None):
     """(cfg, info, model in eval mode, store) for a run directory, checked against its subject store."""
     from mindeye.data.store import SubjectStore
-    from mindeye.models.factory import build_model
 
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
@@ -114,10 +118,7 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path |
     if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
         raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
                            f"{subject.n_voxels}; evaluate on the subject it was trained for")
-    model = build_model(cfg.model, subject.n_voxels)
-    load_weights(model, run_dir / "model.safetensors", device="cpu")
-    model.to(device).eval()
-    return cfg, info, model, subject
+    return cfg, info, _built_model(run_dir, cfg, subject.n_voxels, device), subject
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
 from mindeye.config import load_config
 
 
@@ -15,13 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "--out; --resume continues an interrupted run exactly. Multi-GPU: launch with "
                     "`torchrun --nproc_per_node N -m mindeye train ...` (train.batch_size is the global batch).")
     p.add_argument("--config", required=True, help="YAML config: a path, or a shipped config name (mindeye-subj01, ablations/blocks0, ...; docs/configs.md)")
-    p.add_argument("--data", default=None, help="subject store (overrides data.store)")
-    p.add_argument("--out", required=True, help="run directory to write")
+    add_data(p, help="subject store (overrides data.store)")
+    add_out(p, help="run directory to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 

@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from mindeye.constants import NSDGENERAL_VOXELS
+from mindeye.data.sessions import number_repetitions, zscore_session
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.utils.images import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -230,11 +231,7 @@ def subject_trials(design: NSDDesign, subject: int, sessions: list[int]) -> Sess
         raise MindEyeError(f"the design has {len(order)} trials, fewer than session {max(sessions)} needs")
     # Repetition counts every earlier presentation, also in sessions not prepared, so a session
     # subset keeps the true "seen before" number.
-    rep_all = np.zeros(len(order), dtype=np.int64)
-    seen: dict[int, int] = {}
-    for i, k in enumerate(order.tolist()):
-        rep_all[i] = seen.get(k, 0)
-        seen[k] = rep_all[i] + 1
+    rep_all = number_repetitions(order)
     rows = np.concatenate([np.arange((s - 1) * TRIALS_PER_SESSION, s * TRIALS_PER_SESSION) for s in sessions])
     nsd_id = design.subjectim[subject - 1, order[rows]]
     return SessionTrials(
@@ -387,36 +384,6 @@ class BetasReader:
             self._file.close()
         elif hasattr(self, "_img"):
             self._img.uncache()
-
-
-def zscore_session(x: np.ndarray, stat_rows: np.ndarray | None = None) -> np.ndarray:
-    """Z-score each column (voxel) in place with mean/std (ddof=0) over ``stat_rows`` (default all rows).
-
-    A voxel with zero variance becomes 0 rather than NaN.
-    """
-    rows = np.arange(len(x)) if stat_rows is None else np.asarray(stat_rows)
-    # Two passes over blocks of rows in float64: exact enough, and no full-size float64 temporary
-    # (that would double the peak memory of a session).
-    block = 64
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for i in range(0, len(rows), block):
-        total += x[rows[i:i + block]].sum(0, dtype=np.float64)
-    mean = total / len(rows)
-    sq = np.zeros(x.shape[1], dtype=np.float64)
-    for i in range(0, len(rows), block):
-        sq += ((x[rows[i:i + block]] - mean) ** 2).sum(0)
-    std = np.sqrt(sq / len(rows))
-    std[std == 0] = 1.0
-    x -= mean.astype(np.float32)
-    x /= std.astype(np.float32)
-    return x
-
-
-def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8 with PIL bicubic (antialiased when shrinking)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return np.ascontiguousarray(img, dtype=np.uint8)
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mindeye.constants import NSDGENERAL_VOXELS
 from mindeye.data.scenes import attribute_names, attribute_vector, caption, render_scenes, sample_scenes
+from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
 
@@ -116,7 +118,7 @@ SCALES: dict[str, ScaleSpec] = {
                        n_test_images=300, n_test_trials=900, n_sessions=12, session_length=425),
     # NSD subject 1 as used by MindEye: 37 sessions x 750 trials, 15,724 nsdgeneral voxels,
     # 8,859 training images / 24,980 trials, 982 shared test images / 2,770 trials
-    "nsd": ScaleSpec("nsd", image_size=256, n_voxels=15724, n_train_images=8859, n_train_trials=24980,
+    "nsd": ScaleSpec("nsd", image_size=256, n_voxels=NSDGENERAL_VOXELS[1], n_train_images=8859, n_train_trials=24980,
                      n_test_images=982, n_test_trials=2770, n_sessions=37, session_length=750),
 }
 
@@ -144,11 +146,7 @@ def make_design(spec: ScaleSpec, rng: np.random.Generator) -> TrialTable:
     # Shuffle within sessions, then order chronologically (session-major).
     order = np.lexsort((rng.random(len(session)), session))
     trial_image, session = trial_image[order], session[order]
-    repetition = np.zeros(len(trial_image), dtype=np.int64)
-    seen = np.zeros(spec.n_images, dtype=np.int64)
-    for t, img in enumerate(trial_image.tolist()):
-        repetition[t] = seen[img]
-        seen[img] += 1
+    repetition = number_repetitions(trial_image)
     split = np.where(trial_image < spec.n_test_images, "test", "train")
     return TrialTable(image_index=trial_image.astype(np.int64), session=session + 1,
                       repetition=repetition, split=split)

@@ -31,6 +31,7 @@ import numpy as np
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
+from mindeye.utils.files import write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -173,8 +174,7 @@ class StoreWriter:
 
     def _save_progress(self) -> None:
         path = self.tmp / "progress.json"
-        path.with_suffix(".tmp").write_text(json.dumps(self.progress))
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json_atomic(path, self.progress, indent=None)
 
     def mark_done(self, key: str, value: Any = True) -> None:
         """Record a finished unit of work (e.g. a session) so an interrupted run can skip it."""

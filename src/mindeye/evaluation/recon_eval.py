@@ -32,6 +32,7 @@ from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
 from mindeye.inference.recon_dir import INDEX_NAME, read_index
 from mindeye.metrics.retrieval import DIRECTIONS
+from mindeye.utils.files import write_json_atomic
 
 PIXEL_METRICS = ("pixcorr", "ssim")  # need no network weights
 RETRIEVAL_KEYS = DIRECTIONS
@@ -314,9 +315,7 @@ def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | N
     """Write metrics.json and the Markdown table next to it (same name, .md)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    write_json_atomic(out, result)
     md = out.with_suffix(".md")
     md.write_text(metrics_markdown(result, title))
     return out, md

@@ -26,6 +26,18 @@ from mindeye.inference.recon_dir import finished, open_index, read_index, write_
 from mindeye.utils.images import load_png, save_png
 
 
+def blurry_batch(predict: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
+                 voxels: torch.Tensor) -> torch.Tensor:
+    """One batch of voxels -> blurry uint8 images (b, H, W, 3): ``predict`` latents, check them, ``decode``.
+    The one blurry step: `mindeye reconstruct-blurry` and :meth:`mindeye.MindEyePipeline.blurry` call it."""
+    with torch.no_grad():
+        latents = predict(voxels)
+        if not torch.isfinite(latents).all():
+            raise MindEyeError("the low-level model predicted non-finite latents; nothing was kept from this batch "
+                               "(check the run's weights)")
+        return decode(latents)
+
+
 def decode_latents_to_pngs(
     predict: Callable[[torch.Tensor], torch.Tensor],
     decode: Callable[[torch.Tensor], torch.Tensor],
@@ -46,12 +58,7 @@ def decode_latents_to_pngs(
                disable=not progress)
     for b0 in range(0, len(todo), batch_size):
         rows = todo[b0:b0 + batch_size]
-        with torch.no_grad():
-            latents = predict(voxels[rows])
-            if not torch.isfinite(latents).all():
-                raise MindEyeError("the low-level model predicted non-finite latents; nothing was written for "
-                                   "this batch (check the run's weights)")
-            images = decode(latents)
+        images = blurry_batch(predict, decode, voxels[rows])
         for j, m in enumerate(rows):
             idx = int(image_index[m])
             rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png"}

@@ -115,7 +115,7 @@ def reconstruct(
         settings = replace(settings, prior_guidance=1.0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n, device = settings.samples, generator.device
+    n = settings.samples
     strength = settings.img2img_strength if blurry is not None else 0.0
     start = img2img_start(strength, settings.steps)
     full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
@@ -127,12 +127,12 @@ def reconstruct(
                disable=not progress)
     for b0 in range(0, len(todo), settings.batch_brains):
         rows = todo[b0:b0 + settings.batch_brains]
-        images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, device)
-        embeds = judge(images.to(device) if isinstance(images, torch.Tensor) else images)
+        images, chosen, all_scores = reconstruct_batch(rows, backbone, projector, image_index, prior, generator,
+                                                       judge, settings, blurry, start)
         for j, m in enumerate(rows):
             idx = int(image_index[m])
             cand = images[j * n:(j + 1) * n]
-            best, scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+            best, scores = chosen[j], all_scores[j]
             rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png", "chosen": best,
                                    "scores": scores, "seed": item_seed(settings.seed, idx)}
             if image_ids is not None:
@@ -147,6 +147,25 @@ def reconstruct(
         bar.update(len(rows))
     bar.close()
     return index
+
+
+def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.Tensor, image_index: np.ndarray,
+                      prior: Prior, generator: ImageGenerator, judge: Callable[[torch.Tensor], torch.Tensor],
+                      settings: ReconstructSettings, blurry: BlurrySource | None,
+                      start: int) -> tuple[torch.Tensor, list[int], list[list[float]]]:
+    """One batch of brain samples (``rows``) -> (uint8 candidates (len(rows) x n, H, W, 3), the best-of-n
+    candidate of each row, every candidate's judge score). The one reconstruction step: `mindeye
+    reconstruct` (:func:`reconstruct`) and :meth:`mindeye.MindEyePipeline.reconstruct` both call it."""
+    n = settings.samples
+    images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device)
+    with torch.no_grad():
+        embeds = judge(images.to(generator.device))
+    chosen, scores = [], []
+    for j, m in enumerate(rows):
+        best, row_scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+        chosen.append(best)
+        scores.append(row_scores)
+    return images, chosen, scores
 
 
 def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,

@@ -65,7 +65,7 @@ def fit_bilinear(image: np.ndarray, size: int) -> torch.Tensor:
     return float_to_uint8(uint8_to_float(x[None], size))[0]
 
 
-def resize_bicubic(img: np.ndarray, size: int) -> np.ndarray:
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (size, size, 3) uint8 with PIL bicubic (antialiased when shrinking)."""
     from PIL import Image
 
@@ -81,7 +81,7 @@ def square(image: np.ndarray, size: int | None) -> np.ndarray:
     top, left = (h - s) // 2, (w - s) // 2
     out = np.ascontiguousarray(image[top:top + s, left:left + s])
     if size is not None and s != size:
-        out = resize_bicubic(out, size)
+        out = resize_image(out, size)
     return np.ascontiguousarray(out)
 
 
