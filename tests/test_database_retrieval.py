@@ -43,15 +43,8 @@ def faiss_one_thread():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-clip-final"):
-        embed_store(out, name, progress=False)
-    return out
+def store(tiny_store) -> Path:
+    return tiny_store  # conftest.py: built once per session
 
 
 @pytest.fixture(scope="module")

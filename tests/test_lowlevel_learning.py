@@ -23,13 +23,8 @@ def mean_image_baseline(store: SubjectStore, n: int) -> np.ndarray:
     return np.repeat(np.round(mean).astype(np.uint8)[None], n, axis=0)
 
 
-def test_blurry_reconstructions_beat_mean_image(tmp_path):
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    store_path = tmp_path / "tiny"
-    simulate_subject(store_path, scale="tiny", seed=0, progress=False)
-    embed_store(store_path, "standin-vae", progress=False)
+def test_blurry_reconstructions_beat_mean_image(tmp_path, tiny_store):
+    store_path = tiny_store
     cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml", [
         "train.epochs=20", "train.lowlevel_contrastive_weight=0", "model.lowlevel.hidden=256",
         "model.lowlevel.n_blocks=1", "train.val_every=100"])

@@ -26,15 +26,9 @@ TOY_LOW = TOY + ["train.max_steps=3", "train.lowlevel_contrastive_weight=0", "mo
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
+def runs(tmp_path_factory, tiny_store) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("api")
-    store = root / "store"
-    simulate_subject(store, scale="tiny", seed=0, progress=False)
-    for enc in ("standin-clip-hidden", "standin-vae"):
-        embed_store(store, enc, device="cpu", progress=False)
+    store = tiny_store
     Trainer(load_config("demo-highlevel", TOY_HIGH), root / "high", store=store, device="cpu", progress=False).fit()
     Trainer(load_config("demo-lowlevel", TOY_LOW), root / "low", store=store, device="cpu", progress=False).fit()
     Trainer(load_config("demo-ridge", TOY), root / "ridge", store=store, device="cpu", progress=False).fit()

@@ -57,20 +57,16 @@ def _fake_recons(out: Path, store, images: np.ndarray, kind: str, config: dict, 
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory) -> dict:
+def exp(tmp_path_factory, tiny_store) -> dict:
     """A tiny experiment: trained high-level + ridge runs, retrieval, recon + blurry dirs, metrics, report."""
-    from mindeye.data.simulate import simulate_subject
     from mindeye.data.store import SubjectStore
-    from mindeye.encoders.cache import embed_store
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
     from mindeye.evaluation.run_eval import evaluate_retrieval
     from mindeye.training.trainer import Trainer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("exp")
-    store_path = root / "store"
-    simulate_subject(store_path, scale="tiny", seed=0, progress=False)
-    embed_store(store_path, "standin-clip-hidden", progress=False)
+    store_path = tiny_store
     high, ridge = root / "high", root / "ridge"
     Trainer(load_config(REPO / "src/mindeye/configs/demo-highlevel.yaml", TINY_HIGH), high, store=store_path, device="cpu",
             progress=False).fit()

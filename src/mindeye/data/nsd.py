@@ -23,6 +23,9 @@ about one session of masked voxels (750 x n_voxels float32, ~50 MB) plus, for co
 files, one block of ``chunk_trials`` whole volumes (1.4 MB each at 1.8 mm); measured ~175 MB resident
 for subject-1-sized data (docs/nsd.md). Each finished session is recorded with
 :meth:`StoreWriter.mark_done`, so an interrupted run resumes where it stopped.
+
+Over ~400 lines on purpose: one pipeline from the NSD release to a store (design file, ROI mask,
+betas, per-session z-scoring, test-set conventions) whose steps share the NSD layout and run only together.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ stimuli, the noise and the trial design, so changing one leaves the others uncha
 ``simulate_cohort(out, n, scale, seed)`` writes n such subjects who share the test images and
 differ in everything else (own training images, voxel count, encoding model, noise, drift);
 ``train_sessions=N`` makes few-session stores of either.
+
+Over ~400 lines on purpose: the synthetic brain (receptive fields, tuning, noise, drift) and the
+subject/cohort writers are one generative model whose parts share seeds and random streams.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ One directory per prepared subject (format documented in docs/subject-store.md):
 Writes are atomic: everything is built in ``STORE.partial/`` and renamed to ``STORE`` only once
 complete, so a directory named STORE always holds a finished store. ``STORE.partial/`` is kept
 on interruption so preparations that support it can resume.
+
+Over ~400 lines on purpose: the store format's reader, writer, trial table and checks are the two
+sides of one on-disk format and change together.
 """
 
 from __future__ import annotations
