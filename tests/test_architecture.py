@@ -14,7 +14,8 @@ PACKAGE = SRC / "mindeye"
 
 # Bottom to top. Names are module prefixes; within one rank, different groups must not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("mindeye.errors", "mindeye.constants", "mindeye.utils", "mindeye.__version__"),
+    ("mindeye.errors", "mindeye.constants", "mindeye.utils", "mindeye.devices", "mindeye.diskspace", "mindeye.finite",
+     "mindeye.safe_load", "mindeye.__version__"),
     ("mindeye.config",),
     ("mindeye.data",),
     ("mindeye.encoders",),

@@ -33,7 +33,7 @@ def test_evaluate_retrieval_prints_table_and_writes_json(tiny_run, capsys):
     assert main(["evaluate", "retrieval", "--run", str(tiny_run / "run"), "--device", "cpu",
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "image retr. (300)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
+    assert "image retr. (60)" in text and "chance 1.67%" in text  # 60 test images -> pool of 60
     assert "Image retrieval = image_to_brain" in text  # the table says which direction is which
     [res] = json.loads(out.read_text())
     assert res["pool"] == 60 and res["draws"] == 30 and res["n_test"] == 60

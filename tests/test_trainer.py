@@ -35,15 +35,25 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_high_level_learns_above_chance(tiny_store, tmp_path):
+    """Retrieval beats chance by margins taken from the spread over training seeds.
+
+    Measured over seeds 0-4 (hits among the 60 test images; chance: 1 at top-1, 5 at top-5):
+    top-1 image 5, 5, 4, 5, 6 and brain 4, 4, 5, 7, 3 (mean 4.8, sd 1.1); top-5 image 21, 16, 19, 20,
+    18 and brain 19, 18, 22, 23, 20 (mean 19.6, sd 2.1). Asserted: top-1 > 1.5x chance and top-5 >
+    2.5x chance, both about 3 sd below the seed mean (the test trains seed 0; a CPU's rounding moves one
+    seed far less than a change of seed does).
+    """
     from mindeye.evaluation.run_eval import evaluate_retrieval
 
     cfg = _cfg("demo-highlevel.yaml", ["train.epochs=8"])
     Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False).fit()
     res = evaluate_retrieval(tmp_path / "run", device="cpu")
     chance = 1.0 / min(cfg.eval.pool, res["n_test"])
-    # Well above chance in both directions (chance is 1/60 on the tiny subject; 30 draws).
-    assert res["brain_to_image"] > 3 * chance, res
-    assert res["image_to_brain"] > 3 * chance, res
+    assert res["brain_to_image"] > 1.5 * chance, res
+    assert res["image_to_brain"] > 1.5 * chance, res
+    full = res["full_test_set"]
+    assert full["brain_to_image_top5"] > 2.5 * 5 / res["n_test"], res
+    assert full["image_to_brain_top5"] > 2.5 * 5 / res["n_test"], res
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert (tmp_path / "run" / "eval" / "retrieval.json").exists()
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from mindeye import __version__
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, describe_os_error
 
 # Order = order in `mindeye --help`. A module that fails to import (e.g. an optional
 # dependency missing) is skipped with a note instead of breaking every other command.
@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except MindEyeError as exc:
         print(f"mindeye {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # full disk, read-only filesystem, a path through a file ...: one line, no traceback
+        print(f"mindeye {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return MindEyeError.exit_code
     except KeyboardInterrupt:
-        print(f"mindeye {args.command}: interrupted (finished work is kept; re-run to resume)", file=sys.stderr)
+        how = "re-run it with --resume" if args.command == "train" else "re-run the same command"
+        print(f"mindeye {args.command}: interrupted (finished work is kept; {how} to continue)", file=sys.stderr)
         return 130
 
 

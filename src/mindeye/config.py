@@ -365,6 +365,9 @@ def shipped_config_names() -> list[str]:
 def resolve_config_path(path: str | Path, base: Path | None = None) -> Path:
     """A config file path: an existing path as given (or relative to ``base``), else a shipped config name."""
     p = Path(path)
+    if p.is_dir():
+        raise MindEyeError(f"config {path} is a directory; give a YAML file or a shipped config name, "
+                           "e.g. demo-highlevel")
     # Relative paths inside a config (``extends``, the demo's model configs) are relative to that file.
     candidates = [p] if p.is_absolute() else [*([base / p, base / p.with_name(p.name + ".yaml")] if base is not None else []), p]
     if not p.is_absolute():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mindeye.config import load_config, resolve_config_path
+from mindeye.errors import MindEyeError
 
 
 @dataclass
@@ -88,6 +89,11 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
         # Two OpenMP threads on a 2-core machine that is doing anything else run these small
         # models up to 10x slower than one thread (measured: 2.9 s vs 0.26 s per step).
         torch.set_num_threads(demo.cpu_threads)
+    if not demo.store:
+        from mindeye.data.simulate import SCALES
+
+        if demo.scale not in SCALES:  # checked before anything is created
+            raise MindEyeError(f"unknown demo scale {demo.scale!r}; choose one of {', '.join(SCALES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -117,7 +123,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
-    from mindeye.utils.device import resolve_device
+    from mindeye.devices import resolve_device
 
     device = resolve_device(demo.device)
     from mindeye.encoders.targets import target_options

@@ -176,7 +176,7 @@ class MindEyePipeline:
         ``generator``: a name (``versatile-diffusion``, ``sd-image-variations``, ``demo-latent-diffusion``),
         an ``ImageGenerator``, or None for the one conditioned on the run's target encoder.
         """
-        from mindeye.utils.device import resolve_device
+        from mindeye.devices import resolve_device
 
         device = resolve_device(device)
         high = _load(high_run, device)

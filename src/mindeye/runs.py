@@ -18,15 +18,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from mindeye.config import Config, load_config
+from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
-from mindeye.utils.device import resolve_device
+from mindeye.finite import non_finite_tensors
+from mindeye.safe_load import load_safetensors_file
+
+if TYPE_CHECKING:
+    from mindeye.data.store import SubjectStore
 
 # The weight whose input dimension is the voxel count, per model kind (see mindeye.models.factory).
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
@@ -49,6 +53,15 @@ class Run:
         return self.config.name
 
 
+def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
+    bad = info.get("diverged")
+    if bad:
+        raise MindEyeError(
+            f"{run_dir} diverged during training (non-finite loss at step {bad.get('step')}, epoch "
+            f"{bad.get('epoch')}; see its run.json), so its weights are not a trained model; train it again "
+            "with a lower train.max_lr")
+
+
 def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
@@ -57,11 +70,29 @@ def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
 
 
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A run's safetensors weights (never unpickles); a damaged or foreign file is a MindEyeError."""
+    return load_safetensors_file(path, "restore the run's own file or train the run again", device)
+
+
+def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> Any:
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise MindEyeError(f"{path} does not fit the model built from the run's config ({first}); the file "
+                           "belongs to another run or config: restore the run's own weights") from None
+
+
 def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
     if not path.exists():
         raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
-    state = load_file(str(path), device=str(device))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    state = read_safetensors(path, device)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise MindEyeError(f"{path} holds NaN or inf weights (in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
+                           "the run diverged or the file is damaged: train the run again")
+    missing, unexpected = _load_state_dict(model, state, path, strict=False)
     if missing or unexpected:
         raise MindEyeError(
             f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
@@ -111,14 +142,31 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path |
 
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
+    refuse_diverged(run_dir, info)
     store_path = store or info.get("store")
     if not store_path:
         raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
+    if store is None and not Path(store_path).exists():
+        raise MindEyeError(f"the store {run_dir} was trained on, {store_path}, is not there any more (moved or "
+                           "deleted); pass its new location with --data STORE")
     subject = SubjectStore(store_path)
     if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
         raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
                            f"{subject.n_voxels}; evaluate on the subject it was trained for")
+    check_same_store(run_dir, info, subject)
     return cfg, info, _built_model(run_dir, cfg, subject.n_voxels, device), subject
+
+
+def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore) -> None:
+    """The store is the one the run was trained on (same subject, source and voxel data), not just as wide."""
+    trained = {"subject": info.get("subject"), "source": info.get("source"), "voxels checksum": info.get("store_voxels_sha256")}
+    given = {"subject": subject.meta.get("subject"), "source": subject.meta.get("source"),
+             "voxels checksum": subject.meta.get("checksums", {}).get("voxels.npy")}
+    differ = [k for k in trained if trained[k] is not None and given[k] is not None and trained[k] != given[k]]
+    if differ:
+        shown = "; ".join(f"{k} {str(trained[k])[:16]!r} vs {str(given[k])[:16]!r}" for k in differ)
+        raise MindEyeError(f"{subject.path} is not the store {run_dir} was trained on ({shown}); evaluate on the "
+                           f"run's own store ({info.get('store')}), or --data its moved copy")
 
 
 @torch.no_grad()

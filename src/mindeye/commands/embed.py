@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.encoders.cache import embed_store, read_manifest
-    from mindeye.utils.device import resolve_device
 
     options = {"preprocess": args.clip_preprocess} if args.encoder.startswith("clip-") else {}
     out = embed_store(

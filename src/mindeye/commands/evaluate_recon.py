@@ -43,10 +43,10 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
 
 
 def run_recon(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.errors import MindEyeError
     from mindeye.evaluation.metrics import METRICS
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
-    from mindeye.utils.device import resolve_device
 
     metrics = list(METRICS)
     if args.metrics:

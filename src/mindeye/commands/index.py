@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.inference.index import DatabaseIndex, build_index
-    from mindeye.utils.device import resolve_device
 
     images = args.images[0] if len(args.images) == 1 else args.images
     out = build_index(images, args.encoder, args.out, weights=args.weights, device=resolve_device(args.device),

@@ -65,9 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from mindeye.devices import resolve_device
     from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_run
     from mindeye.runs import read_run
-    from mindeye.utils.device import resolve_device
 
     cfg, _ = read_run(args.run)
     settings = ReconstructSettings(
@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_blurry(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.inference.blurry import reconstruct_blurry
-    from mindeye.utils.device import resolve_device
 
     index = reconstruct_blurry(args.run, args.out, store=args.data, weights=args.weights,
                                device=resolve_device(args.device), limit=args.limit, batch_size=args.batch_size,

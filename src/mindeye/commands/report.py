@@ -35,9 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.errors import MindEyeError
     from mindeye.evaluation.report import build_report
-    from mindeye.utils.device import resolve_device
 
     if args.umap_samples < 2 and not args.no_umap:
         raise MindEyeError("--umap-samples must be at least 2 (or pass --no-umap)")

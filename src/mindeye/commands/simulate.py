@@ -34,12 +34,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cohort is not None:
-        out = simulate_cohort(args.out, args.cohort, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                              progress=not args.no_progress, train_sessions=args.train_sessions)
-        print(f"wrote a cohort of {args.cohort} subject stores to {out} (cohort.json lists them)")
-        return 0
-    out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                           progress=not args.no_progress, train_sessions=args.train_sessions)
+    import shutil
+    from pathlib import Path
+
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial")
+    try:
+        if args.cohort is not None:
+            out = simulate_cohort(args.out, args.cohort, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
+                                  progress=not args.no_progress, train_sessions=args.train_sessions)
+            print(f"wrote a cohort of {args.cohort} subject stores to {out} (cohort.json lists them)")
+            return 0
+        out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
+                               progress=not args.no_progress, train_sessions=args.train_sessions)
+    except BaseException:  # a simulation cannot resume: never leave a half-written store behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     print(f"wrote subject store {out}")
     return 0

@@ -13,7 +13,6 @@ This is how BOLD5000, THINGS-fMRI, NOD or a lab's own data enter mindeye. Inputs
 from __future__ import annotations
 
 import csv
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir, check_subject_id
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import NPY_LOAD_ERRORS
 from mindeye.utils.images import resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -38,7 +38,7 @@ def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
     if suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        except NPY_LOAD_ERRORS as exc:
             raise MindEyeError(f"cannot read {path} as a numpy array ({exc}); save it with numpy.save") from None
         return arr, lambda: None
     if suffix in (".h5", ".hdf5"):
@@ -71,6 +71,16 @@ def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
 def _read_trials(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         raise MindEyeError(f"trial table {path} not found; give --trials a CSV with columns image_id, session, split")
+    try:
+        return _parse_trials(path)
+    except UnicodeDecodeError as exc:
+        raise MindEyeError(
+            f"trial table {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "re-save it as UTF-8 (e.g. 'CSV UTF-8' in a spreadsheet, or iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _parse_trials(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate the BOM spreadsheets write
         reader = csv.DictReader(f)
         fields = [c.strip() for c in reader.fieldnames or []]
@@ -84,10 +94,25 @@ def _read_trials(path: Path) -> list[dict[str, str]]:
         return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
 
 
+def _to_rgb8(im: Image.Image, path: Path) -> np.ndarray:
+    """uint8 RGB of any image mode; 16-bit greyscale is rescaled (PIL's convert('RGB') clips it to white)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im, dtype=np.float64)  # 16-bit PNGs open as I;16 (or I), values 0..65535
+        if values.min() < 0 or values.max() > 65535:
+            raise MindEyeError(f"image {path} is {im.mode} with values outside 0..65535; export it as 8- or "
+                               "16-bit PNG/JPEG")
+        grey = np.round(values / 257.0).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise MindEyeError(f"image {path} holds floating-point pixels (mode F), which have no fixed range; "
+                           "export it as an 8- or 16-bit PNG/JPEG")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
 def _load_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return resize_image(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
+            return resize_image(_to_rgb8(im, path), size)
     except OSError as exc:
         raise MindEyeError(f"cannot read image {path}: {exc}; replace or re-export that file") from None
 
@@ -185,7 +210,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
     elif images.suffix.lower() == ".npy" and images.is_file():
         try:
             arr = np.load(images, mmap_mode="r")
-        except (ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        except NPY_LOAD_ERRORS as exc:
             raise MindEyeError(f"cannot read {images} as a numpy array ({exc}); save it with numpy.save") from None
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise MindEyeError(f"images in {images} have shape {arr.shape}; expected (n_images, H, W, 3) RGB")

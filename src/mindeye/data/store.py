@@ -33,7 +33,9 @@ from typing import Any, Literal
 import numpy as np
 
 from mindeye import __version__
+from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import NPY_LOAD_ERRORS
 from mindeye.utils.files import write_json_atomic
 
 FORMAT_VERSION = 1
@@ -73,6 +75,29 @@ def check_output_dir(out: Path, overwrite: bool = False) -> None:
                 f"output directory {out} already exists; choose another --out path, delete it, "
                 "or pass --overwrite to replace it"
             )
+    check_writable_location(out, suffix=".partial")
+
+
+def check_writable_location(out: Path, suffix: str = "") -> None:
+    """``out`` (plus ``suffix``, the temporary name it is built under) can be created: say why not, up front."""
+    out = Path(out)
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MindEyeError(f"cannot create {out}: {parent} is a file, not a directory; choose another path")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    too_long = [p for p in out.parts if len(os.fsencode(p)) > name_max]
+    if len(os.fsencode(out.name + suffix)) > name_max or too_long:
+        raise MindEyeError(f"the name {(too_long or [out.name])[0][:40]}... is too long for the filesystem "
+                           f"({name_max} bytes at most, including the {suffix or 'added'} suffix mindeye "
+                           "writes under); choose a shorter --out")
+    if not os.access(parent, os.W_OK):
+        raise MindEyeError(f"cannot write in {parent} (read-only filesystem or no permission); "
+                           "choose an output on a writable disk")
 
 
 @dataclass
@@ -80,7 +105,7 @@ class TrialTable:
     """Per-trial metadata; all arrays have length n_trials."""
 
     image_index: np.ndarray  # int64 index into the store's images
-    session: np.ndarray  # int64, 1-based
+    session: np.ndarray  # int64, 1-based (0: unknown)
     repetition: np.ndarray  # int64, 0-based: how many times this image was seen before
     split: np.ndarray  # str: train / val / test
 
@@ -99,6 +124,11 @@ class TrialTable:
             raise MindEyeError(
                 f"trial table refers to image index {int(self.image_index.max())} but only "
                 f"{n_images} images exist; every trial's image must be present"
+            )
+        if n and self.session.min() < 0:  # 1-based; 0 is reserved for "session unknown"
+            raise MindEyeError(
+                f"trial table has session number {int(self.session.min())}; sessions are numbered from 1 "
+                "(renumber them; 0 means unknown)"
             )
         bad = sorted(set(np.unique(self.split).tolist()) - set(SPLITS))
         if bad:
@@ -168,6 +198,12 @@ class StoreWriter:
                                       shape=self.shapes["voxels"])
             self.images = open_memmap(self.tmp / "images.npy", mode="w+", dtype=np.uint8,
                                       shape=self.shapes["images"])
+            try:  # a full disk is an error now, not a SIGBUS halfway through the memory-mapped writes
+                reserve_file(self.tmp / "voxels.npy")
+                reserve_file(self.tmp / "images.npy")
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.voxels = open_memmap(self.tmp / "voxels.npy", mode="r+")
             self.images = open_memmap(self.tmp / "images.npy", mode="r+")
@@ -283,8 +319,19 @@ class StoreWriter:
         if self.out.exists():  # only reachable with overwrite=True; keep it until the new one is in place
             os.replace(self.out, old)
         os.replace(self.tmp, self.out)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:  # --overwrite onto a regular file (or a link)
+            old.unlink(missing_ok=True)
         return self.out
+
+
+def _cache_complete(directory: Path) -> bool:
+    """Whether a target-cache directory's manifest says it is finished (read here to keep imports one-way)."""
+    try:
+        return json.loads((directory / "manifest.json").read_text()).get("complete") is True
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class SubjectStore:
@@ -324,8 +371,9 @@ class SubjectStore:
         try:
             self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
             self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({exc}); prepare the store again") from None
+        except NPY_LOAD_ERRORS as exc:  # a damaged header fails to parse
+            raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({type(exc).__name__}: {exc}); "
+                               "the store is damaged: prepare it again") from None
         if self.voxels.ndim != 2 or self.images.ndim != 4:
             raise MindEyeError(
                 f"{self.path}: voxels.npy has shape {self.voxels.shape} and images.npy {self.images.shape}; "
@@ -385,9 +433,11 @@ class SubjectStore:
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
-    def verify_checksums(self) -> dict[str, bool]:
-        expected = self.meta.get("checksums", {})
-        return {name: file_sha256(self.path / name) == expected.get(name) for name in _DATA_FILES}
+    def verify_checksums(self) -> dict[str, bool | None]:
+        """Per data file: True (matches meta.json), False (differs) or None (meta.json records no checksum)."""
+        expected = self.meta.get("checksums") or {}
+        return {name: (file_sha256(self.path / name) == expected[name]) if expected.get(name) else None
+                for name in _DATA_FILES}
 
     # -- splits --------------------------------------------------------------------------------
     def trial_indices(self, split: str) -> np.ndarray:
@@ -460,11 +510,18 @@ class SubjectStore:
         pre = self.meta.get("preprocessing")
         if pre:
             lines.append(f"  preprocessing {pre}")
-        cached = sorted(p.name for p in (self.path / "targets").glob("*") if p.is_dir()) \
+        cached = [p.name + ("" if _cache_complete(p) else " (unfinished: re-run mindeye embed to finish)")
+                  for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
             if (self.path / "targets").exists() else []
         lines.append(f"  targets      {', '.join(cached) if cached else 'none cached (run mindeye embed)'}")
         if check:
             res = self.verify_checksums()
-            bad = [k for k, ok in res.items() if not ok]
-            lines.append("  checksums    ok" if not bad else f"  checksums    MISMATCH in {', '.join(bad)}")
+            bad = [k for k, ok in res.items() if ok is False]
+            unrecorded = [k for k, ok in res.items() if ok is None]
+            if bad:
+                lines.append(f"  checksums    MISMATCH in {', '.join(bad)}")
+            elif unrecorded:
+                lines.append(f"  checksums    not recorded in meta.json for {', '.join(unrecorded)} (cannot verify)")
+            else:
+                lines.append("  checksums    ok")
         return "\n".join(lines)

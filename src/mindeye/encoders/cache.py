@@ -32,10 +32,12 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.data.store import SubjectStore, file_sha256
+from mindeye.diskspace import reserve_file
 from mindeye.encoders import augment
 from mindeye.encoders.base import ImageEncoder
 from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, get_encoder, get_spec
 from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.safe_load import NPY_LOAD_ERRORS
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
 from mindeye.utils.files import write_json_atomic
 
@@ -111,6 +113,17 @@ def _encode_into(encoder: ImageEncoder, images: np.ndarray, out: np.ndarray, bat
                 on_batch(len(y))
 
 
+def _reserve_or_remove(path: Path, directory: Path | None) -> None:
+    """Reserve a new memory-mapped array's blocks; on failure remove it (and ``directory``, holding no work yet)."""
+    try:
+        reserve_file(path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
 def embed_store(
     store_path: str | Path,
     encoder_name: str,
@@ -166,6 +179,7 @@ def embed_store(
         out.mkdir(parents=True, exist_ok=True)
         (out / "views.npy").unlink(missing_ok=True)
         targets = open_chunked(out / "targets.npy", (n, *shape))
+        _reserve_or_remove(out / "targets.npy", out)
         manifest = {
             **key,
             "weights": "random-init" if random_init else (weights or (spec.default_weights if spec else None)),
@@ -189,6 +203,7 @@ def embed_store(
     chunks = manifest["n_chunks"]
     if views and manifest["views"] != views:  # new or different number of views: (re)compute them
         view_arr = open_chunked(out / "views.npy", (n, views, *shape))
+        _reserve_or_remove(out / "views.npy", out if manifest.get("chunks_done", 0) == 0 else None)
         manifest.update(views=views, view_chunks_done=0, augmentation=augment.describe(enc.augmentation, views_seed))
     elif manifest["views"]:
         view_arr = open_chunked(out / "views.npy")
@@ -312,7 +327,14 @@ def load_targets(
     ``mindeye embed`` command to run.
     """
     d = find_cache(store_path, encoder_name, weights, views, random_init, config, **options)
-    return np.load(d / ("views.npy" if views else "targets.npy"), mmap_mode="r")
+    path = d / ("views.npy" if views else "targets.npy")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except NPY_LOAD_ERRORS as exc:  # truncated or damaged after it was finished
+        raise MindEyeError(f"the target cache file {path} is damaged ({type(exc).__name__}: {exc}); recompute it "
+                           f"with:\n  {embed_command(store_path, encoder_name, weights, 1 if views else 0, random_init)}"
+                           " --overwrite") from None
+    return arr
 
 
 def sample_views(view_targets: np.ndarray, image_indices: np.ndarray, generator: torch.Generator | None = None

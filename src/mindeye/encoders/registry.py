@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from mindeye.devices import resolve_device
 from mindeye.encoders import clip, standins, vae, vicregl
 from mindeye.encoders.base import ImageEncoder, make_fingerprint
 from mindeye.errors import MindEyeError
@@ -113,7 +114,7 @@ def get_encoder(
     kwargs (None: the full-size architecture). ``options``: encoder-specific (e.g. ``image_size``).
     """
     spec = get_spec(name)
-    device = str(device)
+    device = resolve_device(device)
     if spec.standin:
         return spec.build(weights, device, random_init, config, dtype, **options)
     if random_init and weights is not None:

@@ -25,6 +25,7 @@ from mindeye.encoders.base import (
     to_float_chw,
 )
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import load_safetensors_file, load_torch_file
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds, and only the VAE needs it
     from diffusers import AutoencoderKL
@@ -115,12 +116,11 @@ def _convert_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def _load_state_dict_file(path: Path) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
+    fix = "pass a diffusers VAE directory or the authors' sd_image_var_autoenc.pth"
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
+        state = load_safetensors_file(path, fix)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path, fix)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     vae = AutoencoderKL(**SD_VAE_CONFIG)

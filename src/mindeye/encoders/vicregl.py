@@ -35,6 +35,7 @@ from mindeye.encoders.base import (
     to_float_chw,
 )
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import load_torch_file
 
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/vicregl/convnext_xlarge_alpha0.75_fullckpt.pth"
 DOWNLOAD_HINT = (
@@ -137,10 +138,8 @@ def convert_vicregl_state_dict(state: dict[str, torch.Tensor]) -> tuple[dict[str
 
 
 def load_vicregl(path: Path) -> VicreglConvNeXt:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, "pass the VICRegL ConvNeXt checkpoint (e.g. convnext_xlarge_alpha0.75_fullckpt.pth)",
+                           mmap=True)
     arch, state = convert_vicregl_state_dict(_unwrap(ckpt))
     model = VicreglConvNeXt(**arch)
     own = model.state_dict()

@@ -33,6 +33,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from mindeye.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VIT_L14_VISION_CONFIG
 from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.safe_load import load_torch_file
 
 NET_NAMES = ("alexnet", "inceptionv3", "efficientnet_b1", "swav", "clip")
 # Which metrics each network provides (AlexNet gives two layers).
@@ -166,7 +167,7 @@ def _find_checkpoint(filename: str, url: str, wdir: Path | None, what: str) -> P
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = load_torch_file(path, "replace it with the original torchvision / metric checkpoint in --weights-dir")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return sd

@@ -314,6 +314,8 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
 def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | None = None) -> tuple[Path, Path]:
     """Write metrics.json and the Markdown table next to it (same name, .md)."""
     out = Path(out)
+    if out.is_dir():
+        raise MindEyeError(f"--out {out} is a directory; give the metrics file to write, e.g. {out / 'metrics.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result)
     md = out.with_suffix(".md")

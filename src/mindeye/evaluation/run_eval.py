@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from mindeye.data.splits import load_eval_split
+from mindeye.devices import resolve_device
 from mindeye.encoders.targets import Targets, target_options
 from mindeye.errors import MindEyeError
-from mindeye.runs import embed_voxels, load_run_model  # noqa: F401  (load_run_model's home is mindeye.runs)
-from mindeye.utils.device import resolve_device
+from mindeye.finite import require_finite
+from mindeye.runs import check_same_store, embed_voxels, load_run_model  # noqa: F401  (their home is mindeye.runs)
 
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
@@ -27,6 +28,8 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     test = load_eval_split(subject, subject.image_indices("test"), mode)
     if len(test) < 2:
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
+    require_finite(test.voxels, f"test voxels of {subject.path}",
+                   "the store is damaged: prepare it again (or verify it with `mindeye info`)")
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
                       options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
     preds = embed_voxels(model, test.voxels, device)
@@ -59,7 +62,10 @@ def retrieval_table(results: list[dict[str, Any]]) -> str:
     from mindeye.metrics.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
 
     image_col, brain_col = TABLE1_COLUMNS["Image retrieval"], TABLE1_COLUMNS["Brain retrieval"]
-    lines = [f"{'run':<24} {'image retr. (300)':>18} {'brain retr. (300)':>18} {'top-1 all':>10} {'top-5 all':>10}"]
+    pools = {r.get("pool", 300) for r in results}
+    pool_label = str(pools.pop()) if len(pools) == 1 else "pool"  # the pool actually used, not the paper's 300
+    lines = [f"{'run':<24} {f'image retr. ({pool_label})':>18} {f'brain retr. ({pool_label})':>18} "
+             f"{'top-1 all':>10} {'top-5 all':>10}"]
     for r in results:
         pool = r.get("pool", 300)
         img, brain = r[image_col], r[brain_col]

@@ -131,9 +131,11 @@ class BlurryImages:
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
         index = read_index(self.dir, f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
-                           "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
-        if index.get("kind") != "blurry":
-            raise MindEyeError(f"{self.dir} holds '{index.get('kind')}' output, not blurry reconstructions")
+                           "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`",
+                           "it is damaged: run `mindeye reconstruct-blurry` into a new directory")
+        if not isinstance(index, dict) or index.get("kind") != "blurry":
+            kind = index.get("kind") if isinstance(index, dict) else "unknown"
+            raise MindEyeError(f"{self.dir} holds '{kind}' output, not blurry reconstructions")
         self.index = index
 
     def get(self, image_index: int) -> np.ndarray:

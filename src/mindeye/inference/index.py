@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from mindeye import __version__
+from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 from mindeye.inference.sources import IDS, ImageSource, open_source
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
@@ -81,6 +82,14 @@ def ivfpq_params(n: int, dim: int, nlist: int | None = None, m: int | None = Non
 def _normalised(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def require_faiss() -> None:
+    try:
+        import faiss  # noqa: F401
+    except ModuleNotFoundError:
+        raise MindEyeError("building or searching an index needs faiss, which is not installed; "
+                           "install it with: pip install 'mindeye[index]'") from None
 
 
 def make_faiss_index(vectors: np.ndarray, index_type: str = "auto", *, nlist: int | None = None,
@@ -151,6 +160,7 @@ def build_index(
             raise MindEyeError(f"{out} already exists; choose another --out, delete it, or pass --overwrite to rebuild")
     if batch_size <= 0 or chunk_size <= 0:
         raise MindEyeError("--batch-size and --chunk-size must be positive")
+    require_faiss()  # before the (long) embedding, not after it
     source = open_source(images)
     enc = encoder if encoder is not None else get_encoder(encoder_name, weights, device, random_init=random_init)
     size = image_size or encoder_input_size(enc.preprocessing)
@@ -173,6 +183,12 @@ def build_index(
         tmp.mkdir(parents=True)
         source.write_ids(tmp / IDS)
         vectors = open_chunked(tmp / EMBEDDINGS, (n, dim))
+        try:
+            reserve_file(tmp / EMBEDDINGS)
+        except BaseException:
+            del vectors
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         state = {**key, "chunk_size": chunk_size, "batch_size": batch_size, "n_chunks": n_chunks(n, chunk_size),
                  "chunks_done": 0, "complete": False,
                  "weights": "random-init" if random_init else weights, "preprocessing": enc.preprocessing}

@@ -36,7 +36,13 @@ def open_index(out_dir: Path, kind: str, config: dict[str, Any]) -> dict[str, An
     path = out_dir / INDEX_NAME
     if not path.exists():
         return new_index(kind, config)
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MindEyeError(f"{path} is damaged ({exc}), so the finished images cannot be told apart; delete {out_dir} "
+                           "and run the reconstruction again") from None
+    if not isinstance(index, dict):
+        raise MindEyeError(f"{path} is not a reconstruction index; delete {out_dir} or choose another --out")
     old = json.loads(json.dumps(index.get("config", {})))
     new = json.loads(json.dumps(config))  # normalise tuples etc. the same way
     if index.get("kind") != kind or old != new:
@@ -53,12 +59,13 @@ def finished(index: dict[str, Any], out_dir: Path, image_index: int) -> bool:
     return rec is not None and (out_dir / rec["file"]).exists()
 
 
-def read_index(path: Path, missing: str) -> Any:
-    """The parsed ``path/index.json``; ``missing`` is the error when there is none (it says how to make one)."""
+def read_index(path: Path, missing: str, damaged: str = "re-run the reconstruction to rewrite it") -> Any:
+    """The parsed ``path/index.json``; ``missing`` is the error when there is none (it says how to make one),
+    ``damaged`` what to do when it is not JSON."""
     index_path = Path(path) / INDEX_NAME
     if not index_path.exists():
         raise MindEyeError(missing)
     try:
         return json.loads(index_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MindEyeError(f"{index_path} is not valid JSON ({exc}); re-run the reconstruction to rewrite it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MindEyeError(f"{index_path} is not valid JSON ({exc}); {damaged}") from None

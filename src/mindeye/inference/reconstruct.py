@@ -218,13 +218,14 @@ def reconstruct_run(
     from mindeye.encoders.targets import target_options
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
-    from mindeye.runs import embed_voxels, load_run_model, read_run
+    from mindeye.runs import embed_voxels, load_run_model, read_run, refuse_diverged
 
     settings = settings or ReconstructSettings()
     settings.validate()
     spec = generator_spec(generator_name)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
+    refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
     if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
         raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
                            f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")

@@ -111,8 +111,8 @@ def retrieve(
     recon``) and ``retrievals.json`` (one record per test sample). Returns the index.json content.
     """
     from mindeye.data.splits import load_eval_split
+    from mindeye.devices import resolve_device
     from mindeye.runs import embed_voxels, load_run_model
-    from mindeye.utils.device import resolve_device
 
     if k < 1:
         raise MindEyeError(f"-k must be at least 1, got {k}")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from mindeye.errors import MindEyeError
+from mindeye.finite import require_finite
 
 __all__ = ['BRAIN_TO_IMAGE', 'IMAGE_TO_BRAIN', 'DIRECTIONS', 'TABLE1_COLUMNS', 'TABLE1_FOOTNOTE', 'CI_METHODS', 'DRAW_MODES', 'cosine_matrix', 'confidence_interval', 'draw_subsets', 'retrieval_top1_among', 'topk_full']
 
@@ -47,6 +48,8 @@ def _normalised(x: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def cosine_matrix(brain: np.ndarray | torch.Tensor, images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """S[i, j] = cos(brain_i, image_j) over flattened embeddings, float32, shape (N, N)."""
+    require_finite(brain, "brain embeddings", "the run diverged or its voxels are damaged; retrain or re-prepare")
+    require_finite(images, "image embeddings (targets)", "re-run `mindeye embed` for the store")
     b, im = _normalised(brain), _normalised(images)
     if len(b) != len(im):
         raise MindEyeError(f"got {len(b)} brain embeddings but {len(im)} image embeddings; they must pair up")
@@ -61,13 +64,15 @@ def _ranks(sim: torch.Tensor) -> dict[str, torch.Tensor]:
     """Rank of the correct (diagonal) candidate in both directions for sim (..., P, P).
 
     rank = number of other candidates scoring >= the correct one (0 = strict top-1).
+    A NaN similarity never helps: a NaN correct score ranks last, a NaN rival beats the correct one.
     Returns {BRAIN_TO_IMAGE: rank, IMAGE_TO_BRAIN: rank}, each (..., P).
     """
     diag = torch.diagonal(sim, dim1=-2, dim2=-1)
     eye = torch.eye(sim.shape[-1], dtype=torch.bool, device=sim.device)
+    beats = sim.isnan()  # NaN compares False with everything, which would make it a free hit
     # brain_to_image: row i (brain i) over images j; image_to_brain: column j (image j) over brains i.
-    return {BRAIN_TO_IMAGE: ((sim >= diag.unsqueeze(-1)) & ~eye).sum(-1),
-            IMAGE_TO_BRAIN: ((sim >= diag.unsqueeze(-2)) & ~eye).sum(-2)}
+    return {BRAIN_TO_IMAGE: (((sim >= diag.unsqueeze(-1)) | beats | diag.isnan().unsqueeze(-1)) & ~eye).sum(-1),
+            IMAGE_TO_BRAIN: (((sim >= diag.unsqueeze(-2)) | beats | diag.isnan().unsqueeze(-2)) & ~eye).sum(-2)}
 
 
 def confidence_interval(values: np.ndarray, method: str = "normal", level: float = 0.95) -> tuple[float, float]:

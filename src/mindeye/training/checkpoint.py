@@ -8,9 +8,13 @@ A run directory holds::
     RUN/checkpoint/          everything needed to resume: model.safetensors, state.pt
                              (optimizer, scheduler, RNG states, epoch; loaded with weights_only=True)
     RUN/metrics.jsonl        one JSON object per logged step / evaluation
+    RUN/.lock                OS file lock held by the training process (its PID inside)
 
 Checkpoints are written to ``checkpoint.tmp/`` and swapped in with renames, so a kill at any
-moment leaves either the previous or the new checkpoint, never a torn one.
+moment leaves either the previous or the new checkpoint, never a torn one
+(:func:`recover_interrupted_swap` tidies up whatever state the kill left). A run whose loss became
+non-finite saves nothing more and records ``"diverged": {"step", "epoch"}`` in run.json; evaluation
+and inference refuse it.
 """
 
 from __future__ import annotations
@@ -22,12 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mindeye import __version__
 from mindeye.config import Config, dump_config
 from mindeye.errors import MindEyeError
-from mindeye.runs import load_weights, read_run  # noqa: F401  (their home is mindeye.runs)
+from mindeye.runs import (  # noqa: F401  (the run-directory readers' home is mindeye.runs)
+    _load_state_dict,
+    load_weights,
+    read_run,
+    read_safetensors,
+    refuse_diverged,
+)
+from mindeye.safe_load import load_torch_file
 from mindeye.utils.files import atomic_path, write_text_atomic
 
 
@@ -47,30 +58,59 @@ def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
     write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
 
 
+def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
+    """Record in run.json that training diverged (evaluation and inference then refuse the run)."""
+    path = run_dir / "run.json"
+    info = json.loads(path.read_text()) if path.exists() else {"mindeye_version": __version__}
+    info["diverged"] = {"step": step, "epoch": epoch}
+    write_text_atomic(path, json.dumps(info, indent=2))
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
     """Atomically replace RUN/checkpoint with model weights + resumable training state."""
     final = run_dir / "checkpoint"
     tmp = run_dir / "checkpoint.tmp"
     old = run_dir / "checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    recover_interrupted_swap(run_dir)  # a kill during the previous swap may have left tmp/ or old/
     tmp.mkdir(parents=True)
-    save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
-              metadata={"mindeye_version": __version__})
-    torch.save({"mindeye_version": __version__, **state}, tmp / "state.pt")
+    try:
+        save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
+                  metadata={"mindeye_version": __version__})
+        torch.save({"mindeye_version": __version__, **state}, tmp / "state.pt")
+    except BaseException:  # e.g. a full disk: the previous checkpoint stays, the torn one goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        shutil.rmtree(old)
     # The top-level weights follow the checkpoint so inference always sees the newest model.
     shutil.copyfile(final / "model.safetensors", run_dir / "model.safetensors.tmp")
     os.replace(run_dir / "model.safetensors.tmp", run_dir / "model.safetensors")
 
 
 def recover_interrupted_swap(run_dir: Path) -> None:
-    """If a kill landed between the two renames, the previous checkpoint is still in checkpoint.old."""
-    final, old = run_dir / "checkpoint", run_dir / "checkpoint.old"
+    """Bring a run directory back to one checkpoint after a kill at any point of :func:`save_checkpoint`.
+
+    The swap is: write tmp/ -> rename checkpoint/ to old/ -> rename tmp/ to checkpoint/ -> delete old/.
+    checkpoint/ present: it is the newest complete one; tmp/ (possibly half written) and old/ (the
+    previous one, possibly half deleted) are removed. checkpoint/ absent but old/ present: the kill
+    came between the renames, old/ is the last complete checkpoint and is put back; tmp/ is dropped
+    (it may be complete, but nothing proves it). Only tmp/: the first checkpoint was never published.
+    """
+    final, tmp, old = run_dir / "checkpoint", run_dir / "checkpoint.tmp", run_dir / "checkpoint.old"
     if not final.exists() and old.exists():
         os.replace(old, final)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    (run_dir / "model.safetensors.tmp").unlink(missing_ok=True)
+    # Killed after the swap but before the top-level copy: the top-level weights would be an epoch old.
+    top, inner = run_dir / "model.safetensors", final / "model.safetensors"
+    if inner.exists() and (not top.exists() or top.stat().st_mtime < inner.stat().st_mtime):
+        shutil.copyfile(inner, run_dir / "model.safetensors.tmp")
+        os.replace(run_dir / "model.safetensors.tmp", top)
 
 
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -78,5 +118,10 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
     ckpt = run_dir / "checkpoint"
     if not (ckpt / "state.pt").exists():
         raise MindEyeError(f"{run_dir} has no checkpoint to resume from; start without --resume")
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(map_location)))
-    return torch.load(ckpt / "state.pt", map_location=map_location, weights_only=True)
+    _load_state_dict(model, read_safetensors(ckpt / "model.safetensors", map_location), ckpt / "model.safetensors",
+                     strict=True)
+    state = load_torch_file(ckpt / "state.pt", "restore the run's own checkpoint or start a new run")
+    if not isinstance(state, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng_cpu"} <= set(state):
+        raise MindEyeError(f"{ckpt / 'state.pt'} is not a mindeye training state (keys missing); "
+                           "restore it or start a new run")
+    return state

@@ -24,12 +24,20 @@ from tqdm import tqdm
 
 from mindeye.config import Config
 from mindeye.data.store import SubjectStore
+from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.runs import embed_voxels
 from mindeye.training import losses
-from mindeye.training.checkpoint import load_checkpoint, save_checkpoint, save_weights, write_run_files
+from mindeye.training.checkpoint import (
+    load_checkpoint,
+    mark_diverged,
+    recover_interrupted_swap,
+    save_checkpoint,
+    save_weights,
+    write_run_files,
+)
 from mindeye.training.data import (
     EpochSampler,
     Targets,
@@ -41,7 +49,9 @@ from mindeye.training.data import (
     training_images,
 )
 from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
-from mindeye.utils.device import resolve_device
+from mindeye.training.divergence import DivergenceGuard
+from mindeye.training.resume_check import check_resume_config
+from mindeye.training.run_lock import RunLock
 
 
 def autocast_context(precision: str, device: str):
@@ -94,15 +104,29 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         # Existing weights (a ridge run or a run stopped mid-epoch has no checkpoint/, only its
-        # weights) are never silently replaced.
-        has_run = (self.run_dir / "checkpoint").exists() or (self.run_dir / "model.safetensors").exists()
+        # weights; a kill mid-swap may leave only checkpoint.old/) are never silently replaced.
+        has_run = any((self.run_dir / name).exists() for name in ("checkpoint", "checkpoint.old", "model.safetensors"))
         if has_run and not resume:
             raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
                                "or choose another --out")
+        started = (self.run_dir / "config.yaml").exists()  # a run stopped before its first checkpoint
+        if resume and not (has_run or started):
+            raise MindEyeError(f"nothing to resume in {self.run_dir} (no run there: no config.yaml, checkpoint/ or "
+                               "model.safetensors); drop --resume to start a new run, or give the run's own --out")
+        if resume:
+            check_resume_config(self.run_dir, cfg)
         self.resume = resume
 
     # -- public ------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train (under an OS lock on the run directory, so two processes never write one run)."""
+        with RunLock(self.run_dir) if self.dist.is_main else nullcontext():
+            if self.dist.is_main:
+                recover_interrupted_swap(self.run_dir)  # only under the lock: another process may be mid-swap
+            barrier(self.dist)  # the other processes read the checkpoint only once it is recovered
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         if cfg.model.kind == "ridge":
@@ -143,6 +167,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         log_path = self.run_dir / "metrics.jsonl"
         last_eval: dict[str, Any] = {}
+        guard = DivergenceGuard(self.device, self.dist)
         for epoch in range(start_epoch, cfg.train.epochs):
             ddp_model.train()
             t0, seen = time.perf_counter(), 0
@@ -153,13 +178,9 @@ class Trainer:
                 with autocast:
                     loss, parts = task.loss(ddp_model, model, batch, epoch)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+                # A non-finite step is skipped on the device and stops the run at the next sync.
+                guard.optimizer_step(optimizer, guard.observe(loss, step + 1), scaler)
                 scheduler.step()
                 step += 1
                 seen += cfg.train.batch_size
@@ -169,9 +190,9 @@ class Trainer:
                     # The only host sync in the loop: once every log_every steps.
                     mean_loss = torch.stack(running).float().mean().item()
                     running.clear()
-                    if not math.isfinite(mean_loss):
-                        raise MindEyeError(f"training diverged at step {step} (loss {mean_loss}); "
-                                           "lower train.max_lr or check the data")
+                    bad_step = guard.diverged_at()
+                    if bad_step is not None or not math.isfinite(mean_loss):
+                        self._stop_diverged(bad_step or step, epoch)
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
                                     samples_s=f"{rate:.0f}")
@@ -182,6 +203,9 @@ class Trainer:
                 if cfg.train.max_steps is not None and step >= cfg.train.max_steps:
                     break
             bar.close()
+            bad_step = guard.diverged_at()  # before anything of this epoch is validated or saved
+            if bad_step is not None:
+                self._stop_diverged(bad_step, epoch)
             done = epoch + 1
             stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
             if self.dist.is_main and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
@@ -208,11 +232,22 @@ class Trainer:
         return {"epochs": cfg.train.epochs, "steps": step, **last_eval}
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _stop_diverged(self, step: int, epoch: int) -> None:
+        """Record the divergence in run.json and stop; nothing of the diverged epoch is saved."""
+        if self.dist.is_main:
+            mark_diverged(self.run_dir, step=step, epoch=epoch + 1)
+        kept = (f"the last checkpoint (epoch {epoch}) is kept" if epoch > 0
+                else "no weights were saved")
+        raise MindEyeError(f"training diverged at step {step} (non-finite loss); {kept} and {self.run_dir}/run.json "
+                           "records the divergence; lower train.max_lr or check the data, then train again")
+
     def _run_info(self, model: nn.Module, **extra: Any) -> dict[str, Any]:
         """The run.json facts every kind of run records (plus ``extra``)."""
         return {"kind": self.cfg.model.kind, "store": str(self.store_path.resolve()),
                 "n_voxels": self.store.n_voxels, "subject": self.store.meta.get("subject"),
-                "source": self.store.meta.get("source"), "parameters": parameter_counts(model), **extra}
+                "source": self.store.meta.get("source"), "parameters": parameter_counts(model),
+                # checked when the run is evaluated on a store given with --data (same subject's data?)
+                "store_voxels_sha256": (self.store.meta.get("checksums") or {}).get("voxels.npy"), **extra}
 
     @staticmethod
     def _drop_records_after(path: Path, step: int) -> None:

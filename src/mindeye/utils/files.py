@@ -12,11 +12,15 @@ from typing import Any
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields ``PATH.tmp`` to write; renames it onto ``path`` when the block finishes without an error."""
+    """Yields ``PATH.tmp`` to write; renames it onto ``path`` when the block finishes without an error
+    (on an error the partial ``PATH.tmp`` is removed and ``path`` is left as it was)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    yield tmp
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, encoding: str | None = None) -> None:
