@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from mindeye.data.scenes import attribute_names, attribute_vector, caption, rend
 from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.utils.files import replace_dir
 
 MODEL_STREAM, STIMULUS_STREAM, NOISE_STREAM, DESIGN_STREAM = 0, 1, 2, 3
 FEATURE_MAPS = ("luminance", "red-green", "blue-yellow", "contrast-fine", "contrast-coarse",
@@ -641,11 +641,7 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
         "subjects": entries,
     }
     (tmp / "cohort.json").write_text(json.dumps(cohort, indent=2))
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():  # only with overwrite=True; replaced once the new cohort is complete
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)  # an existing cohort (overwrite=True) goes once the new one is complete
     if progress:
         print(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
               f"{time.perf_counter() - t0:.1f} s")

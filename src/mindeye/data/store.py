@@ -36,7 +36,7 @@ from mindeye import __version__
 from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import NPY_LOAD_ERRORS
-from mindeye.utils.files import write_json_atomic
+from mindeye.utils.files import replace_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -315,14 +315,7 @@ class StoreWriter:
         }
         (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         (self.tmp / "progress.json").unlink(missing_ok=True)
-        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")  # a name no user directory has
-        if self.out.exists():  # only reachable with overwrite=True; keep it until the new one is in place
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:  # --overwrite onto a regular file (or a link)
-            old.unlink(missing_ok=True)
+        replace_dir(self.tmp, self.out)  # an existing store (overwrite=True) goes once the new one is in place
         return self.out
 
 

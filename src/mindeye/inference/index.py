@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 from mindeye.inference.sources import IDS, ImageSource, open_source
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
-from mindeye.utils.files import atomic_path, write_json_atomic
+from mindeye.utils.files import atomic_path, replace_dir, write_json_atomic
 from mindeye.utils.images import square
 
 MANIFEST = "manifest.json"
@@ -221,14 +220,7 @@ def build_index(
                  mindeye_version=__version__, normalised=True)
     write_json_atomic(tmp / MANIFEST, state, indent=1)
     del vectors
-    if out.exists():  # --overwrite: swap in the new index, then drop the old one
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)  # --overwrite: the old index goes only once the new one is in place
     return out
 
 

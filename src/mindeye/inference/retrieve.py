@@ -8,7 +8,6 @@ and the k candidates are re-ranked by cosine similarity to it. See :func:`retrie
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from mindeye.errors import MindEyeError
 from mindeye.inference.index import EMBEDDINGS, DatabaseIndex, rerank
 from mindeye.inference.recon_dir import new_index, write_index
-from mindeye.utils.files import write_json_atomic
+from mindeye.utils.files import replace_dir, write_json_atomic
 from mindeye.utils.images import save_png, square
 
 # A run trained on an encoder's hidden tokens can query an index of the same model's final embedding
@@ -191,7 +190,5 @@ def retrieve(
         records.append({"sample": m, **rec})
     write_index(tmp, index)
     write_json_atomic(tmp / "retrievals.json", {"config": config, "retrievals": records}, indent=1)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)
     return index
