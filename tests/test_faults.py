@@ -24,7 +24,7 @@ from mindeye.training.checkpoint import recover_interrupted_swap
 from mindeye.training.run_lock import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
-HIGH = str(REPO / "configs" / "demo-highlevel.yaml")
+HIGH = str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml")
 TINY = ["model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.projector.hidden=32",
         "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32",
         "train.log_every=5", "data.val_images=0", "train.val_every=100"]
@@ -119,9 +119,9 @@ def test_nan_similarity_never_counts_as_a_hit():
     sim = torch.eye(4)
     sim[1, 1] = float("nan")  # correct candidate NaN: last, not first
     sim[2, 0] = float("nan")  # a NaN rival beats the correct one
-    image_rank, brain_rank = _ranks(sim)
-    assert image_rank.tolist() == [0, 3, 1, 0]
-    assert brain_rank.tolist() == [1, 3, 0, 0]
+    ranks = _ranks(sim)  # issue 13 named the directions: row i = brain i over images, column j = image j
+    assert ranks["brain_to_image"].tolist() == [0, 3, 1, 0]
+    assert ranks["image_to_brain"].tolist() == [1, 3, 0, 0]
 
 
 def test_retrieval_table_names_the_pool_used(trained, capsys):
