@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch + torchvision first, with pip (these exact versions are on local disk here)
 	$(PY) -m pip install -q -c constraints.txt torch torchvision
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,index,report]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,index,report,offline]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,7 @@ growth beyond the earlier runs' peak.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -605,6 +606,77 @@ def run_one(args: argparse.Namespace, name: str, reference: bool, online_targets
     return result
 
 
+def run_whole_train(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--whole-train``: the real ``Trainer.fit`` loop (data path, step, scheduler, logging) per
+    ``train.data_path``, timed between optimizer steps ``warmup`` and ``warmup + steps``.
+
+    The clock is read in a global optimizer step post-hook (after a device sync), so the window holds
+    exactly ``steps`` whole iterations of the loop and nothing of the setup (store reading, model
+    build) or of the end of the epoch (validation, checkpoint): ``warmup + steps`` must fit in an epoch.
+    """
+    import tempfile
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from mindeye.training.trainer import Trainer
+
+    rows = []
+    for data_path in args.data_paths.split(","):
+        cfg = load_bench_config(args.pipeline, args.size, args.config,
+                                [*args.set, f"train.data_path={data_path}", "train.val_every=100000"])
+        cfg.train.batch_size = args.batch
+        cfg.train.max_steps = args.warmup + args.steps
+        cfg.train.log_every = max(cfg.train.max_steps, 1)  # the loop's one host sync, once
+        stamps: list[float] = []
+
+        def stamp(*_: Any, stamps: list[float] = stamps) -> None:
+            _sync(args.device)
+            stamps.append(time.perf_counter())
+
+        handle = register_optimizer_step_post_hook(stamp)
+        t0 = time.perf_counter()
+        import mindeye.encoders.cache as cache
+
+        real_load = cache.load_targets
+        if args.random_init_targets:  # the trainer reads the `mindeye embed --random-init` cache
+            cache.load_targets = functools.partial(real_load, random_init=True)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mindeye-whole-train-") as out:
+                trainer = Trainer(cfg, out, store=args.data, device=args.device, progress=False)
+                result = trainer.fit()
+        finally:
+            handle.remove()
+            cache.load_targets = real_load
+        total = time.perf_counter() - t0
+        if result["steps"] < cfg.train.max_steps or len(stamps) < args.warmup + args.steps:
+            raise MindEyeError(f"the store gives {result['steps']} steps, fewer than --warmup + --steps")
+        first = stamps[args.warmup - 1] if args.warmup else t0
+        elapsed = stamps[args.warmup + args.steps - 1] - first
+        sps = args.batch * args.steps / elapsed
+        flops = flops_per_sample(cfg.model, trainer.store.n_voxels)["train"]
+        peak = peak_tflops(args.device, args.peak_tflops)
+        cuda = args.device.startswith("cuda")
+        rows.append({"data_path": data_path, "ms_per_step": 1000 * elapsed / args.steps, "samples_per_s": sps,
+                     "mfu": flops * sps / 1e12 / peak if peak else None, "fit_s": total,
+                     "peak_allocated_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+                     "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None,
+                     "pipeline": args.pipeline, "size": args.size, "batch": args.batch, "steps": args.steps})
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+    print(f"\nwhole `mindeye train` loop, {args.pipeline}-level {args.size}, batch {args.batch}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, store {args.data}:")
+    print("| train.data_path | ms/step | samples/s | vs simple | MFU | peak alloc / reserved GiB | fit() s |\n"
+          "|---|---|---|---|---|---|---|")
+    base = next((r for r in rows if r["data_path"] == "simple"), rows[0])
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        mem = (f"{r['peak_allocated_gib']:.2f} / {r['peak_reserved_gib']:.2f}" if r["peak_reserved_gib"] is not None
+               else "n/a (CPU)")
+        print(f"| {r['data_path']} | {r['ms_per_step']:.1f} | {r['samples_per_s']:.1f} | "
+              f"{r['samples_per_s'] / base['samples_per_s']:.2f}x | {mfu} | {mem} | {r['fit_s']:.1f} |")
+    return rows
+
+
 def _fmt(r: Result) -> str:
     mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "n/a"
     if r.peak_reserved_gib is not None:
@@ -666,7 +738,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="batches already on the device (no per-step host-to-device copies of targets)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: by GPU name)")
     ap.add_argument("--json", default=None, help="append the results as JSON lines to this file")
+    ap.add_argument("--whole-train", action="store_true", help="time the whole `mindeye train` loop (data "
+                    "path included) on --data STORE, once per --data-paths entry")
+    ap.add_argument("--data-paths", default="simple,prefetch,resident",
+                    help="--whole-train: comma-separated train.data_path values to compare")
+    ap.add_argument("--random-init-targets", action="store_true", help="--whole-train: read the store's "
+                    "`mindeye embed --random-init` caches (timing only; a GPU machine has no real weights)")
     args = ap.parse_args(argv)
+    if args.whole_train and not args.data:
+        ap.error("--whole-train needs --data STORE")
     if args.source == "store" and not args.data:
         ap.error("--source store needs --data STORE")
     if args.steps < 1 or args.warmup < 0 or args.batch < 2:
@@ -679,6 +759,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
+    if args.whole_train:
+        rows = run_whole_train(args)
+        if args.json:
+            with open(args.json, "a") as f:
+                for r in rows:
+                    f.write(json.dumps({**r, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}) + "\n")
+        return rows  # type: ignore[return-value]
     cfg = load_bench_config(args.pipeline, args.size, args.config, args.set)
     print(f"torch {torch.__version__}, device {args.device}"
           + (f" ({torch.cuda.get_device_name(torch.device(args.device))})" if args.device.startswith("cuda") else

@@ -40,6 +40,18 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
         assert "unavailable" in row["metrics"]["alexnet2"]  # offline: reported, never invented
     html = (out / "report.html").read_text()
     assert "demo-latent-diffusion" in html and "NOT Versatile Diffusion" in html
+    # the offline substitute network: its own table (or the reason it is missing), never the paper's columns
+    assert set(metrics["rows"][0]["offline_metrics"]) == {"effnet_lite0_2way", "effnet_lite0_distance"}
+    offline = results["offline_target"]
+    if "skipped" in offline:
+        assert "mindeye[offline]" in offline["skipped"]
+    else:
+        assert offline["retrieval"]["name"] == "demo-highlevel-effnet"
+        sem = offline["error_semantics"]
+        assert [sem[k]["encoder"] for k in ("highlevel", "highlevel-effnet")] == ["standin-clip-hidden",
+                                                                                 "effnet-lite0-pooled"]
+        assert all(0 <= s["error_same_category"] <= 1 and s["errors"] > 0 for s in sem.values())
+        assert "errors: attribute cosine" in text
     # A second run finds every step done and changes nothing.
     before = (out / "recons" / "final" / "index.json").read_text()
     assert main(args) == 0

@@ -159,6 +159,9 @@ class TrainConfig:
     backbone_mse_weight: float = 0.0  # MSE on the backbone output (paper Table 4 no-prior variants)
     log_every: int = 20  # steps between progress-bar / metrics-log updates (host syncs only then)
     compile: bool = False  # torch.compile the model
+    data_path: Literal["auto", "resident", "prefetch", "simple"] = "auto"  # batch feeding (docs/performance.md)
+    activation_checkpointing: bool = False  # lean mode: recompute backbone blocks / prior layers in backward
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas or FSDP2 sharded parameters
 
 
 @dataclass

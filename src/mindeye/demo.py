@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from mindeye.config import load_config, resolve_config_path
+from mindeye.config import SHIPPED_CONFIG_DIR, load_config, resolve_config_path
 from mindeye.errors import MindEyeError
 
 
@@ -30,6 +30,9 @@ class DemoConfig:
     highlevel_config: str = "demo-highlevel.yaml"  # high-level model config (relative to this file)
     lowlevel_config: str = "demo-lowlevel.yaml"  # low-level model config
     ridge_config: str | None = "demo-ridge.yaml"  # ridge baseline config; null = skip the baseline
+    # A second high-level run on EfficientNet-Lite0 targets (retrieval only; extra mindeye[offline], skipped
+    # without it); null = skip. Its errors are scored for semantic closeness on simulated stores.
+    offline_target_config: str | None = "demo-highlevel-effnet.yaml"
     device: str = "auto"  # auto = GPU if present
     generator: str = "demo-latent-diffusion"  # image generator for reconstructions
     generator_weights: str | None = None  # HF id / local path (null = the generator's default)
@@ -40,6 +43,9 @@ class DemoConfig:
     recon_limit: int | None = 60  # reconstruct only the first N test images (null = all)
     metrics_weights_dir: str | None = None  # where metric network checkpoints live (offline machines)
     clip_weights: str | None = None  # CLIP for the CLIP metric (HF id or local path)
+    # Without metric weights: also score with the offline substitute network (EfficientNet-Lite0, extra
+    # mindeye[offline]) in its own table, never the paper's columns ("unavailable" without the extra).
+    offline_net: bool = True
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
     report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
@@ -155,7 +161,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     results["retrieval"] = retrieval
     _done(t0)
 
-    for stage in (_stage_reconstruct, _stage_metrics, _stage_report):
+    for stage in (_stage_offline_target, _stage_reconstruct, _stage_metrics, _stage_report):
         stage(demo, out, store, runs, results, device)
 
     results["wall_seconds"] = time.perf_counter() - t_start
@@ -164,6 +170,38 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     if (out / "report.html").exists():
         print(f"report:  {out / 'report.html'}")
     return results
+
+
+def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    """The EfficientNet-Lite0 target run beside the stand-in one, and how close each one's errors are."""
+    from mindeye.encoders.cache import embed_store
+    from mindeye.encoders.effnet_lite import available
+    from mindeye.evaluation.run_eval import evaluate_retrieval
+    from mindeye.evaluation.scene_semantics import run_error_semantics
+
+    if not demo.offline_target_config:
+        return
+    t0 = _step("high-level model on EfficientNet-Lite0 targets (offline substitute; retrieval only)")
+    missing = available()
+    if missing is not None:
+        print(f"   skipped: {missing}")
+        results["offline_target"] = {"skipped": missing}
+        return
+    cfg_path = _resolve(demo.offline_target_config, SHIPPED_CONFIG_DIR)
+    cfg = _model_config(cfg_path, demo)
+    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device)
+    _train(cfg_path, runs / "highlevel-effnet", store, demo)
+    retrieval = evaluate_retrieval(runs / "highlevel-effnet", device=device)
+    semantics = {name: run_error_semantics(runs / name, device) for name in ("highlevel", "highlevel-effnet")}
+    results["offline_target"] = {"retrieval": retrieval, "error_semantics": semantics}
+    if semantics["highlevel"] is not None:
+        print("   test-set top-1 (brain -> image) and its errors' closeness to the true scene (chance: attribute "
+              f"cosine {semantics['highlevel']['chance_attr_cos']:.3f}, same category "
+              f"{100 * semantics['highlevel']['chance_same_category']:.1f}%):")
+        for s in semantics.values():
+            print(f"   {s['encoder']:<22} top-1 {100 * s['top1']:5.1f}%  errors: attribute cosine "
+                  f"{s['error_attr_cos']:.3f}, same main-object category {100 * s['error_same_category']:.1f}%")
+    _done(t0)
 
 
 def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
@@ -195,7 +233,8 @@ def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results
         [out / "recons" / "final", out / "recons" / "blurry"], names=["MindEye", "MindEye (low-level)"],
         store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
         pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
-        mean_row=False)  # the rows are two methods, not subjects of one
+        mean_row=False,  # the rows are two methods, not subjects of one
+        offline_net=demo.offline_net and offline)  # the real metric networks win when their weights are given
     json_path, md_path = write_metrics(res, out / "metrics.json", title="mindeye demo")
     results["metrics"] = str(json_path)
     print(md_path.read_text())

@@ -28,6 +28,9 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-only", action="store_true",
                    help="compute only PixCorr and SSIM (no network weights needed; the others are listed "
                         "as unavailable)")
+    p.add_argument("--offline-net", action="store_true",
+                   help="also score with the offline substitute network (EfficientNet-Lite0, extra mindeye[offline]): "
+                        "its own 2-way / distance columns, never the paper's (docs/evaluation.md)")
     p.add_argument("--retrieval", default=None, metavar="JSON",
                    help="retrieval results (RUN/eval/retrieval.json or `evaluate retrieval --out`) for the "
                         "table's retrieval columns")
@@ -60,7 +63,7 @@ def run_recon(args: argparse.Namespace) -> int:
         args.recons, names=args.name or None, store=args.data, weights_dir=args.weights_dir, clip=args.clip,
         device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
         retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress,
-        first_resize=args.first_resize)
+        first_resize=args.first_resize, offline_net=args.offline_net)
     json_path, md_path = write_metrics(result, args.out, title=args.title)
     print(md_path.read_text())
     print(json.dumps({"metrics": str(json_path), "table": str(md_path),

@@ -9,7 +9,8 @@ from mindeye.commands.options import add_data, add_device, add_out
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="write a self-contained HTML report (metrics, training curves, images, UMAP)",
+        "report", help="write a self-contained HTML report (metrics, training curves, images, UMAP) plus its "
+                       "figures (PNG, PDF) and tables (Markdown, CSV, LaTeX)",
         description="One HTML page with everything embedded (no external resources): the paper-Table-1 metrics "
                     "table, training curves, ground truth / blurry / reconstructed / retrieved test images and a "
                     "UMAP of the embedding spaces (paper Figure 9). See docs/evaluation.md.")
@@ -22,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieved", default=None, help="directory of retrieved images in the recon index format")
     p.add_argument("--metrics", nargs="+", action="extend", default=[], metavar="JSON",
                    help="metrics JSON(s) written by `mindeye evaluate recon`")
+    p.add_argument("--sessions", default=None, metavar="JSON",
+                   help="accuracy vs training sessions points for a figure: a JSON list of {\"sessions\": N, "
+                        "\"method\": name, <Table-1 key>: value, <key>_std: spread} (docs/evaluation.md)")
     add_data(p, help="subject store (default: the run's)")
     p.add_argument("--images", type=int, default=12, help="test images in the image grid")
     p.add_argument("--umap-samples", type=int, default=100,
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = build_report(args.run, lowlevel=args.lowlevel, ridge=args.ridge, recons=args.recons, blurry=args.blurry,
                        metrics=args.metrics, out=args.out, retrieved=args.retrieved, store=args.data,
                        umap=not args.no_umap, n_images=args.images, embed_samples=args.umap_samples,
-                       device=resolve_device(args.device), seed=args.seed, title=args.title)
+                       device=resolve_device(args.device), seed=args.seed, title=args.title,
+                       sessions=args.sessions)
     print(f"report: {out}")
     return 0

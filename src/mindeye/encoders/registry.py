@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mindeye.devices import resolve_device
-from mindeye.encoders import clip, standins, vae, vicregl
+from mindeye.encoders import clip, effnet_lite, standins, vae, vicregl
 from mindeye.encoders.base import ImageEncoder, make_fingerprint
 from mindeye.errors import MindEyeError
 
@@ -78,6 +78,15 @@ ENCODERS: dict[str, EncoderSpec] = {
             vicregl.build,
             vicregl.weights_id,
             lambda r, c, o: vicregl.describe(o.get("image_size", 512)),
+        ),
+        EncoderSpec(
+            "effnet-lite0-pooled",
+            "EfficientNet-Lite0 (ImageNet, extra mindeye[offline]) pooled feature, unit norm -> (1280,); "
+            "a real network that installs offline, NOT CLIP",
+            None,
+            effnet_lite.build_encoder,
+            effnet_lite.encoder_weights_id,
+            effnet_lite.describe,
         ),
         _standin_spec("standin-clip-hidden", "stand-in (random features, not pretrained) for clip-vit-l14-hidden"),
         _standin_spec("standin-clip-final", "stand-in (random features, not pretrained) for clip-vit-l14-final"),

@@ -204,6 +204,7 @@ def evaluate_recon_dirs(
     progress: bool = True,
     mean_row: bool = True,
     first_resize: str = "reference",
+    offline_net: bool = False,
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
 
@@ -216,6 +217,8 @@ def evaluate_recon_dirs(
     nets: pre-loaded feature networks (else loaded once from weights_dir / clip; pixel_only skips them).
     retrieval: retrieval JSON path or results; one result applies to every non-blurry row, a list as
         long as ``recons`` pairs up with them.
+    offline_net: also score each row with the offline substitute network (EfficientNet-Lite0, extra
+        mindeye[offline]) into ``row["offline_metrics"]``, apart from the paper's metrics.
     """
     from mindeye.data.store import SubjectStore
 
@@ -271,6 +274,10 @@ def evaluate_recon_dirs(
             "image_index": recon.image_index.tolist(),
             "metrics": values,
         }
+        if offline_net:
+            from mindeye.evaluation.offline_net import offline_metrics
+
+            row["offline_metrics"] = offline_metrics(reals, fakes, device, batch_size, progress)
         if retrievals[k] is not None:
             row["retrieval"] = _retrieval_summary(retrievals[k])
         rows.append(row)
@@ -308,6 +315,10 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
     lines = ["", "Images: " + "; ".join(
         f"{r['name']}: {r['n_images']} from {r['recons']} (made by {r.get('generator') or 'unknown'})"
         for r in result["rows"])]
+    if any(r.get("offline_metrics") for r in result["rows"]):
+        from mindeye.evaluation.offline_net import offline_markdown
+
+        lines += ["", offline_markdown(result["rows"])]
     return text + "\n".join(lines) + "\n"
 
 

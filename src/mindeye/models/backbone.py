@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 _ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
@@ -71,11 +72,16 @@ class ResidualMLPBackbone(nn.Module):
         # The high-level head keeps its bias (Algorithm 1 and the reference code agree on this one);
         # the low-level model's head has none.
         self.head = nn.Linear(hidden, out_tokens * out_dim, bias=head_bias)
+        # Lean mode (train.activation_checkpointing): recompute each block in backward instead of
+        # keeping its activations; the dropout RNG is replayed, so the gradients are unchanged.
+        self.checkpoint_blocks = False
 
     def forward(self, voxels: torch.Tensor) -> torch.Tensor:
         """(B, n_voxels) -> (B, out_tokens, out_dim)."""
         x = self.stem(voxels)
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
+            y = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             # Skip connections matter at depth: 4 blocks without them train markedly worse (Table 2).
-            x = block(x) + x if self.skip else block(x)
+            x = y + x if self.skip else y
         return self.head(x).view(voxels.shape[0], self.out_tokens, self.out_dim)

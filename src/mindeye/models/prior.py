@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -200,6 +201,7 @@ class PriorNetwork(nn.Module):
         self.rotary = RotaryEmbedding(rotary_dim)  # one instance shared by all layers, as in the reference
         self.rel_pos_bias = nn.Embedding(rel_pos_buckets, heads)  # shared by all layers
         self.blocks = nn.ModuleList(Block(dim, heads, dim_head, ff_mult) for _ in range(depth))
+        self.checkpoint_blocks = False  # lean mode: recompute the layers in backward (same gradients)
         self.norm_out = LayerNorm(dim, stable=True)
         self.project_out = nn.Linear(dim, dim, bias=False)
 
@@ -253,8 +255,9 @@ class PriorNetwork(nn.Module):
 
         x = torch.cat((brain_embed, time_tok.to(brain_embed.dtype), image + self.pos_emb), dim=1)
         bias = self.attn_bias(x.shape[1], device)
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, self.rotary, bias)
+            x = checkpoint(block, x, self.rotary, bias, use_reentrant=False) if recompute else block(x, self.rotary, bias)
         x = self.project_out(self.norm_out(x))
         return x[:, -self.num_tokens :]
 

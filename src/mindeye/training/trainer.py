@@ -30,6 +30,7 @@ from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.runs import embed_voxels
 from mindeye.training import losses
+from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import (
     load_checkpoint,
     mark_diverged,
@@ -48,7 +49,17 @@ from mindeye.training.data import (
     train_val_images,
     training_images,
 )
-from mindeye.training.distributed import DistInfo, barrier, gather_with_grad, init_distributed, local_slice
+from mindeye.training.distributed import (
+    DistInfo,
+    barrier,
+    full_model_state,
+    full_optimizer_state,
+    gather_with_grad,
+    init_distributed,
+    load_full_optimizer_state,
+    local_slice,
+    shard_model,
+)
 from mindeye.training.divergence import DivergenceGuard
 from mindeye.training.resume_check import check_resume_config
 from mindeye.training.run_lock import RunLock
@@ -133,12 +144,21 @@ class Trainer:
             return self._fit_ridge()
         task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
         model = build_model(cfg.model, self.store.n_voxels).to(self.device)
+        if cfg.train.activation_checkpointing:
+            set_activation_checkpointing(model, True)
         if cfg.train.compile:
             compile_model(model)
         if self.dist.is_main:
             write_run_files(self.run_dir, cfg, self._run_info(model, processes=self.dist.world))
+        has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
+        sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
+        resume_state = None
+        if sharded and has_checkpoint:  # full weights go in before the parameters are sharded
+            resume_state = load_checkpoint(self.run_dir, model, map_location=self.device)
         ddp_model: nn.Module = model
-        if self.dist.enabled:
+        if sharded:
+            shard_model(model, self.dist, self.device)
+        elif self.dist.enabled:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
         fused = self.device.startswith("cuda")
@@ -151,9 +171,16 @@ class Trainer:
             optimizer, max_lr=cfg.train.max_lr, total_steps=total_steps, pct_start=pct_start,
             final_div_factor=cfg.train.final_div_factor)
         start_epoch, step = 0, 0
-        if self.resume and (self.run_dir / "checkpoint").exists():
-            state = load_checkpoint(self.run_dir, model, map_location=self.device)
-            optimizer.load_state_dict(state["optimizer"])
+        if has_checkpoint:
+            state = resume_state or load_checkpoint(self.run_dir, model, map_location=self.device)
+            fsdp_written = any(isinstance(k, str) for k in state["optimizer"]["state"])  # keyed by name
+            if fsdp_written != sharded:
+                raise MindEyeError(f"{self.run_dir} was checkpointed with train.parallel="
+                                   f"{'fsdp' if fsdp_written else 'ddp'} under torchrun; resume it with that setting")
+            if sharded:
+                load_full_optimizer_state(model, optimizer, state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng_cpu"])
             if self.device.startswith("cuda") and "rng_cuda" in state:
@@ -208,24 +235,27 @@ class Trainer:
                 self._stop_diverged(bad_step, epoch)
             done = epoch + 1
             stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
-            if self.dist.is_main and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
+            # A sharded model's forward is a collective: every process validates, the main one logs.
+            if (self.dist.is_main or sharded) and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
                 last_eval = task.validate(model)
-                if last_eval:
+                if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
                     if self.progress:
                         shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
                         print(f"epoch {done}: {shown}")
             epoch_complete = step == done * steps_per_epoch
+            saved = full_model_state(model) if sharded else model  # gathering is a collective
+            opt_state = full_optimizer_state(model, optimizer) if sharded and epoch_complete else None
             if self.dist.is_main and epoch_complete:
-                state = {"epoch": done, "step": step, "optimizer": optimizer.state_dict(),
+                state = {"epoch": done, "step": step, "optimizer": opt_state or optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
                 if self.device.startswith("cuda"):
                     state["rng_cuda"] = torch.cuda.get_rng_state()
-                save_checkpoint(self.run_dir, model, state)
+                save_checkpoint(self.run_dir, saved, state)
             elif self.dist.is_main:
                 # Stopped mid-epoch (train.max_steps): keep the weights for inspection, but the
                 # resumable checkpoint stays at the last whole epoch so --resume replays exactly.
-                save_weights(model, self.run_dir / "model.safetensors")
+                save_weights(saved, self.run_dir / "model.safetensors")
             barrier(self.dist)
             if stop:
                 break
@@ -287,6 +317,14 @@ class Trainer:
         return result
 
 
+def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Lean mode: every module with ``checkpoint_blocks`` (backbone MLP blocks, prior layers) recomputes
+    its blocks in backward instead of storing their activations (dropout RNG replayed: same gradients)."""
+    for m in model.modules():
+        if hasattr(m, "checkpoint_blocks"):
+            m.checkpoint_blocks = enabled
+
+
 def compile_model(model: nn.Module) -> None:
     """torch.compile, in place, the modules a training step runs (state-dict names unchanged).
 
@@ -336,6 +374,8 @@ class HighLevelTask:
                                     cfg.train.repetition)
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         self.mixco_epochs = int(math.floor(cfg.train.mixco_fraction * cfg.train.epochs))
+        self.loader = BatchLoader(self.vox, [TargetTable("targets", self.targets.array, self.targets.views)],
+                                  self.images, trainer.device, mode=cfg.train.data_path)
 
     def steps_per_epoch(self) -> int:
         return self.sampler.steps_per_epoch()
@@ -343,14 +383,16 @@ class HighLevelTask:
     def batches(self, epoch: int):
         cfg, dev = self.t.cfg, self.t.device
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        views = self.targets.views
+        # The whole epoch's data draws are made up front (sampler order, then the view per step), so
+        # every data-path mode sees the same stream.
+        requests = []
         for pos, slots in self.sampler.epoch(gen):
-            image_index = self.images[pos]
-            yield {
-                "voxels": self.vox[torch.from_numpy(pos), torch.from_numpy(slots)].float(),  # global batch; sliced per rank in loss()
-                "targets": self.targets.get(image_index, gen if self.targets.views is not None else None),
-                "generator": gen,
-                "device": dev,
-            }
+            k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
+            requests.append(Request(pos, self.images[pos], repetition=slots, views=k))
+        for b in self.loader.batches(requests):
+            # global batch (sliced per rank in loss()), already float32 on the device
+            yield {"voxels": b["voxels"], "targets": b["targets"], "generator": gen, "device": dev}
 
     def _phase(self, epoch: int) -> str:
         loss = self.t.cfg.train.loss
@@ -417,21 +459,25 @@ class HighLevelTask:
         return quick_retrieval(preds, self.targets.get(self.val.image_index), self.t.cfg.eval.pool)
 
 
-def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
-    """Random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
+def repetition_weights(mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """(B, R) weights: random weighted average of each image's repetitions (p .5), their mean (p .3) or one (p .2).
 
     ``mode="batch"`` (``train.lowlevel_repetition_mix``; the authors' ``utils.voxel_select``): ONE of the
     three choices for the whole batch; ``"sample"``: one choice per sample. Weights and picks are per sample.
     """
-    b, r, _ = vox.shape
+    b, r = mask.shape
     u = torch.rand(1, generator=gen).expand(b) if mode == "batch" else torch.rand(b, generator=gen)
     w_rand = torch.rand(b, r, generator=gen) * mask
     w_mean = mask.float()
     pick = torch.multinomial(mask.float() + 1e-12, 1, generator=gen).squeeze(1)
     w_one = F.one_hot(pick, r).float()
     w = torch.where((u < 0.5)[:, None], w_rand, torch.where((u < 0.8)[:, None], w_mean, w_one))
-    w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-    return torch.einsum("br,brv->bv", w, vox.float())
+    return w / w.sum(1, keepdim=True).clamp_min(1e-8)
+
+
+def mix_repetitions(vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, mode: str = "batch") -> torch.Tensor:
+    """(B, V): each image's repetitions (B, R, V) averaged with :func:`repetition_weights`."""
+    return torch.einsum("br,brv->bv", repetition_weights(mask, gen, mode), vox.float())
 
 
 class LowLevelTask:
@@ -454,26 +500,31 @@ class LowLevelTask:
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
         self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
+        tables = [TargetTable("latents", self.latents.array)]
+        if self.teacher is not None:
+            tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
+        self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
     def steps_per_epoch(self) -> int:
         return len(self.images) // self.t.cfg.train.batch_size
 
-    def mix_repetitions(self, vox: torch.Tensor, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return mix_repetitions(vox, mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
+    def repetition_weights(self, mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return repetition_weights(mask, gen, self.t.cfg.train.lowlevel_repetition_mix)
 
     def batches(self, epoch: int):
         cfg = self.t.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         perm = torch.randperm(len(self.images), generator=gen)
         bs = cfg.train.batch_size
+        views = self.teacher.views if self.teacher is not None else None
+        requests = []  # every data draw up front, in today's order (weights, then teacher views, per step)
         for s in range(self.steps_per_epoch()):
-            idx = perm[s * bs:(s + 1) * bs]
-            imgs = self.images[idx.numpy()]
-            batch = {"voxels": self.mix_repetitions(self.vox[idx], self.mask[idx], gen),
-                     "latents": self.latents.get(imgs), "device": self.t.device}
-            if self.teacher is not None:
-                batch["teacher"] = self.teacher.get(imgs, gen if self.teacher.views is not None else None)
-            yield batch
+            idx = perm[s * bs:(s + 1) * bs].numpy()
+            w = self.repetition_weights(self.mask[idx], gen)
+            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
+        for b in self.loader.batches(requests):
+            yield {**b, "device": self.t.device}
 
     def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
         cfg, info, dev = self.t.cfg, self.t.dist, batch["device"]
