@@ -33,11 +33,12 @@ ENCODERS = {  # encoder -> ridge output (tokens, dim)
 
 def main() -> None:
     from mindeye.config import load_config
+    from mindeye.data.splits import load_eval_split
     from mindeye.data.store import SubjectStore
     from mindeye.encoders.cache import embed_store
-    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.encoders.targets import Targets
     from mindeye.evaluation.scene_semantics import error_semantics, scene_semantics
-    from mindeye.training.data import Targets, load_eval_split
+    from mindeye.runs import load_run_model
     from mindeye.training.trainer import Trainer, embed_voxels
 
     ap = argparse.ArgumentParser()

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,3 +21,24 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP contention (all test files)
+
+
+# Stand-in targets the tiny-store tests train and retrieve with (cheap to compute, no downloads).
+TINY_TARGETS = ("standin-clip-hidden", "standin-clip-final", "standin-vae", "standin-vicregl")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """The tiny simulated subject (seed 0) with the stand-in target caches, built once per test session.
+
+    Shared by every test file that trains or evaluates on it: treat it as read-only (copy it first to
+    change it; adding another encoder's cache is fine).
+    """
+    from mindeye.data.simulate import simulate_subject
+    from mindeye.encoders.cache import embed_store
+
+    out = tmp_path_factory.mktemp("shared") / "tiny"
+    simulate_subject(out, scale="tiny", seed=0, progress=False)
+    for name in TINY_TARGETS:
+        embed_store(out, name, progress=False)
+    return out

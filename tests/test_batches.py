@@ -143,18 +143,6 @@ def test_prefetch_thread_stops_on_early_stop_and_on_errors(tmp_path):
     assert _wait_thread_gone()
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory):
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-vae", "standin-vicregl"):
-        embed_store(out, name, progress=False)
-    return out
-
-
 TINY = ["model.backbone.hidden=128", "model.backbone.n_blocks=1", "model.projector.hidden=64",
         "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32"]
 

@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL
 from mindeye.errors import MindEyeError
 from mindeye.inference.blurry import BlurryImages, decode_latents_to_pngs
 from mindeye.inference.generators import DiffusersVaeCodec
-from mindeye.inference.reconstruct import load_png
+from mindeye.utils.images import load_png
 
 
 def tiny_codec() -> DiffusersVaeCodec:

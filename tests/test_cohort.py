@@ -26,8 +26,8 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def single(cohorts: dict[str, Path]) -> SubjectStore:
-    return SubjectStore(simulate_subject(cohorts["a"].parent / "single", "tiny", seed=0, progress=False))
+def single(tiny_store: Path) -> SubjectStore:
+    return SubjectStore(tiny_store)  # the tiny seed-0 subject (conftest.py, built once per session)
 
 
 def stores(cohort: Path) -> list[SubjectStore]:

@@ -6,8 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,17 +25,6 @@ def test_data_throughput_tiny_run_times_every_mode(tmp_path, capsys):
     assert all(r["batches"] == 4 and len(r["round_rates"]) == 2 and r["batches_per_s"] > 0 for r in rows)
     assert "| high | 0 ms | prefetch |" in capsys.readouterr().out
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)
-
-
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    embed_store(out, "standin-clip-hidden", progress=False)
-    return out
 
 
 def test_whole_train_mode_times_the_trainer_loop_per_data_path(tiny_store, capsys):

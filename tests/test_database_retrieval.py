@@ -18,16 +18,10 @@ from mindeye.cli import main
 from mindeye.data.store import SubjectStore
 from mindeye.encoders.registry import encoder_fingerprint, get_encoder
 from mindeye.errors import MindEyeError
-from mindeye.inference import database
-from mindeye.inference.database import (
-    DatabaseIndex,
-    build_index,
-    make_faiss_index,
-    query_embeddings,
-    rerank,
-    retrieve,
-    square,
-)
+from mindeye.inference import index as database_index
+from mindeye.inference.index import DatabaseIndex, build_index, make_faiss_index, rerank
+from mindeye.inference.retrieve import query_embeddings, retrieve
+from mindeye.utils.images import square
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_HIGH = [
@@ -49,15 +43,8 @@ def faiss_one_thread():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-clip-final"):
-        embed_store(out, name, progress=False)
-    return out
+def store(tiny_store) -> Path:
+    return tiny_store  # conftest.py: built once per session
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +168,7 @@ def test_ivfpq_recall_and_auto_choice(monkeypatch):
     recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(got, want)])
     assert recall > 0.5, recall
     assert make_faiss_index(x, "auto")[1]["type"] == "flat"
-    monkeypatch.setattr(database, "FLAT_MAX", 1000)
+    monkeypatch.setattr(database_index, "FLAT_MAX", 1000)
     assert make_faiss_index(x, "auto")[1]["type"] == "ivfpq"
 
 
@@ -294,9 +281,8 @@ def _train(store: Path, run: Path, extra: list[str]) -> Path:
 
 
 def _brain(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import load_eval_split
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.runs import embed_voxels, load_run_model
 
     _, _, model, subject = load_run_model(run)
     test = load_eval_split(subject, subject.image_indices("test"), "averaged")

@@ -28,12 +28,8 @@ def empty_hub(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> SubjectStore:
-    from mindeye.data.simulate import simulate_subject
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    return SubjectStore(out)
+def store(tiny_store) -> SubjectStore:
+    return SubjectStore(tiny_store)  # conftest.py: built once per session
 
 
 def make_recon_dir(out: Path, store: SubjectStore, images: np.ndarray, noise: float = 30.0, size: int | None = None,

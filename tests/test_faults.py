@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from mindeye.cli import main
 from mindeye.data.store import SubjectStore
-from mindeye.evaluation.retrieval import _ranks
+from mindeye.metrics.retrieval import _ranks
 from mindeye.training.checkpoint import recover_interrupted_swap
 from mindeye.training.run_lock import RunLock
 
@@ -51,14 +51,8 @@ def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("faults") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    embed_store(out, "standin-clip-hidden", progress=False)
-    return out
+def store(tiny_store) -> Path:
+    return tiny_store  # conftest.py: built once per session (tests copy it before damaging it)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +119,7 @@ def test_nan_similarity_never_counts_as_a_hit():
     sim = torch.eye(4)
     sim[1, 1] = float("nan")  # correct candidate NaN: last, not first
     sim[2, 0] = float("nan")  # a NaN rival beats the correct one
-    ranks = _ranks(sim)
+    ranks = _ranks(sim)  # issue 13 named the directions: row i = brain i over images, column j = image j
     assert ranks["brain_to_image"].tolist() == [0, 3, 1, 0]
     assert ranks["image_to_brain"].tolist() == [1, 3, 0, 0]
 

@@ -23,7 +23,7 @@ def mean_image_baseline(store: SubjectStore, n: int) -> np.ndarray:
     return np.repeat(np.round(mean).astype(np.uint8)[None], n, axis=0)
 
 
-def test_blurry_reconstructions_beat_mean_image(tmp_path):
+def test_blurry_reconstructions_beat_mean_image(tmp_path, tiny_store):
     """PixCorr of the blurry reconstructions beats the mean training image by a margin that holds on any CPU.
 
     Measured over training seeds 0-4 (this config, tiny store seed 0): PixCorr blurry - mean image =
@@ -32,12 +32,7 @@ def test_blurry_reconstructions_beat_mean_image(tmp_path):
     less than a change of seed does). SSIM is not asserted: on the tiny store it has no real gap (blurry
     - mean image = -0.0018 to -0.00003 over the same seeds; the mean image is itself very smooth).
     """
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    store_path = tmp_path / "tiny"
-    simulate_subject(store_path, scale="tiny", seed=0, progress=False)
-    embed_store(store_path, "standin-vae", progress=False)
+    store_path = tiny_store  # the tiny seed-0 store (conftest.py, built once per session)
     cfg = load_config(REPO / "src/mindeye/configs" / "demo-lowlevel.yaml", [
         "train.epochs=20", "train.lowlevel_contrastive_weight=0", "model.lowlevel.hidden=256",
         "model.lowlevel.n_blocks=1", "train.val_every=100"])

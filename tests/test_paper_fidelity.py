@@ -33,18 +33,6 @@ TINY_VAE = dict(block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2
                 up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, layers_per_block=1, latent_channels=4)
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("fidelity") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-vae", "standin-vicregl"):
-        embed_store(out, name, progress=False)
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ 2. epoch
 def test_paper_epoch_is_276_steps_and_onecycle_spans_66240():
     cfg = load_config(PAPER_HIGH)

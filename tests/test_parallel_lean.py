@@ -23,18 +23,6 @@ TINY_HIGH = ["model.backbone.hidden=128", "model.backbone.n_blocks=2", "model.pr
              "train.val_every=100", "data.val_images=0"]
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-vae", "standin-vicregl"):
-        embed_store(out, name, progress=False)
-    return out
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

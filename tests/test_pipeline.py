@@ -12,9 +12,9 @@ import torch
 import mindeye
 from mindeye.cli import main
 from mindeye.config import load_config
+from mindeye.data.splits import load_eval_split
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
-from mindeye.training.data import load_eval_split
 from mindeye.training.trainer import Trainer
 
 TOY = ["data.val_images=0", "train.val_every=100"]
@@ -26,15 +26,9 @@ TOY_LOW = TOY + ["train.max_steps=3", "train.lowlevel_contrastive_weight=0", "mo
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
+def runs(tmp_path_factory, tiny_store) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("api")
-    store = root / "store"
-    simulate_subject(store, scale="tiny", seed=0, progress=False)
-    for enc in ("standin-clip-hidden", "standin-vae"):
-        embed_store(store, enc, device="cpu", progress=False)
+    store = tiny_store
     Trainer(load_config("demo-highlevel", TOY_HIGH), root / "high", store=store, device="cpu", progress=False).fit()
     Trainer(load_config("demo-lowlevel", TOY_LOW), root / "low", store=store, device="cpu", progress=False).fit()
     Trainer(load_config("demo-ridge", TOY), root / "ridge", store=store, device="cpu", progress=False).fit()
@@ -101,7 +95,7 @@ def test_bad_voxels_give_one_clear_error(pipe):
 
 
 def test_retrieve_ranks_by_cosine_both_ways(pipe, runs, test_split):
-    from mindeye.training.data import Targets
+    from mindeye.encoders.targets import Targets
 
     x = test_split.voxels[:6]
     cands = Targets(runs["store"], "standin-clip-hidden", None).get(test_split.image_index[:9]).numpy()
@@ -136,7 +130,7 @@ def test_ridge_run_embeds_and_retrieves(runs, test_split):
 
 
 def test_api_images_equal_the_cli_outputs(pipe, runs, test_split, tmp_path):
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
 
     out = tmp_path / "cli"
     assert main(["reconstruct", "--run", str(runs["high"]), "--lowlevel", str(runs["low"]), "--generator",
@@ -168,7 +162,7 @@ def test_api_images_equal_the_cli_outputs(pipe, runs, test_split, tmp_path):
 
 
 def test_save_images_writes_pngs(tmp_path):
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
 
     imgs = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     paths = mindeye.save_images(imgs, tmp_path / "o")

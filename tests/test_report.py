@@ -51,20 +51,16 @@ def _fake_recons(out: Path, store, images: np.ndarray, kind: str, config: dict, 
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory) -> dict:
+def exp(tmp_path_factory, tiny_store) -> dict:
     """A tiny experiment: trained high-level + ridge runs, retrieval, recon + blurry dirs, metrics, report."""
-    from mindeye.data.simulate import simulate_subject
     from mindeye.data.store import SubjectStore
-    from mindeye.encoders.cache import embed_store
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
     from mindeye.evaluation.run_eval import evaluate_retrieval
     from mindeye.training.trainer import Trainer
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("exp")
-    store_path = root / "store"
-    simulate_subject(store_path, scale="tiny", seed=0, progress=False)
-    embed_store(store_path, "standin-clip-hidden", progress=False)
+    store_path = tiny_store
     high, ridge = root / "high", root / "ridge"
     Trainer(load_config(REPO / "src/mindeye/configs/demo-highlevel.yaml", TINY_HIGH), high, store=store_path, device="cpu",
             progress=False).fit()
@@ -157,9 +153,9 @@ def test_training_curves_match_metrics_jsonl(exp):
 
 
 def test_image_grid(exp):
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import Targets, load_eval_split
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets
+    from mindeye.runs import embed_voxels, load_run_model
 
     html, store = exp["html"], exp["store"]
     grid = re.search(r'<table class="grid" id="image-grid">.*?</table>', html, re.S).group(0)
@@ -175,7 +171,7 @@ def test_image_grid(exp):
     for uri, i in zip(truth, shown):
         np.testing.assert_array_equal(_img_from_uri(uri), store.images[i])
     recon = re.findall(r'src="([^"]+)"', rows[3])
-    from mindeye.inference.reconstruct import load_png
+    from mindeye.utils.images import load_png
     np.testing.assert_array_equal(_img_from_uri(recon[0]), load_png(exp["recons"] / f"images/{shown[0]:05d}.png"))
     # retrieved: argmax cosine of the projector output over all test targets, computed independently here
     cfg, _, model, subject = load_run_model(exp["high"], "cpu")
@@ -192,7 +188,7 @@ def test_image_grid(exp):
 
 def test_umap_has_four_groups(exp):
     from mindeye.evaluation.report import test_embeddings
-    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.runs import load_run_model
 
     html = exp["html"]
     assert 'id="fig-umap"' in html and (exp["root"] / "figures" / "umap.pdf").exists()

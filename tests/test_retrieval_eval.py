@@ -6,7 +6,8 @@ import torch
 from scipy import stats
 
 from mindeye.errors import MindEyeError
-from mindeye.evaluation.retrieval import (
+from mindeye.evaluation.tables import markdown_table
+from mindeye.metrics.retrieval import (
     BRAIN_TO_IMAGE,
     IMAGE_TO_BRAIN,
     TABLE1_COLUMNS,
@@ -17,7 +18,6 @@ from mindeye.evaluation.retrieval import (
     retrieval_top1_among,
     topk_full,
 )
-from mindeye.evaluation.tables import markdown_table
 
 
 def _loop_top1(brain: np.ndarray, images: np.ndarray) -> tuple[float, float]:

@@ -194,7 +194,7 @@ def test_augmented_views_cached_reproducibly(store, tmp_path):
         assert any(torch.equal(row, torch.from_numpy(np.asarray(views[i, k], dtype=np.float32))) for k in range(3))
 
     # Training's Targets.get: per image the plain target (draw 0) or augmented view draw - 1.
-    from mindeye.training.data import Targets
+    from mindeye.encoders.targets import Targets
 
     idx = np.array([4, 1, 4, 0, 2, 2, 3, 1])
     got = Targets(store, "standin-clip-hidden", None, views=3).get(idx, torch.Generator().manual_seed(5))

@@ -26,18 +26,6 @@ TINY_HIGH = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
-    from mindeye.data.simulate import simulate_subject
-    from mindeye.encoders.cache import embed_store
-
-    out = tmp_path_factory.mktemp("sim") / "tiny"
-    simulate_subject(out, scale="tiny", seed=0, progress=False)
-    for name in ("standin-clip-hidden", "standin-vae", "standin-vicregl"):
-        embed_store(out, name, progress=False)
-    return out
-
-
 def _cfg(path: str, extra: list[str]):
     return load_config(REPO / "src/mindeye/configs" / path, TINY_HIGH + extra if "high" in path else extra)
 

@@ -132,7 +132,7 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     from mindeye.devices import resolve_device
 
     device = resolve_device(demo.device)
-    from mindeye.training.data import target_options
+    from mindeye.encoders.targets import target_options
 
     for name, weights in sorted(wanted, key=lambda x: x[0]):
         embed_store(store, name, weights=weights, device=device, **target_options(high, name))

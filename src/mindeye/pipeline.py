@@ -125,7 +125,7 @@ def as_images(images: Any, what: str = "images") -> np.ndarray:
 
 def save_images(images: Any, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
     """Write uint8 (n, H, W, 3) images as PNGs (atomically) into ``out_dir``: 00000.png, 00001.png, ..."""
-    from mindeye.inference.reconstruct import save_png
+    from mindeye.utils.images import save_png
 
     arr = as_images(images)
     names = names or [f"{i:05d}.png" for i in range(len(arr))]
@@ -196,7 +196,7 @@ class MindEyePipeline:
     # -- embeddings and retrieval ------------------------------------------------------------------
     def embed(self, voxels: Any, batch_size: int = 256) -> Embeddings:
         """Backbone and projector outputs (float32 arrays) of each brain sample."""
-        from mindeye.training.trainer import embed_voxels
+        from mindeye.runs import embed_voxels
 
         x = as_voxels(voxels, self.n_voxels)
         b = self.high.config.model.backbone
@@ -257,6 +257,7 @@ class MindEyePipeline:
     def blurry(self, voxels: Any, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Low-level reconstructions: uint8 (n, H, W, 3), decoded with the VAE the low-level targets came from."""
         from mindeye.encoders.registry import get_encoder
+        from mindeye.inference.blurry import blurry_batch
 
         if self.lowlevel is None:
             raise MindEyeError("blurry() needs a low-level run: MindEyePipeline.from_run(HIGH, lowlevel=LOW_RUN)")
@@ -265,12 +266,11 @@ class MindEyePipeline:
             t = self.lowlevel.config.targets
             self._decoder = get_encoder(t.lowlevel_encoder, weights=t.lowlevel_weights, device=self.device)
         out = []
+        def predict(v: torch.Tensor) -> torch.Tensor:
+            return self.lowlevel.model(v.to(self.device))[0]
+
         for s in tqdm(range(0, len(x), batch_size), desc="blurry", unit="batch", disable=not progress):
-            with torch.no_grad():
-                latents = self.lowlevel.model(x[s:s + batch_size].to(self.device))[0]
-                if not torch.isfinite(latents).all():
-                    raise MindEyeError("the low-level model predicted non-finite latents (check the run's weights)")
-                out.append(torch.as_tensor(self._decoder.decode(latents)).cpu())
+            out.append(torch.as_tensor(blurry_batch(predict, self._decoder.decode, x[s:s + batch_size])).cpu())
         return torch.cat(out).numpy()
 
     @property
@@ -321,7 +321,7 @@ class MindEyePipeline:
         ``prior_steps`` / ``prior_guidance`` default to the run's. ``return_all`` also returns all candidates.
         """
         from mindeye.inference.img2img import img2img_start
-        from mindeye.inference.reconstruct import ReconstructSettings, _generate, item_seed, select_best
+        from mindeye.inference.reconstruct import ReconstructSettings, item_seed, reconstruct_batch
 
         prior_cfg = self.high.config.model.prior
         settings = ReconstructSettings(
@@ -355,11 +355,10 @@ class MindEyePipeline:
         bar = tqdm(total=len(x), desc="reconstruct", unit="img", disable=not progress)
         for b0 in range(0, len(x), settings.batch_brains):
             rows = list(range(b0, min(b0 + settings.batch_brains, len(x))))
-            cand = _generate(rows, backbone, index, prior, generator, settings, source, start, n, generator.device)
-            with torch.no_grad():
-                embeds = self._judge.encode(cand.to(generator.device))
-            for j, m in enumerate(rows):
-                best, row_scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+            cand, best_of, row_scores_of = reconstruct_batch(rows, backbone, projector, index, prior, generator,
+                                                             self._judge.encode, settings, source, start)
+            for j in range(len(rows)):
+                best, row_scores = best_of[j], row_scores_of[j]
                 chosen.append(best)
                 scores.append(row_scores)
                 images.append(cand[j * n + best].numpy())

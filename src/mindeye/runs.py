@@ -5,18 +5,32 @@ it was trained on: the voxel count comes from run.json (written by `mindeye trai
 `mindeye import-checkpoint`), and for a run that predates that field, from the shape of the model's
 input layer in model.safetensors.
 
-The run-directory reader and the weights loader still live in ``mindeye.training.checkpoint`` (imported
-lazily here); moving them into this layer is part of the import-order clean-up of issue 15.
+This module is the one home of reading a run directory: :func:`read_run` (config + run.json),
+:func:`load_weights`, :func:`load_run` (store-free) and :func:`load_run_model` (checked against a subject
+store, for commands that evaluate on the store's test split), and :func:`embed_voxels` (a model's
+outputs for voxel rows, used by validation, evaluation, retrieval and the pipeline). It sits above
+``models`` and below ``training`` / ``inference`` (docs/architecture.md); writing runs is the trainer's
+(``mindeye.training.checkpoint``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mindeye.config import Config
+import torch
+from torch import nn
+
+from mindeye.config import Config, load_config
+from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
+from mindeye.finite import non_finite_tensors
+from mindeye.safe_load import load_safetensors_file
+
+if TYPE_CHECKING:
+    from mindeye.data.store import SubjectStore
 
 # The weight whose input dimension is the voxel count, per model kind (see mindeye.models.factory).
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
@@ -39,6 +53,53 @@ class Run:
     @property
     def name(self) -> str:
         return self.config.name
+
+
+def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
+    bad = info.get("diverged")
+    if bad:
+        raise MindEyeError(
+            f"{run_dir} diverged during training (non-finite loss at step {bad.get('step')}, epoch "
+            f"{bad.get('epoch')}; see its run.json), so its weights are not a trained model; train it again "
+            "with a lower train.max_lr")
+
+
+def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
+        raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
+                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
+    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
+
+
+def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A run's safetensors weights (never unpickles); a damaged or foreign file is a MindEyeError."""
+    return load_safetensors_file(path, "restore the run's own file or train the run again", device)
+
+
+def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> Any:
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise MindEyeError(f"{path} does not fit the model built from the run's config ({first}); the file "
+                           "belongs to another run or config: restore the run's own weights") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
+    if not path.exists():
+        raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
+    state = read_safetensors(path, device)
+    bad = non_finite_tensors(state)
+    if bad:
+        raise MindEyeError(f"{path} holds NaN or inf weights (in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
+                           "the run diverged or the file is damaged: train the run again")
+    missing, unexpected = _load_state_dict(model, state, path, strict=False)
+    if missing or unexpected:
+        raise MindEyeError(
+            f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
+            f"unexpected {list(unexpected)[:5]}"
+        )
 
 
 def run_subject(info: dict[str, Any], subject: str | None, run_dir: str | Path) -> dict[str, Any] | None:
@@ -98,25 +159,87 @@ def voxel_count(run_dir: Path, cfg: Config, info: dict[str, Any]) -> int:
                        "this run cannot be loaded without its store")
 
 
+def _built_model(run_dir: Path, cfg: Config, n_voxels: int | dict[str, int], device: str,
+                 subject: str | None = None) -> nn.Module:
+    """The run's model with its saved weights, in eval mode on ``device`` (the one place runs are loaded);
+    of a shared-subject run ({id: n_voxels}) taking ``subject``'s voxels."""
+    from mindeye.models.factory import build_model
+
+    model = build_model(cfg.model, n_voxels)
+    load_weights(model, run_dir / "model.safetensors", device="cpu")
+    if subject is not None:
+        model.select_subject(subject)
+    return model.to(device).eval()
+
+
 def load_run(path: str | Path, device: str = "cpu", subject: str | None = None) -> Run:
     """The run in directory ``path`` with its weights loaded, in eval mode on ``device`` ("auto": GPU if any).
 
     A shared-subject run (several subjects) needs ``subject``: the model then takes that subject's voxels.
     """
-    from mindeye.devices import resolve_device
-    from mindeye.models.factory import build_model
-    from mindeye.training.checkpoint import load_weights, read_run
-
     run_dir = Path(path)
     device = resolve_device(device)
     cfg, info = read_run(run_dir)
     view, entry = subject_view(info, subject, run_dir)
     n_voxels = voxel_count(run_dir, cfg, view) if entry is None else int(entry["n_voxels"])
-    model = build_model(cfg.model, model_voxels(info, n_voxels))
-    load_weights(model, run_dir / "model.safetensors", device="cpu")
-    if entry is not None:
-        model.select_subject(entry["id"])
-    model.to(device).eval()
+    model = _built_model(run_dir, cfg, model_voxels(info, n_voxels), device, entry["id"] if entry else None)
     return Run(path=run_dir, config=cfg, info=view, model=model, kind=cfg.model.kind, n_voxels=n_voxels,
                device=device, subject=entry["id"] if entry else None,
                subjects=[s["id"] for s in info["subjects"]] if entry else None)
+
+
+def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None,
+                   subject: str | None = None):
+    """(cfg, info, model in eval mode, store) for a run directory, checked against its subject store; of a
+    shared-subject run, for ``subject`` (info then names that subject's store and voxel count)."""
+    from mindeye.data.store import SubjectStore
+
+    run_dir = Path(run_dir)
+    cfg, full_info = read_run(run_dir)
+    refuse_diverged(run_dir, full_info)
+    info, entry = subject_view(full_info, subject, run_dir)
+    store_path = store or info.get("store")
+    if not store_path:
+        raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
+    if store is None and not Path(store_path).exists():
+        raise MindEyeError(f"the store {run_dir} was trained on, {store_path}, is not there any more (moved or "
+                           "deleted); pass its new location with --data STORE")
+    subject = SubjectStore(store_path)
+    if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
+        raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
+                           f"{subject.n_voxels}; evaluate on the subject it was trained for")
+    check_same_store(run_dir, info, subject)
+    model = _built_model(run_dir, cfg, model_voxels(full_info, subject.n_voxels), device,
+                         entry["id"] if entry else None)
+    return cfg, info, model, subject
+
+
+def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore) -> None:
+    """The store is the one the run was trained on (same subject, source and voxel data), not just as wide."""
+    trained = {"subject": info.get("subject"), "source": info.get("source"), "voxels checksum": info.get("store_voxels_sha256")}
+    given = {"subject": subject.meta.get("subject"), "source": subject.meta.get("source"),
+             "voxels checksum": subject.meta.get("checksums", {}).get("voxels.npy")}
+    differ = [k for k in trained if trained[k] is not None and given[k] is not None and trained[k] != given[k]]
+    if differ:
+        shown = "; ".join(f"{k} {str(trained[k])[:16]!r} vs {str(given[k])[:16]!r}" for k in differ)
+        raise MindEyeError(f"{subject.path} is not the store {run_dir} was trained on ({shown}); evaluate on the "
+                           f"run's own store ({info.get('store')}), or --data its moved copy")
+
+
+@torch.no_grad()
+def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
+                 which: str = "projector") -> torch.Tensor:
+    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for s in range(0, len(voxels), batch_size):
+        x = voxels[s:s + batch_size].float().to(device)
+        if hasattr(model, "predict"):
+            outs.append(model.predict(x).float().cpu())
+            continue
+        out = model(x)
+        emb = out.get(which) if out.get(which) is not None else out["backbone"]
+        outs.append(emb.float().cpu())
+    model.train(was_training)
+    return torch.cat(outs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -11,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Simulate (or use a prepared store), embed targets, train the high-level, low-level and ridge "
                     "models, evaluate retrieval, reconstruct, compute the reconstruction metrics and write "
                     "report.html. Finished steps are skipped on a re-run, so an interrupted demo resumes.")
-    p.add_argument("--out", required=True, help="output directory (store, runs, reconstructions, report)")
+    add_out(p, help="output directory (store, runs, reconstructions, report)")
     p.add_argument("--config", default=None,
                    help="demo config: a shipped name or a path (default demo; demo-nsd-subj01 for real NSD on a GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_data, add_device, add_progress
 from mindeye.encoders.registry import ENCODERS
 
 
@@ -18,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "with other weights, preprocessing or images is never used.\n\nencoders:\n" + encoders,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, metavar="STORE", help="path of the subject store")
+    add_data(p, help="path of the subject store", required=True)
     p.add_argument("--encoder", required=True, choices=list(ENCODERS), metavar="NAME",
                    help="encoder registry name (see the list above)")
     p.add_argument("--weights", default=None,
@@ -28,13 +29,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CLIP encoders only: 'reference' = float tensor, bicubic, no antialias (the authors'; "
                         "targets.clip_preprocess of the paper configs), 'processor' = the HF CLIP processor "
                         "(uint8, antialiased). Default: reference")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default 64, or the one an interrupted run used)")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also cache K augmented views per image, sampled at train time (default 0)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if a complete cache exists")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.add_argument("--random-init", action="store_true",
                    help="FOR TESTS AND BENCHMARKS ONLY: use seeded random weights of the full-size architecture "
                         "(the targets are meaningless)")
@@ -42,11 +43,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.devices import resolve_device
     from mindeye.encoders.cache import embed_store, read_manifest
 
     options = {"preprocess": args.clip_preprocess} if args.encoder.startswith("clip-") else {}
     out = embed_store(
-        args.data, args.encoder, weights=args.weights, device=args.device, batch_size=args.batch_size,
+        args.data, args.encoder, weights=args.weights, device=resolve_device(args.device), batch_size=args.batch_size,
         views=args.views, random_init=args.random_init, progress=not args.no_progress, overwrite=args.overwrite,
         **options,
     )

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from mindeye.commands.options import add_data, add_device, add_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="retrieval (300-way, both directions) and reconstruction metrics",
@@ -15,13 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set",
                       description="Top-1 retrieval in both directions among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
-    r.add_argument("--data", default=None, help="subject store (default: the one the run was trained on)")
+    add_data(r, help="subject store (default: the one the run was trained on)")
     r.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     r.add_argument("--mode", choices=["averaged", "single"], default=None,
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
-    r.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
+    add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
-    r.add_argument("--out", default=None, help="also write all results to this JSON file")
+    add_out(r, help="also write all results to this JSON file", required=False)
     r.set_defaults(func=run_retrieval)
     try:
         from mindeye.commands.evaluate_recon import add_recon_parser

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
+
 
 def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     p = esub.add_parser(
@@ -17,7 +19,7 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
                    help="reconstruction directory (repeatable: one table row each, plus the mean)")
     p.add_argument("--name", action="append", default=[], metavar="NAME",
                    help="row name for each --recons, in the same order (default: the directory name)")
-    p.add_argument("--data", default=None, help="subject store (default: the one named in the recon index)")
+    add_data(p, help="subject store (default: the one named in the recon index)")
     p.add_argument("--weights-dir", default=None,
                    help="folder with the metric networks' checkpoints (torchvision files, SwAV, CLIP folder)")
     p.add_argument("--clip", default=None, help="CLIP ViT-L/14 for the CLIP metric: HF id or local folder")
@@ -32,14 +34,14 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval", default=None, metavar="JSON",
                    help="retrieval results (RUN/eval/retrieval.json or `evaluate retrieval --out`) for the "
                         "table's retrieval columns")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--title", default=None, help="title of the Markdown table")
-    p.add_argument("--out", required=True, help="metrics JSON to write (the .md table goes next to it)")
+    add_out(p, help="metrics JSON to write (the .md table goes next to it)")
     p.add_argument("--first-resize", choices=["reference", "antialias"], default="reference",
                    help="the protocol's resize to 256: 'reference' = bilinear without antialiasing (the authors' "
                         "torchvision 0.15 on tensors), 'antialias' = antialiased (default: reference)")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress(p)
     p.set_defaults(func=run_recon)
 
 

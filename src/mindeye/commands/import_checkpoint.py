@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mindeye.commands.options import add_data, add_out
 from mindeye.config import load_config
 from mindeye.data.store import check_output_dir
 
@@ -16,12 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "noise_scheduler.*) onto our model, check shapes, and write a run directory usable by "
                     "`mindeye evaluate`, `mindeye reconstruct`, ...")
     p.add_argument("--mindeye-v1", required=True, dest="checkpoint", help=".pth/.pt/.safetensors checkpoint file")
-    p.add_argument("--out", required=True, help="run directory to create")
+    add_out(p, help="run directory to create")
     p.add_argument("--config", default=None,
                    help="config describing the model (a shipped name such as mindeye-subj01, or a path; default: the config defaults)")
     p.add_argument("--n-voxels", type=int, default=None,
                    help="expected voxel count (default: read from the checkpoint; subj01 15724)")
-    p.add_argument("--data", default=None, help="subject store the run should evaluate on (recorded in run.json)")
+    add_data(p, help="subject store the run should evaluate on (recorded in run.json)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_device, add_out, add_progress
 from mindeye.encoders.registry import ENCODERS
 
 
@@ -23,9 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, nargs="+", metavar="SRC", help="image directory, .tar shard(s) or store")
     b.add_argument("--encoder", required=True, choices=list(ENCODERS), metavar="NAME",
                    help="encoder registry name, e.g. clip-vit-l14-final (paper) or standin-clip-final (simulated)")
-    b.add_argument("--out", required=True, metavar="INDEX", help="index directory to create")
+    add_out(b, help="index directory to create", metavar="INDEX")
     b.add_argument("--weights", default=None, help="encoder weights (HF id in the local cache, directory or file)")
-    b.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_device(b)
     b.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivfpq"),
                    help="flat: exact search; ivfpq: approximate, for millions of images; auto (default): flat "
                         "below 100k images")
@@ -37,16 +38,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="side of the centre square directory/shard images are resized to before encoding "
                         "(default: the encoder's input size)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing index")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(b)
     b.add_argument("--random-init", action="store_true", help="FOR TESTS AND BENCHMARKS ONLY: random encoder weights")
     b.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from mindeye.inference.database import DatabaseIndex, build_index
+    from mindeye.devices import resolve_device
+    from mindeye.inference.index import DatabaseIndex, build_index
 
     images = args.images[0] if len(args.images) == 1 else args.images
-    out = build_index(images, args.encoder, args.out, weights=args.weights, device=args.device,
+    out = build_index(images, args.encoder, args.out, weights=args.weights, device=resolve_device(args.device),
                       index_type=args.index_type, batch_size=args.batch_size, chunk_size=args.chunk_size,
                       image_size=args.image_size, nlist=args.nlist, pq_m=args.pq_m, overwrite=args.overwrite,
                       progress=not args.no_progress, random_init=args.random_init)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_out
 from mindeye.data.arrays import prepare_arrays
 
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--images", required=True,
                    help="(n_images, H, W, 3) uint8 .npy (row k = image id k) or a directory of <image_id>.png/.jpg")
     a.add_argument("--trials", required=True, help="CSV: image_id, session, split (train/val/test)[, repetition]")
-    a.add_argument("--out", required=True, help="output store directory (must not exist)")
+    add_out(a, help="output store directory (must not exist)")
     a.add_argument("--zscore", action="store_true", help="z-score every voxel within each session")
     a.add_argument("--image-size", type=int, default=256, help="square size images are stored at (default 256)")
     a.add_argument("--voxel-dtype", choices=["float16", "float32"], default="float16")

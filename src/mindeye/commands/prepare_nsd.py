@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_out, add_progress
 from mindeye.data.nsd import DEFAULT_BETAS, prepare_nsd
 from mindeye.data.store import SubjectStore
 from mindeye.data.webdataset_shards import prepare_webdataset
@@ -21,7 +22,7 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
                     "and resumes an interrupted run. See docs/nsd.md for what to download.")
     n.add_argument("--nsd-root", required=True, help="directory holding nsddata/, nsddata_betas/, nsddata_stimuli/")
     n.add_argument("--subject", required=True, type=int, choices=range(1, 9), metavar="N", help="NSD subject 1-8")
-    n.add_argument("--out", required=True, help="output store directory")
+    add_out(n, help="output store directory")
     n.add_argument("--test-set", choices=["v1", "v2"], default="v1",
                    help="test convention: v1 = MindEye v1's (shared-1000 images seen in all but the last 3 released "
                         "sessions: 1-37 for subject 1, 982 images); v2 = MindEye2's new_test (every shared-1000 image "
@@ -51,7 +52,7 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
                    help="trials read from a betas file at a time; lower it to save memory (default 50)")
     n.add_argument("--restart", action="store_true", help="discard an interrupted OUT.partial instead of resuming")
     n.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    n.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(n)
     n.set_defaults(func=run_nsd)
 
     w = psub.add_parser(
@@ -60,11 +61,11 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
                     "nsdgeneral.npy repetitions, trial.npy, coco73k.npy). Voxels are kept as they are.")
     w.add_argument("--shards", required=True, help="directory holding the subject's .tar shards (searched recursively)")
     w.add_argument("--subject", required=True, type=int, choices=range(1, 9), metavar="N", help="NSD subject 1-8")
-    w.add_argument("--out", required=True, help="output store directory (must not exist)")
+    add_out(w, help="output store directory (must not exist)")
     w.add_argument("--image-size", type=int, default=256, help="square size images are stored at (default 256)")
     w.add_argument("--voxel-dtype", choices=["float16", "float32"], default="float16")
     w.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    w.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(w)
     w.set_defaults(func=run_webdataset)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
+
 GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion"]
 
 
@@ -37,13 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
-    p.add_argument("--data", default=None, help="subject store (default: the run's)")
     p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    add_data(p, help="subject store (default: the run's)")
+    add_device(p)
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                    help="generator precision (auto: float16 on GPU, float32 on CPU)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--no-progress", action="store_true")
+    add_out(p, help="output directory")
+    add_progress(p)
     p.set_defaults(func=run)
 
     b = sub.add_parser(
@@ -54,12 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--weights", default=None, help="VAE weights (default: the run's targets.lowlevel_weights)")
     b.add_argument("--limit", type=int, default=None, help="only the first N test images")
     b.add_argument("--batch-size", type=int, default=32, help="test samples per forward pass (default 32)")
-    b.add_argument("--data", default=None, help="subject store (default: the run's)")
     b.add_argument("--subject", default=None, metavar="ID", help="subject id; a low-level run has one subject, "
                    "so this only checks it")
-    b.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--no-progress", action="store_true")
+    add_data(b, help="subject store (default: the run's)")
+    add_device(b)
+    add_out(b, help="output directory")
+    add_progress(b)
     b.set_defaults(func=run_blurry)
 
 
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mindeye.devices import resolve_device
     from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_run
-    from mindeye.training.checkpoint import read_run
+    from mindeye.runs import read_run
 
     cfg, _ = read_run(args.run)
     settings = ReconstructSettings(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_data, add_device, add_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,15 +26,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", default=None, metavar="JSON",
                    help="accuracy vs training sessions points for a figure: a JSON list of {\"sessions\": N, "
                         "\"method\": name, <Table-1 key>: value, <key>_std: spread} (docs/evaluation.md)")
-    p.add_argument("--data", default=None, help="subject store (default: the run's)")
+    add_data(p, help="subject store (default: the run's)")
     p.add_argument("--images", type=int, default=12, help="test images in the image grid")
     p.add_argument("--umap-samples", type=int, default=100,
                    help="test images in the UMAP (each adds a prior sample; keep it small on a CPU)")
     p.add_argument("--no-umap", action="store_true", help="skip the UMAP (and the prior sampling it needs)")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the UMAP")
     p.add_argument("--title", default=None)
-    p.add_argument("--out", default=None, help="HTML file to write (default: RUN/report.html)")
+    add_out(p, help="HTML file to write (default: RUN/report.html)", required=False)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,11 +19,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", required=True, metavar="RUN", help="high-level run directory (mindeye or ridge)")
     p.add_argument("--index", required=True, metavar="INDEX", help="index directory from `mindeye index build`")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_out(p, help="output directory", metavar="DIR")
     p.add_argument("-k", type=int, default=16, help="candidates per brain sample (default 16, as the paper)")
-    p.add_argument("--data", default=None, metavar="STORE", help="subject store (default: the run's)")
     p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_data(p, help="subject store (default: the run's)")
+    add_device(p)
     p.add_argument("--weights", default=None,
                    help="weights of the run's target encoder, when candidates must be re-encoded (default: the run's)")
     p.add_argument("--query", default="auto", choices=("auto", "projector", "cls"),
@@ -37,12 +39,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images-root", default=None,
                    help="where a directory/store collection lives now, if it moved since the index was built")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from mindeye.inference.database import retrieve
+    from mindeye.inference.retrieve import retrieve
 
     index = retrieve(args.run, args.index, args.out, k=args.k, store=args.data, subject=args.subject, device=args.device,
                      weights=args.weights, query=args.query, save_all=args.save_all, limit=args.limit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mindeye.commands.options import add_progress
 from mindeye.data.simulate import MAX_COHORT, SCALES, simulate_cohort, simulate_subject
 
 
@@ -28,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep training trials from the first N sessions only (few-session stores); the test "
                         "trials of every session are kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress(p, "--quiet")
     p.set_defaults(func=run)
 
 
@@ -40,11 +41,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.cohort is not None:
             out = simulate_cohort(args.out, args.cohort, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                                  progress=not args.quiet, train_sessions=args.train_sessions)
+                                  progress=not args.no_progress, train_sessions=args.train_sessions)
             print(f"wrote a cohort of {args.cohort} subject stores to {out} (cohort.json lists them)")
             return 0
         out = simulate_subject(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite,
-                               progress=not args.quiet, train_sessions=args.train_sessions)
+                               progress=not args.no_progress, train_sessions=args.train_sessions)
     except BaseException:  # a simulation cannot resume: never leave a half-written store behind
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mindeye.commands.options import add_device, add_out, add_progress
 from mindeye.config import load_config
 
 
@@ -24,12 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start from this trained high-level run's shared weights; each --data subject not in "
                         "it gets a new input layer (fine-tuning a new subject)")
-    p.add_argument("--out", required=True, help="run directory to write")
+    add_out(p, help="run directory to write")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device(p)
+    add_progress(p)
     p.set_defaults(func=run)
 
 

@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mindeye.data.nsd import resize_image
+from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir, check_subject_id
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.utils.images import resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -255,11 +256,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
                 "(or leave the column out to number repetitions in presentation order)"
             ) from None
     else:
-        seen: dict[int, int] = {}
-        repetition = np.zeros(len(rows), dtype=np.int64)
-        for i, idx in enumerate(image_index.tolist()):
-            repetition[i] = seen.get(idx, 0)
-            seen[idx] = repetition[i] + 1
+        repetition = number_repetitions(image_index)
     table = TrialTable(image_index=image_index, session=session, repetition=repetition, split=split)
     table.validate(len(image_ids))
 

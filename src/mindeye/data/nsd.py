@@ -23,6 +23,9 @@ about one session of masked voxels (750 x n_voxels float32, ~50 MB) plus, for co
 files, one block of ``chunk_trials`` whole volumes (1.4 MB each at 1.8 mm); measured ~175 MB resident
 for subject-1-sized data (docs/nsd.md). Each finished session is recorded with
 :meth:`StoreWriter.mark_done`, so an interrupted run resumes where it stopped.
+
+Over ~400 lines on purpose: one pipeline from the NSD release to a store (design file, ROI mask,
+betas, per-session z-scoring, test-set conventions) whose steps share the NSD layout and run only together.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from mindeye.constants import NSDGENERAL_VOXELS
+from mindeye.data.sessions import number_repetitions, zscore_session
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.utils.images import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ WITHHELD_SESSIONS = 3
 # "new_test" (every shared-1000 image over all released sessions, 3,000 trials for subject 1) with
 # each session z-scored using its non-shared-1000 trials only.
 TEST_SETS = ("v1", "v2")
-KNOWN_NSDGENERAL_VOXELS = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
+KNOWN_NSDGENERAL_VOXELS = NSDGENERAL_VOXELS
 BETAS_SCALE = 300.0  # NSD stores betas as int16 percent signal change x 300
 
 
@@ -229,11 +234,7 @@ def subject_trials(design: NSDDesign, subject: int, sessions: list[int]) -> Sess
         raise MindEyeError(f"the design has {len(order)} trials, fewer than session {max(sessions)} needs")
     # Repetition counts every earlier presentation, also in sessions not prepared, so a session
     # subset keeps the true "seen before" number.
-    rep_all = np.zeros(len(order), dtype=np.int64)
-    seen: dict[int, int] = {}
-    for i, k in enumerate(order.tolist()):
-        rep_all[i] = seen.get(k, 0)
-        seen[k] = rep_all[i] + 1
+    rep_all = number_repetitions(order)
     rows = np.concatenate([np.arange((s - 1) * TRIALS_PER_SESSION, s * TRIALS_PER_SESSION) for s in sessions])
     nsd_id = design.subjectim[subject - 1, order[rows]]
     return SessionTrials(
@@ -386,36 +387,6 @@ class BetasReader:
             self._file.close()
         elif hasattr(self, "_img"):
             self._img.uncache()
-
-
-def zscore_session(x: np.ndarray, stat_rows: np.ndarray | None = None) -> np.ndarray:
-    """Z-score each column (voxel) in place with mean/std (ddof=0) over ``stat_rows`` (default all rows).
-
-    A voxel with zero variance becomes 0 rather than NaN.
-    """
-    rows = np.arange(len(x)) if stat_rows is None else np.asarray(stat_rows)
-    # Two passes over blocks of rows in float64: exact enough, and no full-size float64 temporary
-    # (that would double the peak memory of a session).
-    block = 64
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for i in range(0, len(rows), block):
-        total += x[rows[i:i + block]].sum(0, dtype=np.float64)
-    mean = total / len(rows)
-    sq = np.zeros(x.shape[1], dtype=np.float64)
-    for i in range(0, len(rows), block):
-        sq += ((x[rows[i:i + block]] - mean) ** 2).sum(0)
-    std = np.sqrt(sq / len(rows))
-    std[std == 0] = 1.0
-    x -= mean.astype(np.float32)
-    x /= std.astype(np.float32)
-    return x
-
-
-def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8 with PIL bicubic (antialiased when shrinking)."""
-    if img.shape[0] == size and img.shape[1] == size:
-        return np.ascontiguousarray(img, dtype=np.uint8)
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------

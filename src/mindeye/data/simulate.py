@@ -18,13 +18,15 @@ stimuli, the noise and the trial design, so changing one leaves the others uncha
 ``simulate_cohort(out, n, scale, seed)`` writes n such subjects who share the test images and
 differ in everything else (own training images, voxel count, encoding model, noise, drift);
 ``train_sessions=N`` makes few-session stores of either.
+
+Over ~400 lines on purpose: the synthetic brain (receptive fields, tuning, noise, drift) and the
+subject/cohort writers are one generative model whose parts share seeds and random streams.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -36,9 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mindeye.constants import NSDGENERAL_VOXELS
 from mindeye.data.scenes import attribute_names, attribute_vector, caption, render_scenes, sample_scenes
+from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.utils.files import replace_dir
 
 MODEL_STREAM, STIMULUS_STREAM, NOISE_STREAM, DESIGN_STREAM = 0, 1, 2, 3
 FEATURE_MAPS = ("luminance", "red-green", "blue-yellow", "contrast-fine", "contrast-coarse",
@@ -116,7 +121,7 @@ SCALES: dict[str, ScaleSpec] = {
                        n_test_images=300, n_test_trials=900, n_sessions=12, session_length=425),
     # NSD subject 1 as used by MindEye: 37 sessions x 750 trials, 15,724 nsdgeneral voxels,
     # 8,859 training images / 24,980 trials, 982 shared test images / 2,770 trials
-    "nsd": ScaleSpec("nsd", image_size=256, n_voxels=15724, n_train_images=8859, n_train_trials=24980,
+    "nsd": ScaleSpec("nsd", image_size=256, n_voxels=NSDGENERAL_VOXELS[1], n_train_images=8859, n_train_trials=24980,
                      n_test_images=982, n_test_trials=2770, n_sessions=37, session_length=750),
 }
 
@@ -144,11 +149,7 @@ def make_design(spec: ScaleSpec, rng: np.random.Generator) -> TrialTable:
     # Shuffle within sessions, then order chronologically (session-major).
     order = np.lexsort((rng.random(len(session)), session))
     trial_image, session = trial_image[order], session[order]
-    repetition = np.zeros(len(trial_image), dtype=np.int64)
-    seen = np.zeros(spec.n_images, dtype=np.int64)
-    for t, img in enumerate(trial_image.tolist()):
-        repetition[t] = seen[img]
-        seen[img] += 1
+    repetition = number_repetitions(trial_image)
     split = np.where(trial_image < spec.n_test_images, "test", "train")
     return TrialTable(image_index=trial_image.astype(np.int64), session=session + 1,
                       repetition=repetition, split=split)
@@ -640,11 +641,7 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
         "subjects": entries,
     }
     (tmp / "cohort.json").write_text(json.dumps(cohort, indent=2))
-    old = out.with_name(f"{out.name}.old-{os.getpid()}")
-    if out.exists():  # only with overwrite=True; replaced once the new cohort is complete
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)  # an existing cohort (overwrite=True) goes once the new one is complete
     if progress:
         print(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
               f"{time.perf_counter() - t0:.1f} s")

@@ -13,6 +13,9 @@ One directory per prepared subject (format documented in docs/subject-store.md):
 Writes are atomic: everything is built in ``STORE.partial/`` and renamed to ``STORE`` only once
 complete, so a directory named STORE always holds a finished store. ``STORE.partial/`` is kept
 on interruption so preparations that support it can resume.
+
+Over ~400 lines on purpose: the store format's reader, writer, trial table and checks are the two
+sides of one on-disk format and change together.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from mindeye import __version__
 from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.utils.files import replace_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -209,8 +213,7 @@ class StoreWriter:
 
     def _save_progress(self) -> None:
         path = self.tmp / "progress.json"
-        path.with_suffix(".tmp").write_text(json.dumps(self.progress))
-        os.replace(path.with_suffix(".tmp"), path)
+        write_json_atomic(path, self.progress, indent=None)
 
     def mark_done(self, key: str, value: Any = True) -> None:
         """Record a finished unit of work (e.g. a session) so an interrupted run can skip it."""
@@ -312,14 +315,7 @@ class StoreWriter:
         }
         (self.tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
         (self.tmp / "progress.json").unlink(missing_ok=True)
-        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")  # a name no user directory has
-        if self.out.exists():  # only reachable with overwrite=True; keep it until the new one is in place
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:  # --overwrite onto a regular file (or a link)
-            old.unlink(missing_ok=True)
+        replace_dir(self.tmp, self.out)  # an existing store (overwrite=True) goes once the new one is in place
         return self.out
 
 

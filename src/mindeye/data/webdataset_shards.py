@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import io
 import re
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
-from mindeye.data.nsd import TRIALS_PER_SESSION, nsd_image_id, resize_image
+from mindeye.data.nsd import TRIALS_PER_SESSION, nsd_image_id
+from mindeye.data.shards import check_shard, iter_shard  # noqa: F401  (check_shard: re-exported)
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.utils.images import decode_image, resize_image
 
 VOXEL_KEY = "nsdgeneral.npy"
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "image", "img", "image.npy", "img.npy", "jpg.npy", "png.npy")
@@ -82,45 +81,6 @@ def _split_of(rel: Path) -> str | None:
     return None
 
 
-def check_shard(path: Path) -> None:
-    """Raise a MindEyeError naming ``path`` if the tar is unreadable or cut short.
-
-    Needed because tar readers (and so webdataset) stop silently at a truncated member or header.
-    Only the headers are read: every member's data must lie inside the file, followed by the
-    end-of-archive block of zeros.
-    """
-    bad = lambda why: MindEyeError(f"shard {path} is corrupt or truncated ({why}); download it again")  # noqa: E731
-    size = path.stat().st_size
-    try:
-        with tarfile.open(path, "r:") as tar:
-            members = tar.getmembers()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise bad(f"{type(exc).__name__}: {exc}") from None
-    end, last = 0, "the start"
-    for m in members:
-        end, last = m.offset_data + -(-m.size // 512) * 512, m.name
-        if end > size:
-            raise bad(f"member {m.name} needs {end} bytes but the file has {size}")
-    with open(path, "rb") as f:
-        f.seek(end)
-        marker = f.read(512)
-    if len(marker) < 512 or any(marker):
-        raise bad(f"no end-of-archive marker after {last}")
-
-
-def iter_shard(path: Path, select_files: Any = None) -> Iterator[dict[str, Any]]:
-    """Samples of one tar via the webdataset library; a damaged tar becomes a MindEyeError naming it."""
-    import webdataset as wds
-
-    check_shard(path)
-
-    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, select_files=select_files)
-    try:
-        yield from dataset
-    except Exception as exc:  # noqa: BLE001 - tarfile / webdataset raise many kinds
-        detail = exc.args[0] if exc.args else type(exc).__name__
-        raise MindEyeError(f"shard {path} is corrupt or truncated ({type(exc).__name__}: {detail}); "
-                           "download it again") from None
 
 
 def _npy(sample: dict[str, Any], key: str, where: str) -> np.ndarray:
@@ -128,24 +88,6 @@ def _npy(sample: dict[str, Any], key: str, where: str) -> np.ndarray:
         return np.load(io.BytesIO(sample[key]), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
         raise MindEyeError(f"{where}: cannot read {key} ({exc}); the shard is damaged, download it again") from None
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """JPEG/PNG bytes or an .npy array (3xHxW or HxWx3, float in [0, 1] or uint8) -> (H, W, 3) uint8."""
-    try:
-        if data[:6] == b"\x93NUMPY":
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-            if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[2] != 3:
-                arr = arr.transpose(1, 2, 0)
-            if arr.ndim != 3 or arr.shape[2] != 3:
-                raise ValueError(f"image array has shape {arr.shape}, expected 3xHxW or HxWx3")
-            if arr.dtype != np.uint8:
-                arr = np.clip(np.round(arr.astype(np.float32) * 255), 0, 255).astype(np.uint8)
-            return arr
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001
-        raise MindEyeError(f"{where}: cannot decode the image ({exc}); the shard is damaged") from None
 
 
 @dataclass
@@ -250,7 +192,7 @@ def prepare_webdataset(
                 if img_key is None:
                     raise MindEyeError(f"{where} has no image (looked for {', '.join(IMAGE_KEYS)}); the shard is "
                                        "truncated or not a MindEye shard")
-                img = resize_image(decode_image(raw[img_key], where), image_size)
+                img = resize_image(decode_image(raw[img_key], where, "the shard is damaged"), image_size)
                 writer.write_images(int(np.searchsorted(cocos, s.coco)), img[None])
                 k += 1
         if k != len(samples):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +20,11 @@ import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.utils.weights import hf_cache_snapshot, looks_like_hf_id  # noqa: F401
 
 # The seed every randomly initialised model (tests / benchmarks only) is built from, so that two runs
 # with the same config produce the same weights and hence the same targets.
 RANDOM_INIT_SEED = 0
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ImageEncoder(nn.Module):
@@ -178,10 +177,6 @@ def path_fingerprint(path: Path) -> str:
 # ------------------------------------------------------------------------------------------------
 # Weights lookup
 # ------------------------------------------------------------------------------------------------
-def looks_like_hf_id(weights: str) -> bool:
-    return bool(_HF_ID.match(weights)) and not Path(weights).exists()
-
-
 def resolve_weights(
     encoder: str,
     weights: str | None,
@@ -207,17 +202,14 @@ def resolve_weights(
             return path / subfolder  # a whole pipeline directory: use its component
         return path
     if looks_like_hf_id(weights):
-        from huggingface_hub import snapshot_download
-
-        try:
-            local = Path(snapshot_download(weights, local_files_only=True))
-        except Exception:  # LocalEntryNotFoundError and friends: not in the local cache
+        local = hf_cache_snapshot(weights)
+        if local is None:
             raise WeightsUnavailableError(
                 f"pretrained weights for encoder '{encoder}' ({weights}) are not available on this machine "
                 f"(not in the Hugging Face cache, and this machine cannot download them). {download_hint} "
                 f"Then pass --weights /path/to/local/copy (a directory or file), or run on a machine "
                 f"with network access once to fill the Hugging Face cache."
-            ) from None
+            )
         return local / subfolder if subfolder else local
     raise WeightsUnavailableError(
         f"weights '{weights}' for encoder '{encoder}' not found: it is neither an existing file or directory "

@@ -19,7 +19,6 @@ unfinished chunk and an unfinished cache is never taken for a finished one.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from collections.abc import Callable
@@ -39,6 +38,8 @@ from mindeye.encoders.base import ImageEncoder
 from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, get_encoder, get_spec
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
+from mindeye.utils.files import write_json_atomic
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -59,9 +60,7 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, directory / MANIFEST)
+    write_json_atomic(directory / MANIFEST, manifest)
 
 
 def images_checksum(store: SubjectStore) -> str:
@@ -175,12 +174,11 @@ def embed_store(
     if manifest is not None and manifest["complete"] and (views == 0 or manifest["views"] == views):
         return out
 
-    open_memmap = np.lib.format.open_memmap
     spec = ENCODERS.get(enc.name)
     if manifest is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "views.npy").unlink(missing_ok=True)
-        targets = open_memmap(out / "targets.npy", mode="w+", dtype=np.float16, shape=(n, *shape))
+        targets = open_chunked(out / "targets.npy", (n, *shape))
         _reserve_or_remove(out / "targets.npy", out)
         manifest = {
             **key,
@@ -190,7 +188,7 @@ def embed_store(
             "mindeye_version": __version__,
             "chunk_size": chunk_size,
             "batch_size": batch_size or 64,
-            "n_chunks": -(-n // chunk_size),
+            "n_chunks": n_chunks(n, chunk_size),
             "chunks_done": 0,
             "views": 0,
             "view_chunks_done": 0,
@@ -198,17 +196,17 @@ def embed_store(
             "complete": False,
         }
     else:
-        targets = open_memmap(out / "targets.npy", mode="r+")
+        targets = open_chunked(out / "targets.npy")
         if batch_size is not None:
             manifest["batch_size"] = batch_size
     chunk_size, batch_size = manifest["chunk_size"], manifest["batch_size"]
-    n_chunks = manifest["n_chunks"]
+    chunks = manifest["n_chunks"]
     if views and manifest["views"] != views:  # new or different number of views: (re)compute them
-        view_arr = open_memmap(out / "views.npy", mode="w+", dtype=np.float16, shape=(n, views, *shape))
+        view_arr = open_chunked(out / "views.npy", (n, views, *shape))
         _reserve_or_remove(out / "views.npy", out if manifest.get("chunks_done", 0) == 0 else None)
         manifest.update(views=views, view_chunks_done=0, augmentation=augment.describe(enc.augmentation, views_seed))
     elif manifest["views"]:
-        view_arr = open_memmap(out / "views.npy", mode="r+")
+        view_arr = open_chunked(out / "views.npy")
     manifest["complete"] = False
     manifest["device"] = str(enc.device)
     _write_manifest(out, manifest)
@@ -219,7 +217,7 @@ def embed_store(
     bar = tqdm(total=n * (1 + n_views), initial=done, unit="img", desc=f"embed {enc.name}", disable=not progress,
                dynamic_ncols=True)
     try:
-        for c in range(n_chunks):
+        for c in range(chunks):
             need_targets = c >= manifest["chunks_done"]
             need_views = n_views > 0 and c >= manifest["view_chunks_done"]
             if not (need_targets or need_views):
@@ -236,14 +234,9 @@ def embed_store(
 
                     _encode_into(enc, images, view_arr[lo:hi, k], batch_size, view_k, on_batch=bar.update)
             # Data first, then the manifest: a chunk counts as done only once its bytes are on disk.
-            targets.flush()
-            if n_views:
-                view_arr.flush()
-            if need_targets:
-                manifest["chunks_done"] = c + 1
-            if need_views:
-                manifest["view_chunks_done"] = c + 1
-            _write_manifest(out, manifest)
+            done_now = ({"chunks_done": c + 1} if need_targets else {}) | (
+                {"view_chunks_done": c + 1} if need_views else {})
+            finish_chunk(out / MANIFEST, manifest, [targets, view_arr] if n_views else [targets], **done_now)
     finally:
         bar.close()
     manifest["complete"] = True

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torchvision.transforms.functional as TF
 
+from mindeye.constants import CLIP_MEAN, CLIP_STD, VIT_L14_VISION_CONFIG
 from mindeye.encoders.base import (
     ImageEncoder,
     center_crop,
@@ -42,8 +43,6 @@ from mindeye.errors import MindEyeError
 if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only CLIP needs it
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_WEIGHTS = "openai/clip-vit-large-patch14"
 DOWNLOAD_HINT = (
     "Download it with `huggingface-cli download openai/clip-vit-large-patch14` "
@@ -59,10 +58,7 @@ def vit_l14_config() -> CLIPVisionConfig:
     """The ViT-L/14 image tower's architecture (for random-weight benchmarks)."""
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
-    )
+    return CLIPVisionConfig(**VIT_L14_VISION_CONFIG)
 
 
 def check_preprocess(preprocess: str) -> str:

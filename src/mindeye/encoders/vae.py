@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mindeye.constants import SD_LATENT_SCALE, SD_VAE_CONFIG
 from mindeye.encoders.base import (
     ImageEncoder,
     center_crop,
@@ -29,7 +30,7 @@ from mindeye.safe_load import load_safetensors_file, load_torch_file
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds, and only the VAE needs it
     from diffusers import AutoencoderKL
 
-SCALING_FACTOR = 0.18215  # SD v1 latent scale (the reference's constant)
+SCALING_FACTOR = SD_LATENT_SCALE
 DEFAULT_WEIGHTS = "lambdalabs/sd-image-variations-diffusers"  # its vae/ is the reference's autoencoder
 DOWNLOAD_HINT = (
     "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include 'vae/*'` "
@@ -37,16 +38,6 @@ DOWNLOAD_HINT = (
     "`sd_image_var_autoenc.pth` state dict (https://huggingface.co/datasets/pscotti/mindeyev2), on a "
     "machine with network access."
 )
-# Architecture of the SD v1 VAE, for loading a bare state-dict file such as sd_image_var_autoenc.pth.
-SD_VAE_CONFIG: dict[str, Any] = {
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 256,
-}
 _VERSION = 1
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt, LayerNorm2d
 
+from mindeye.constants import IMAGENET_MEAN, IMAGENET_STD
 from mindeye.encoders.base import (
     ImageEncoder,
     center_crop,
@@ -36,8 +37,6 @@ from mindeye.encoders.base import (
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import load_torch_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/vicregl/convnext_xlarge_alpha0.75_fullckpt.pth"
 DOWNLOAD_HINT = (
     f"Download the VICRegL full checkpoint (backbone + maps projector) from {CHECKPOINT_URL} "

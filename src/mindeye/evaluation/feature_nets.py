@@ -31,13 +31,9 @@ from torch import nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from mindeye.constants import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, VIT_L14_VISION_CONFIG
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.safe_load import load_torch_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 NET_NAMES = ("alexnet", "inceptionv3", "efficientnet_b1", "swav", "clip")
 # Which metrics each network provides (AlexNet gives two layers).
@@ -242,10 +238,7 @@ def vit_l14_vision_config():
     """CLIP ViT-L/14 vision tower shape (what openai/clip-vit-large-patch14 uses)."""
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
-    )
+    return CLIPVisionConfig(**VIT_L14_VISION_CONFIG)
 
 
 def _looks_local(src: str) -> bool:

@@ -30,9 +30,10 @@ from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
-from mindeye.evaluation.retrieval import DIRECTIONS
+from mindeye.inference.recon_dir import INDEX_NAME, read_index
+from mindeye.metrics.retrieval import DIRECTIONS
+from mindeye.utils.files import write_json_atomic
 
-INDEX_NAME = "index.json"
 PIXEL_METRICS = ("pixcorr", "ssim")  # need no network weights
 RETRIEVAL_KEYS = DIRECTIONS
 
@@ -85,13 +86,8 @@ def read_recon_dir(path: str | os.PathLike) -> ReconDir:
         raise MindEyeError(f"reconstruction directory {path} does not exist; make it with `mindeye reconstruct "
                            "--run RUN --out DIR` (or `mindeye reconstruct-blurry`) or fix the path")
     index_path = path / INDEX_NAME
-    if not index_path.exists():
-        raise MindEyeError(f"{path} holds no reconstructions (no {INDEX_NAME}); make them with `mindeye "
-                           "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MindEyeError(f"{index_path} is not valid JSON ({exc}); re-run the reconstruction to rewrite it") from None
+    index = read_index(path, f"{path} holds no reconstructions (no {INDEX_NAME}); make them with `mindeye "
+                             "reconstruct --run RUN --out DIR` (or `mindeye reconstruct-blurry`)")
     images = index.get("images") if isinstance(index, dict) else None
     if not isinstance(images, dict):
         raise MindEyeError(f"{index_path} has no 'images' table; it was not written by `mindeye reconstruct`")
@@ -332,12 +328,7 @@ def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | N
     if out.is_dir():
         raise MindEyeError(f"--out {out} is a directory; give the metrics file to write, e.g. {out / 'metrics.json'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_json_atomic(out, result)
     md = out.with_suffix(".md")
     md.write_text(metrics_markdown(result, title))
     return out, md

@@ -53,8 +53,8 @@ from mindeye.evaluation.report_tables import (
     retrieval_details,
     write_tables,
 )
-from mindeye.evaluation.retrieval import TABLE1_FOOTNOTE
 from mindeye.evaluation.tables import COLUMNS, MISSING, markdown_table
+from mindeye.metrics.retrieval import TABLE1_FOOTNOTE
 
 # What known image makers are, so the page can say it plainly.
 GENERATOR_NOTES = {
@@ -134,7 +134,7 @@ def build_report(
     holding retrieved images. embed_samples caps the test images in the UMAP (and the prior samples
     drawn for it). sessions: a JSON file of accuracy-vs-training-sessions points (see read_sessions).
     """
-    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.runs import load_run_model
 
     t0 = time.perf_counter()
     run = Path(run)
@@ -256,7 +256,7 @@ def build_report(
     # Top-1 retrieval among the test images: projector output vs every test target (cosine).
     classes: dict[int, str] = {}
     if emb.projector is not None:
-        from mindeye.evaluation.retrieval import cosine_matrix
+        from mindeye.metrics.retrieval import cosine_matrix
 
         best = cosine_matrix(emb.projector, emb.targets).argmax(dim=1).numpy()
         pos = {int(i): k for k, i in enumerate(emb.image_index)}

@@ -39,7 +39,7 @@ class RunInfo:
 
 
 def read_run_info(path: str | os.PathLike, role: str) -> RunInfo:
-    from mindeye.training.checkpoint import read_run
+    from mindeye.runs import read_run
 
     path = Path(path)
     cfg, info = read_run(path)
@@ -96,8 +96,9 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     """Targets, backbone / projector outputs for the whole test split; prior samples for the first few."""
     import torch
 
-    from mindeye.training.data import Targets, load_eval_split, target_options
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets, target_options
+    from mindeye.runs import embed_voxels
 
     test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,

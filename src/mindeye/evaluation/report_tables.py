@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from mindeye.evaluation.recon_eval import table_row
-from mindeye.evaluation.retrieval import TABLE1_COLUMNS
 from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value, markdown_table
+from mindeye.metrics.retrieval import TABLE1_COLUMNS
 
 
 @dataclass(frozen=True)

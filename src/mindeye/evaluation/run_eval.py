@@ -8,61 +8,18 @@ from typing import Any
 
 import torch
 
-from mindeye.data.store import SubjectStore
+from mindeye.data.splits import load_eval_split
 from mindeye.devices import resolve_device
+from mindeye.encoders.targets import Targets, target_options
 from mindeye.errors import MindEyeError
 from mindeye.finite import require_finite
-from mindeye.models.factory import build_model
-from mindeye.training.checkpoint import load_weights, read_run, refuse_diverged
-from mindeye.training.data import Targets, load_eval_split, target_options
-from mindeye.training.trainer import embed_voxels
-
-
-def load_run_model(run_dir: str | Path, device: str = "cpu", store: str | Path | None = None,
-                   subject: str | None = None):
-    """(cfg, info, model in eval mode, store) for a run directory; of a shared-subject run, for
-    ``subject`` (info then names that subject's store and voxel count)."""
-    from mindeye.runs import model_voxels, subject_view
-
-    run_dir = Path(run_dir)
-    cfg, full_info = read_run(run_dir)
-    refuse_diverged(run_dir, full_info)
-    info, entry = subject_view(full_info, subject, run_dir)
-    store_path = store or info.get("store")
-    if not store_path:
-        raise MindEyeError(f"{run_dir}/run.json names no store; pass --data STORE")
-    if store is None and not Path(store_path).exists():
-        raise MindEyeError(f"the store {run_dir} was trained on, {store_path}, is not there any more (moved or "
-                           "deleted); pass its new location with --data STORE")
-    subject = SubjectStore(store_path)
-    if subject.n_voxels != info.get("n_voxels", subject.n_voxels):
-        raise MindEyeError(f"the run was trained on {info['n_voxels']} voxels but {store_path} has "
-                           f"{subject.n_voxels}; evaluate on the subject it was trained for")
-    check_same_store(run_dir, info, subject)
-    model = build_model(cfg.model, model_voxels(full_info, subject.n_voxels))
-    load_weights(model, run_dir / "model.safetensors", device="cpu")
-    if entry is not None:
-        model.select_subject(entry["id"])
-    model.to(device).eval()
-    return cfg, info, model, subject
-
-
-def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore) -> None:
-    """The store is the one the run was trained on (same subject, source and voxel data), not just as wide."""
-    trained = {"subject": info.get("subject"), "source": info.get("source"), "voxels checksum": info.get("store_voxels_sha256")}
-    given = {"subject": subject.meta.get("subject"), "source": subject.meta.get("source"),
-             "voxels checksum": subject.meta.get("checksums", {}).get("voxels.npy")}
-    differ = [k for k in trained if trained[k] is not None and given[k] is not None and trained[k] != given[k]]
-    if differ:
-        shown = "; ".join(f"{k} {str(trained[k])[:16]!r} vs {str(given[k])[:16]!r}" for k in differ)
-        raise MindEyeError(f"{subject.path} is not the store {run_dir} was trained on ({shown}); evaluate on the "
-                           f"run's own store ({info.get('store')}), or --data its moved copy")
+from mindeye.runs import check_same_store, embed_voxels, load_run_model  # noqa: F401  (their home is mindeye.runs)
 
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
                        mode: str | None = None, seed: int = 0, write: bool = True,
                        subject: str | None = None) -> dict[str, Any]:
-    from mindeye.evaluation.retrieval import retrieval_top1_among, topk_full
+    from mindeye.metrics.retrieval import retrieval_top1_among, topk_full
 
     device = resolve_device(device)
     cfg, info, model, subject = load_run_model(run_dir, device, store, subject=subject)
@@ -106,7 +63,7 @@ def _jsonable(x: Any) -> Any:
 
 def retrieval_table(results: list[dict[str, Any]]) -> str:
     """A short fixed-width table of retrieval results (one row per run), Table 1's column names."""
-    from mindeye.evaluation.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
+    from mindeye.metrics.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
 
     image_col, brain_col = TABLE1_COLUMNS["Image retrieval"], TABLE1_COLUMNS["Brain retrieval"]
     pools = {r.get("pool", 300) for r in results}

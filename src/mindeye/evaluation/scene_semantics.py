@@ -49,9 +49,9 @@ def error_semantics(sim: np.ndarray, attrs: np.ndarray, main: np.ndarray) -> dic
 
 def run_error_semantics(run_dir: str | Path, device: str = "cpu") -> dict[str, Any] | None:
     """error_semantics of a trained run's projector outputs vs its targets over the test set (None: no scenes)."""
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.data import Targets, load_eval_split
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets
+    from mindeye.runs import embed_voxels, load_run_model
 
     cfg, _, model, subject = load_run_model(run_dir, device)
     test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)

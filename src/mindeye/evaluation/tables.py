@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from mindeye.evaluation.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
+from mindeye.metrics.retrieval import TABLE1_COLUMNS, TABLE1_FOOTNOTE
 
 # (row key, column header, shown as percent?)
 COLUMNS = (

@@ -22,7 +22,20 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.inference.reconstruct import finished, load_png, open_index, save_png, write_index
+from mindeye.inference.recon_dir import finished, open_index, read_index, write_index
+from mindeye.utils.images import load_png, save_png
+
+
+def blurry_batch(predict: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
+                 voxels: torch.Tensor) -> torch.Tensor:
+    """One batch of voxels -> blurry uint8 images (b, H, W, 3): ``predict`` latents, check them, ``decode``.
+    The one blurry step: `mindeye reconstruct-blurry` and :meth:`mindeye.MindEyePipeline.blurry` call it."""
+    with torch.no_grad():
+        latents = predict(voxels)
+        if not torch.isfinite(latents).all():
+            raise MindEyeError("the low-level model predicted non-finite latents; nothing was kept from this batch "
+                               "(check the run's weights)")
+        return decode(latents)
 
 
 def decode_latents_to_pngs(
@@ -45,12 +58,7 @@ def decode_latents_to_pngs(
                disable=not progress)
     for b0 in range(0, len(todo), batch_size):
         rows = todo[b0:b0 + batch_size]
-        with torch.no_grad():
-            latents = predict(voxels[rows])
-            if not torch.isfinite(latents).all():
-                raise MindEyeError("the low-level model predicted non-finite latents; nothing was written for "
-                                   "this batch (check the run's weights)")
-            images = decode(latents)
+        images = blurry_batch(predict, decode, voxels[rows])
         for j, m in enumerate(rows):
             idx = int(image_index[m])
             rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png"}
@@ -81,10 +89,9 @@ def reconstruct_blurry(
     subject: str | None = None,
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
+    from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
-    from mindeye.evaluation.run_eval import load_run_model
-    from mindeye.training.checkpoint import read_run
-    from mindeye.training.data import load_eval_split
+    from mindeye.runs import load_run_model, read_run
 
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
@@ -125,16 +132,9 @@ class BlurryImages:
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
-        path = self.dir / "index.json"
-        if not path.exists():
-            raise MindEyeError(f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
-                               "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`")
-        import json
-
-        try:
-            index = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MindEyeError(f"{path} is damaged ({exc}); run `mindeye reconstruct-blurry` into a new directory") from None
+        index = read_index(self.dir, f"{self.dir} holds no blurry reconstructions (no index.json); make them with "
+                           "`mindeye reconstruct-blurry --run LOW_RUN --out DIR`",
+                           "it is damaged: run `mindeye reconstruct-blurry` into a new directory")
         if not isinstance(index, dict) or index.get("kind") != "blurry":
             kind = index.get("kind") if isinstance(index, dict) else "unknown"
             raise MindEyeError(f"{self.dir} holds '{kind}' output, not blurry reconstructions")

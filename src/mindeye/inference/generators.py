@@ -25,11 +25,13 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
 
+from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFIG
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.img2img import img2img_start
+from mindeye.utils.images import float_to_uint8, uint8_to_float
+from mindeye.utils.weights import hf_cache_snapshot
 
 # Stable Diffusion v1's training noise schedule (Versatile Diffusion and SD image variations use it too).
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -44,12 +46,6 @@ SD_UNET_CONFIG: dict[str, Any] = {
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "cross_attention_dim": 768, "attention_head_dim": 8,
 }
-SD_VAE_CONFIG: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "sample_size": 512,
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
-SD_LATENT_SCALE = 0.18215
 
 
 @dataclass(frozen=True)
@@ -112,24 +108,7 @@ class LatentCodec(Protocol):
 
 
 # CLIP's image normalisation: the authors feed the blurry image to the VAE normalised this way.
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _uint8_to_float(images: torch.Tensor | np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, size, size) in [0, 1], resized bilinearly if needed."""
-    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
-    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise MindEyeError(f"images must be uint8 (N, H, W, 3); got {x.dtype} {tuple(x.shape)}")
-    x = x.to(device).permute(0, 3, 1, 2).float() / 255
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def _float_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float (N, 3, H, W) in [0, 1] -> uint8 (N, H, W, 3)."""
-    return x.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+_CLIP_MEAN, _CLIP_STD = CLIP_MEAN, CLIP_STD
 
 
 class DiffusersVaeCodec:
@@ -143,7 +122,7 @@ class DiffusersVaeCodec:
     @torch.no_grad()
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         p = next(self.vae.parameters())
-        x = _uint8_to_float(images, self.image_size, p.device) * 2 - 1
+        x = uint8_to_float(images, self.image_size, p.device) * 2 - 1
         return self.vae.encode(x.to(p.dtype)).latent_dist.mode().float() * self.scaling_factor
 
     @torch.no_grad()
@@ -160,7 +139,7 @@ class DiffusersVaeCodec:
         if encoding != "reference":
             raise MindEyeError(f"unknown init encoding {encoding!r}; use 'reference' or 'vae'")
         p = next(self.vae.parameters())
-        x = _uint8_to_float(images, self.image_size, p.device)
+        x = uint8_to_float(images, self.image_size, p.device)
         mean = torch.tensor(_CLIP_MEAN, device=p.device).view(1, 3, 1, 1)
         std = torch.tensor(_CLIP_STD, device=p.device).view(1, 3, 1, 1)
         posterior = self.vae.encode(((x - mean) / std).to(p.dtype)).latent_dist
@@ -170,7 +149,7 @@ class DiffusersVaeCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         p = next(self.vae.parameters())
         img = self.vae.decode((latents / self.scaling_factor).to(p.device, p.dtype)).sample
-        return _float_to_uint8((img.float() + 1) / 2)
+        return float_to_uint8((img.float() + 1) / 2)
 
 
 class EncoderCodec:
@@ -296,16 +275,14 @@ def resolve_pipeline_dir(spec: GeneratorSpec, weights: str | None) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(ref, local_files_only=True))
-    except Exception:  # not in the local cache (and this never downloads)
-        raise WeightsUnavailableError(
-            f"weights for generator '{spec.name}' ({ref}) are not available on this machine. "
-            f"{spec.download_hint} Then pass --weights /path/to/local/copy (the pipeline directory holding "
-            f"{spec.unet_subfolder}/ and vae/), or fill the Hugging Face cache on a machine with network access."
-        ) from None
+    local = hf_cache_snapshot(ref)
+    if local is not None:
+        return local
+    raise WeightsUnavailableError(
+        f"weights for generator '{spec.name}' ({ref}) are not available on this machine. "
+        f"{spec.download_hint} Then pass --weights /path/to/local/copy (the pipeline directory holding "
+        f"{spec.unet_subfolder}/ and vae/), or fill the Hugging Face cache on a machine with network access."
+    )
 
 
 def load_generator(

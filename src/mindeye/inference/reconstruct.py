@@ -18,8 +18,6 @@ Output::
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.inference.img2img import check_strength, img2img_start
+from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, write_index  # noqa: F401
+from mindeye.utils.images import fit_bilinear, load_png, save_png  # noqa: F401
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
 
-INDEX_NAME = "index.json"
 INIT_ENCODINGS = ("reference", "vae")
 
 
@@ -91,70 +89,6 @@ def select_best(candidates: torch.Tensor, target: torch.Tensor) -> tuple[int, li
     return int(scores.argmax()), [float(s) for s in scores.cpu()]
 
 
-def save_png(image: np.ndarray | torch.Tensor, path: Path) -> None:
-    """Write one uint8 (H, W, 3) image atomically (a kill never leaves a truncated PNG)."""
-    from PIL import Image
-
-    arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) image, got {arr.dtype} {arr.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def load_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
-def write_index(out_dir: Path, index: dict[str, Any]) -> None:
-    tmp = out_dir / (INDEX_NAME + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, out_dir / INDEX_NAME)
-
-
-def open_index(out_dir: Path, kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The existing index of ``out_dir`` if it was made with the same ``config``, else a fresh one."""
-    path = out_dir / INDEX_NAME
-    if not path.exists():
-        return {"kind": kind, "mindeye_version": __version__, "config": config, "images": {}}
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MindEyeError(f"{path} is damaged ({exc}), so the finished images cannot be told apart; delete {out_dir} "
-                           "and run the reconstruction again") from None
-    if not isinstance(index, dict):
-        raise MindEyeError(f"{path} is not a reconstruction index; delete {out_dir} or choose another --out")
-    old = json.loads(json.dumps(index.get("config", {})))
-    new = json.loads(json.dumps(config))  # normalise tuples etc. the same way
-    if index.get("kind") != kind or old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise MindEyeError(
-            f"{out_dir} already holds {index.get('kind', 'other')} output made with different settings "
-            f"(differing: {', '.join(diff) or 'kind'}); use another --out, or the same settings to resume"
-        )
-    return index
-
-
-def finished(index: dict[str, Any], out_dir: Path, image_index: int) -> bool:
-    rec = index["images"].get(str(int(image_index)))
-    return rec is not None and (out_dir / rec["file"]).exists()
-
-
-def _fit(image: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (H, W, 3) -> uint8 (size, size, 3) (bilinear, antialiased) for use as a candidate image."""
-    x = torch.from_numpy(np.ascontiguousarray(image))
-    if x.shape[0] == size and x.shape[1] == size:
-        return x
-    f = F.interpolate(x.permute(2, 0, 1)[None].float() / 255, size=(size, size), mode="bilinear",
-                      align_corners=False, antialias=True)
-    return f[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
-
-
 def reconstruct(
     backbone: torch.Tensor,
     projector: torch.Tensor,
@@ -181,7 +115,7 @@ def reconstruct(
         settings = replace(settings, prior_guidance=1.0)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n, device = settings.samples, generator.device
+    n = settings.samples
     strength = settings.img2img_strength if blurry is not None else 0.0
     start = img2img_start(strength, settings.steps)
     full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
@@ -193,12 +127,12 @@ def reconstruct(
                disable=not progress)
     for b0 in range(0, len(todo), settings.batch_brains):
         rows = todo[b0:b0 + settings.batch_brains]
-        images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, device)
-        embeds = judge(images.to(device) if isinstance(images, torch.Tensor) else images)
+        images, chosen, all_scores = reconstruct_batch(rows, backbone, projector, image_index, prior, generator,
+                                                       judge, settings, blurry, start)
         for j, m in enumerate(rows):
             idx = int(image_index[m])
             cand = images[j * n:(j + 1) * n]
-            best, scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+            best, scores = chosen[j], all_scores[j]
             rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png", "chosen": best,
                                    "scores": scores, "seed": item_seed(settings.seed, idx)}
             if image_ids is not None:
@@ -215,13 +149,32 @@ def reconstruct(
     return index
 
 
+def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.Tensor, image_index: np.ndarray,
+                      prior: Prior, generator: ImageGenerator, judge: Callable[[torch.Tensor], torch.Tensor],
+                      settings: ReconstructSettings, blurry: BlurrySource | None,
+                      start: int) -> tuple[torch.Tensor, list[int], list[list[float]]]:
+    """One batch of brain samples (``rows``) -> (uint8 candidates (len(rows) x n, H, W, 3), the best-of-n
+    candidate of each row, every candidate's judge score). The one reconstruction step: `mindeye
+    reconstruct` (:func:`reconstruct`) and :meth:`mindeye.MindEyePipeline.reconstruct` both call it."""
+    n = settings.samples
+    images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device)
+    with torch.no_grad():
+        embeds = judge(images.to(generator.device))
+    chosen, scores = [], []
+    for j, m in enumerate(rows):
+        best, row_scores = select_best(embeds[j * n:(j + 1) * n], projector[m])
+        chosen.append(best)
+        scores.append(row_scores)
+    return images, chosen, scores
+
+
 def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,
               generator: ImageGenerator, settings: ReconstructSettings, blurry: BlurrySource | None,
               start: int, n: int, device: torch.device) -> torch.Tensor:
     """uint8 images (len(rows) x n, H, W, 3): n candidates per brain sample, in row order."""
     size = generator.image_size
     if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
-        return torch.cat([_fit(blurry.get(int(image_index[m])), size)[None].repeat(n, 1, 1, 1) for m in rows])
+        return torch.cat([fit_bilinear(blurry.get(int(image_index[m])), size)[None].repeat(n, 1, 1, 1) for m in rows])
     conds, noises, inits = [], [], []
     for m in rows:
         g = torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m])))
@@ -230,7 +183,7 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
         conds.append(generator.prepare_condition(emb))
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
         if start > 0:
-            init = generator.codec.encode_init(_fit(blurry.get(int(image_index[m])), size)[None],
+            init = generator.codec.encode_init(fit_bilinear(blurry.get(int(image_index[m])), size)[None],
                                                settings.init_encoding, g)
             inits.append(init.to(device).repeat(n, 1, 1, 1))
     latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
@@ -261,22 +214,20 @@ def reconstruct_run(
     ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
     or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
     """
+    from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
-    from mindeye.evaluation.run_eval import load_run_model
+    from mindeye.encoders.targets import target_options
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
     from mindeye.inference.generators import generator_spec, load_generator
-    from mindeye.runs import subject_view
-    from mindeye.training.checkpoint import read_run, refuse_diverged
-    from mindeye.training.data import load_eval_split, target_options
-    from mindeye.training.trainer import embed_voxels
+    from mindeye.runs import embed_voxels, load_run_model, read_run, refuse_diverged, subject_view
 
     settings = settings or ReconstructSettings()
     settings.validate()
     spec = generator_spec(generator_name)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
-    refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
     info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
+    refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
     if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
         raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
                            f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")

@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mindeye.data.nsd import KNOWN_NSDGENERAL_VOXELS
+from mindeye.constants import NSDGENERAL_VOXELS
 from mindeye.errors import MindEyeError
 
 # nsdgeneral voxel counts of the NSD subjects (1.8 mm), as used by the authors' checkpoints.
-SUBJECT_VOXELS = KNOWN_NSDGENERAL_VOXELS
+SUBJECT_VOXELS = NSDGENERAL_VOXELS
 
 _SCHEDULE_BUFFERS = (
     "betas",

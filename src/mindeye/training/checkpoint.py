@@ -29,10 +29,17 @@ import torch
 from safetensors.torch import save_file
 
 from mindeye import __version__
-from mindeye.config import Config, dump_config, load_config
+from mindeye.config import Config, dump_config
 from mindeye.errors import MindEyeError
-from mindeye.finite import non_finite_tensors
-from mindeye.safe_load import load_safetensors_file, load_torch_file
+from mindeye.runs import (  # noqa: F401  (the run-directory readers' home is mindeye.runs)
+    _load_state_dict,
+    load_weights,
+    read_run,
+    read_safetensors,
+    refuse_diverged,
+)
+from mindeye.safe_load import load_torch_file
+from mindeye.utils.files import atomic_path, write_text_atomic
 
 
 def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,22 +47,15 @@ def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_contiguous_state(model), str(tmp), metadata={"mindeye_version": __version__, **(metadata or {})})
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(_contiguous_state(model), str(tmp), metadata={"mindeye_version": __version__, **(metadata or {})})
 
 
 def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
     # Atomic: a resumed run rewrites both, and a torn config.yaml would make the run unreadable.
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    _write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
+    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    write_text_atomic(run_dir / "run.json", json.dumps({"mindeye_version": __version__, **info}, indent=2))
 
 
 def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
@@ -63,24 +63,7 @@ def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
     path = run_dir / "run.json"
     info = json.loads(path.read_text()) if path.exists() else {"mindeye_version": __version__}
     info["diverged"] = {"step": step, "epoch": epoch}
-    _write_text_atomic(path, json.dumps(info, indent=2))
-
-
-def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
-    bad = info.get("diverged")
-    if bad:
-        raise MindEyeError(
-            f"{run_dir} diverged during training (non-finite loss at step {bad.get('step')}, epoch "
-            f"{bad.get('epoch')}; see its run.json), so its weights are not a trained model; train it again "
-            "with a lower train.max_lr")
-
-
-def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
-        raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
-                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
-    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
+    write_text_atomic(path, json.dumps(info, indent=2))
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]) -> None:
@@ -130,20 +113,6 @@ def recover_interrupted_swap(run_dir: Path) -> None:
         os.replace(run_dir / "model.safetensors.tmp", top)
 
 
-def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A run's safetensors weights (never unpickles); a damaged or foreign file is a MindEyeError."""
-    return load_safetensors_file(path, "restore the run's own file or train the run again", device)
-
-
-def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, strict: bool) -> Any:
-    try:
-        return model.load_state_dict(state, strict=strict)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
-        raise MindEyeError(f"{path} does not fit the model built from the run's config ({first}); the file "
-                           "belongs to another run or config: restore the run's own weights") from None
-
-
 def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     recover_interrupted_swap(run_dir)
     ckpt = run_dir / "checkpoint"
@@ -156,19 +125,3 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
         raise MindEyeError(f"{ckpt / 'state.pt'} is not a mindeye training state (keys missing); "
                            "restore it or start a new run")
     return state
-
-
-def load_weights(model: torch.nn.Module, path: Path, device: str | torch.device = "cpu") -> None:
-    if not path.exists():
-        raise MindEyeError(f"weights file {path} not found; has the run finished at least one epoch?")
-    state = read_safetensors(path, device)
-    bad = non_finite_tensors(state)
-    if bad:
-        raise MindEyeError(f"{path} holds NaN or inf weights (in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}); "
-                           "the run diverged or the file is damaged: train the run again")
-    missing, unexpected = _load_state_dict(model, state, path, strict=False)
-    if missing or unexpected:
-        raise MindEyeError(
-            f"{path} does not match the model built from the run's config: missing {list(missing)[:5]}, "
-            f"unexpected {list(unexpected)[:5]}"
-        )

@@ -30,6 +30,7 @@ from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
+from mindeye.runs import embed_voxels
 from mindeye.training import losses
 from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import (
@@ -159,7 +160,7 @@ class Trainer:
 
     def _check_init_from(self) -> dict[str, Any]:
         """The pretrained run's config, run.json and weights, checked against this run."""
-        from mindeye.training.checkpoint import read_run
+        from mindeye.runs import read_run
 
         cfg_pre, info_pre = read_run(self.init_from)
         if cfg_pre.model.kind != "mindeye":
@@ -511,7 +512,7 @@ def compile_model(model: nn.Module) -> None:
 
 def quick_retrieval(preds: torch.Tensor, targets: torch.Tensor, pool: int, draws: int = 5, seed: int = 0) -> dict[str, float]:
     """Validation-time top-1 retrieval among min(pool, N) candidates, both directions."""
-    from mindeye.evaluation.retrieval import DIRECTIONS, retrieval_top1_among
+    from mindeye.metrics.retrieval import DIRECTIONS, retrieval_top1_among
 
     res = retrieval_top1_among(preds.flatten(1).float(), targets.flatten(1).float(),
                                pool=min(pool, len(preds)), draws=draws, seed=seed)
@@ -817,22 +818,3 @@ class LowLevelTask(LowLevelLoss):
         model.train()
         return {"latent_l1": float(((pred - target).abs().mean() / self.latent_scale).item()),
                 "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
-
-
-@torch.no_grad()
-def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
-                 which: str = "projector") -> torch.Tensor:
-    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    outs = []
-    for s in range(0, len(voxels), batch_size):
-        x = voxels[s:s + batch_size].float().to(device)
-        if hasattr(model, "predict"):
-            outs.append(model.predict(x).float().cpu())
-            continue
-        out = model(x)
-        emb = out.get(which) if out.get(which) is not None else out["backbone"]
-        outs.append(emb.float().cpu())
-    model.train(was_training)
-    return torch.cat(outs)

@@ -1,0 +1,1 @@
+"""Scores computed from embeddings (retrieval), shared by training (validation) and evaluation."""
