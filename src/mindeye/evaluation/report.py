@@ -225,7 +225,8 @@ def build_report(
             block["notes"].append("ridge regression is fitted in closed form: no training curve, only its "
                                   "validation retrieval.")
         curves.append(block)
-    draws = [(r.name, {d.label: r.retrieval.get(d.per_draw_key, []) for d in RETRIEVAL})
+    # Tick labels on two lines ("image retrieval" / "(image→brain)") so neighbouring ticks never overlap.
+    draws = [(r.name, {d.label.replace(" (", "\n("): r.retrieval.get(d.per_draw_key, []) for d in RETRIEVAL})
              for r in runs if r.retrieval]
     pools = {int(r.retrieval.get("pool", 300)) for r in runs if r.retrieval}
     retrieval_fig = (figs.retrieval_draws_chart("retrieval_per_draw", draws, max(pools),
