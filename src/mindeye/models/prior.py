@@ -13,6 +13,10 @@ T5-style relative position bias, softmax in fp32, then Linear + LayerNorm on the
 
 The diffusion is DDPM with a 100-step cosine schedule that predicts x0 (not noise). Targets are scaled by
 sqrt(768) before noising and samples divided by it afterwards.
+
+Why one module of ~420 lines: the network, its attention and the diffusion schedule are checked
+together against the reference numerically (benchmarks/compare_prior_reference.py); split, a reader
+would lose the one-to-one reading against dalle2-pytorch.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Reference schedule (docs/choices.md): AdamW (no decay on biases: ``train.no_deca
 pct_start = 2/epochs and final_div_factor 1000, BiMixCo for the first third of the epochs then
 SoftCLIP with a cosine-annealed temperature, prior loss weight 30. Checkpoints every epoch,
 atomically; ``resume=True`` continues exactly where the last finished epoch left off.
+
+Why one module of this size: the Trainer (run directory, resume, logging), the step
+(``train_step``) and the two tasks (HighLevelTask / LowLevelTask: what a batch is, what the loss is,
+how to validate) share the run's state and are read together; the pieces that stand alone already
+live beside it (batches, checkpoint, divergence, resume_check, run_lock, distributed, losses).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mindeye.config import Config, to_dict
+from mindeye.constants import SD_LATENT_SCALE
 from mindeye.data.store import SubjectStore
 from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
@@ -738,8 +744,8 @@ class LowLevelLoss:
     def __init__(self, cfg: Config, dist: DistInfo) -> None:
         self.cfg, self.dist = cfg, dist
         self.use_teacher = cfg.train.lowlevel_contrastive_weight > 0
-        # Latents are stored scaled by 0.18215 (SD convention); the loss works on unscaled latents.
-        self.latent_scale = 0.18215 if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
+        # Latents are stored scaled by SD_LATENT_SCALE (SD convention); the loss works on unscaled latents.
+        self.latent_scale = SD_LATENT_SCALE if cfg.targets.lowlevel_encoder == "sd-vae" else 1.0
 
     def loss(self, ddp_model: nn.Module, model: nn.Module, batch: dict[str, Any], epoch: int):
         cfg, info, dev = self.cfg, self.dist, batch["device"]
