@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mindeye.training", "mindeye.inference"),
     ("mindeye.pipeline",),
     ("mindeye.evaluation",),
-    ("mindeye.commands", "mindeye.demo", "mindeye.cli", "mindeye.__main__"),
+    ("mindeye.commands", "mindeye.demo", "mindeye.shared_subject", "mindeye.cli", "mindeye.__main__"),
 ]
 SIBLINGS = {("mindeye.training", "mindeye.inference"), ("mindeye.inference", "mindeye.training")}
 
