@@ -14,11 +14,12 @@ CHANGEABLE_ON_RESUME = ("name", "data.store", "data.test_mode", "train.max_steps
                         "train.compile", "eval.")
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_keys(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"a.b.c": value}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_keys(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -26,7 +27,7 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_changes(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
     """(key, run's value, new value) for every setting that differs and may not change on resume."""
-    a, b = _flat(to_dict(old)), _flat(to_dict(new))
+    a, b = flat_keys(to_dict(old)), flat_keys(to_dict(new))
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not any(k == c or (c.endswith(".") and k.startswith(c))
                                                 for c in CHANGEABLE_ON_RESUME)]

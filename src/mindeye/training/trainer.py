@@ -69,7 +69,7 @@ from mindeye.training.distributed import (
     shard_model,
 )
 from mindeye.training.divergence import DivergenceGuard
-from mindeye.training.resume_check import check_resume_config
+from mindeye.training.resume_check import check_resume_config, flat_keys
 from mindeye.training.run_lock import RunLock
 
 
@@ -172,7 +172,7 @@ class Trainer:
         if cfg_pre.model.kind != "mindeye":
             raise MindEyeError(f"--init-from {self.init_from} is a {cfg_pre.model.kind} run; fine-tuning starts "
                                "from a high-level (mindeye) run")
-        pre, new = _flat(to_dict(cfg_pre.model)), _flat(to_dict(self.cfg.model))
+        pre, new = flat_keys(to_dict(cfg_pre.model)), flat_keys(to_dict(self.cfg.model))
         diff = [k for k in pre if pre[k] != new.get(k)]
         if diff:
             raise MindEyeError(f"the model config differs from the pretrained run {self.init_from} "
@@ -481,16 +481,6 @@ def init_from_pretrained(model: nn.Module, weights: Path, pretrained_subjects: d
             new.append(sid)
     model.load_state_dict(load, strict=False)
     return new
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
