@@ -100,6 +100,17 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias") 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}]
 
 
+def adamw_implementation(device: str, sharded: bool = False) -> dict[str, bool]:
+    """The fastest correct AdamW kernel for the device: ``fused`` on CUDA and on the CPU (one pass over
+    each tensor; torch's CPU default is the for-loop implementation, 6-15x the memory-traffic floor with
+    a full-size temporary per tensor: benchmarks/cpu_optimizer.py). FSDP shards are DTensors, which the
+    CPU fused kernel does not take, so sharded CPU runs use ``foreach``. The update is the same AdamW
+    (equal to the for-loop result to float rounding: tests/test_trainer.py)."""
+    if sharded and not device.startswith("cuda"):
+        return {"foreach": True}
+    return {"fused": True}
+
+
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.flatten(1).float(), dim=-1)
 
@@ -240,9 +251,8 @@ class Trainer:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None,
                 find_unused_parameters=self.shared_layout and len(self.stores) > 1)
-        fused = self.device.startswith("cuda")
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay), lr=cfg.train.max_lr,
-                                      fused=fused if fused else None)
+                                      **adamw_implementation(self.device, sharded))
         steps_per_epoch = task.steps_per_epoch()
         total_steps = cfg.train.epochs * steps_per_epoch
         pct_start = cfg.train.pct_start if cfg.train.pct_start is not None else min(0.5, 2 / cfg.train.epochs)
