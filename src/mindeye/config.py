@@ -147,6 +147,7 @@ class TrainConfig:
     mixco_prob: float = 0.5  # probability that a sample is mixed
     mixco_self_label: Literal["assign", "add"] = "assign"  # label of a sample mixed with itself: assigned 1-lambda (authors) or lambda + (1-lambda)
     mixco_temperature: float = 0.006  # BiMixCo temperature
+    prior_targets: Literal["unmixed", "mixed"] = "unmixed"  # prior (and backbone MSE) targets under MixCo: the unmixed CLIP targets (authors) or mixed like the voxels (paper text)
     soft_temperature_start: float = 0.004  # SoftCLIP temperature when SoftCLIP starts (cosine-annealed)
     soft_temperature_end: float = 0.0075  # SoftCLIP temperature at the last epoch
     prior_loss_weight: float = 30.0  # reference's weight (paper's alpha 0.3 is on a differently scaled loss)

@@ -587,8 +587,10 @@ class HighLevelLoss:
             contrastive = losses.info_nce(preds, targets_n, cfg.train.mixco_temperature)
         total = contrastive
         parts["contrastive"] = contrastive.detach()
-        # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
-        prior_target = (losses.mix_like(tgt, perm, lambdas) if perm is not None else tgt)[sl]
+        # Under MixCo the authors train the prior on the UNmixed targets (Train_MindEye.py: diffusion_prior(...,
+        # image_embed=clip_target)); train.prior_targets=mixed mixes them like the voxels (the paper's text).
+        mixed_prior = perm is not None and cfg.train.prior_targets == "mixed"
+        prior_target = (losses.mix_like(tgt, perm, lambdas) if mixed_prior else tgt)[sl]
         if model.prior is not None:
             prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
             total = total + cfg.train.prior_loss_weight * prior_loss
