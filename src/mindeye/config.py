@@ -35,6 +35,7 @@ class DataConfig:
 
     store: str | None = None  # path of a prepared subject store (mindeye simulate / prepare)
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
+    test_repetitions: Literal["pad3", "available"] = "pad3"  # averaged test of an image seen < 3 times: padded to three, [a, b, a] (authors' data) or its available repetitions equally
     val_images: int = 0  # train images held out for validation when the store has no val split
     train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
     n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)

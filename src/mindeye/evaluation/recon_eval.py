@@ -205,10 +205,12 @@ def evaluate_recon_dirs(
     mean_row: bool = True,
     first_resize: str = "reference",
     offline_net: bool = False,
+    net_resize: str = "reference",
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
 
     first_resize: the resize to 256, ``reference`` (no antialias, as the authors) or ``antialias``.
+    net_resize: the feature networks' own downscales (CLIP/SwAV 224, EfficientNet 255), the same choice.
 
     mean_row: add the mean over rows (for rows that are subjects of one method, as in paper Table 1);
         turn it off when the rows are different methods.
@@ -260,7 +262,8 @@ def evaluate_recon_dirs(
             raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
                                "need at least 2")
         values = evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
-                                          progress=progress, metrics=metrics, first_resize=first_resize)
+                                          progress=progress, metrics=metrics, first_resize=first_resize,
+                                          net_resize=net_resize)
         row: dict[str, Any] = {
             "name": names[k] if names else recon.path.name,
             "recons": str(recon.path.resolve()),
@@ -283,7 +286,7 @@ def evaluate_recon_dirs(
         rows.append(row)
 
     result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics),
-                              "first_resize": first_resize, "rows": rows}
+                              "first_resize": first_resize, "net_resize": net_resize, "rows": rows}
     if mean_row and len(rows) > 1:
         keys = [*metrics, *(RETRIEVAL_KEYS if all("retrieval" in r for r in rows) else ())]
         mean = {}

@@ -100,7 +100,8 @@ def reconstruct_blurry(
                            "(trained with model.kind=lowlevel)")
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg),  # checks n_voxels
                                             subject=subject)
-    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
+                            cfg.data.test_repetitions)
     rows = slice(0, limit) if limit else slice(None)
     dec_weights = weights or blurry_decoder_weights(cfg)
     try:
