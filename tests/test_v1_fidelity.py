@@ -141,3 +141,168 @@ def test_docs_cite_mindeye2_notebook_and_its_single_ridge_fine_tune():
         assert "src/Train.py" not in text and "`Train.py`" not in text, name
     choices = docs["choices.md"]
     assert "src/Train.ipynb" in choices and "strict=False" in choices and "ridge.linears.0.weight" in choices
+
+
+# ------------------------------------------------------------- 3. the low-level contrastive loss, two views
+def _authors_soft_cont_loss(student, teacher, teacher_aug, temp):
+    """utils.soft_cont_loss (distributed=False), as train_autoencoder.py calls it: inputs reshaped to
+    (B*256, 512) and F.normalize'd per token; written out with explicit double-precision matrices."""
+    def flat(x):
+        x = x.double().reshape(-1, x.shape[-1])
+        return x / x.norm(dim=-1, keepdim=True)
+
+    s, t, a = flat(student), flat(teacher), flat(teacher_aug)
+    teacher_teacher_aug, teacher_teacher_aug_t = t @ a.T / temp, a @ t.T / temp
+    student_teacher_aug, student_teacher_aug_t = s @ a.T / temp, a @ s.T / temp
+    loss1 = -(student_teacher_aug.log_softmax(-1) * teacher_teacher_aug.softmax(-1)).sum(-1).mean()
+    loss2 = -(student_teacher_aug_t.log_softmax(-1) * teacher_teacher_aug_t.softmax(-1)).sum(-1).mean()
+    return float((loss1 + loss2) / 2)
+
+
+def test_lowlevel_contrastive_uses_a_clean_and_an_augmented_teacher_view():
+    from mindeye.models.factory import build_model
+    from mindeye.training.trainer import LowLevelLoss
+
+    cfg = load_config(CONFIGS / "demo-lowlevel.yaml", ["model.lowlevel.hidden=32", "train.lowlevel_contrastive_views=two"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 20).eval()
+    g = torch.Generator().manual_seed(0)
+    voxels = torch.randn(4, 20, generator=g)
+    with torch.no_grad():
+        latents, tokens = model(voxels)
+    teacher = torch.randn(*tokens.shape, generator=g)
+    teacher_aug = teacher + 0.5 * torch.randn(*tokens.shape, generator=g)
+    batch = {"voxels": voxels, "latents": torch.randn(*latents.shape, generator=g), "teacher": teacher,
+             "teacher_aug": teacher_aug, "device": "cpu"}
+    with torch.no_grad():
+        _, parts = LowLevelLoss(cfg, DistInfo()).loss(model, model, batch, 0)
+    tau = cfg.train.lowlevel_temperature
+    expected = _authors_soft_cont_loss(tokens, teacher, teacher_aug, tau)
+    assert parts["contrastive"].item() == pytest.approx(expected, rel=1e-4)
+    # the one-view form (soft labels from the teacher's self-similarity) is another number
+    one_view = _authors_soft_cont_loss(tokens, teacher, teacher, tau)
+    assert parts["contrastive"].item() != pytest.approx(one_view, rel=1e-3)
+    assert load_config(PAPER_LOW).train.lowlevel_contrastive_views == "two"
+
+
+def test_lowlevel_batches_pair_the_clean_teacher_with_an_augmented_view(tiny_store, tmp_path):
+    """The augmented teacher view of every sample is one of the K cached views (1..K), never the clean one,
+    and the clean teacher is the plain cache row."""
+    import shutil
+
+    from mindeye.encoders.cache import embed_store, load_targets
+    from mindeye.training.trainer import LowLevelTask, Trainer
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    embed_store(store, "standin-vicregl", views=2, progress=False)
+    cfg = load_config(CONFIGS / "demo-lowlevel.yaml", ["train.epochs=1", "model.lowlevel.hidden=32",
+                                                       "targets.augmented_views=2", "train.data_path=simple"])
+    task = LowLevelTask(Trainer(cfg, tmp_path / "run", store=store, device="cpu", progress=False))
+    plain = np.asarray(load_targets(store, "standin-vicregl", None), dtype=np.float32)
+    views = np.asarray(load_targets(store, "standin-vicregl", None, views=True), dtype=np.float32)
+    batch = next(iter(task.batches(0)))
+    rows = batch["teacher"].numpy()
+    aug = batch["teacher_aug"].numpy()
+    for r, a in zip(rows, aug):
+        image = int(np.flatnonzero((np.abs(plain.reshape(len(plain), -1) - r.reshape(-1)) < 1e-6).all(1))[0])
+        hits = [k for k in range(views.shape[1]) if np.allclose(views[image, k].reshape(-1), a.reshape(-1))]
+        assert hits, "the augmented teacher is not a cached view of the same image"
+        assert not np.allclose(a.reshape(-1), r.reshape(-1))
+
+
+# ------------------------------------------------------------------------ 2. the generator's end point
+def _old_unipc_img2img(unet, cond, init_latents, noise, steps, start, guidance):
+    """The authors' loop (utils.reconstruction) with diffusers 0.13's UniPC (bh2, order 2, data prediction,
+    lower order at the end, the corrector from the second step), written out from the UniPC formulas on the
+    discrete schedule: every step goes from timestep s to the next one, the LAST to t = 0 (sigma ~ 0.029)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    acp = torch.cumprod(1 - betas, 0)
+    ts = np.linspace(0, 999, steps + 1).round()[::-1][:-1].astype(np.int64)
+
+    def alpha(t):
+        return acp[t].sqrt()
+
+    def sigma(t):
+        return (1 - acp[t]).sqrt()
+
+    def lam(t):
+        return torch.log(alpha(t)) - torch.log(sigma(t))
+
+    def phi(t_to, t_from):
+        hh = -(lam(t_to) - lam(t_from))
+        return hh, torch.expm1(hh)
+
+    def eps_of(x, t):
+        xin = torch.cat([x, x]).float()
+        e = unet(xin, int(t), encoder_hidden_states=torch.cat([torch.zeros_like(cond), cond])).sample.double()
+        e_u, e_c = e.chunk(2)
+        return e_u + guidance * (e_c - e_u)
+
+    t0 = int(ts[start])
+    x = alpha(t0) * init_latents.double() + sigma(t0) * noise.double()  # add_noise at the first kept step
+    hist_m, hist_t = [], []  # data predictions and their timesteps, oldest first
+    last_x, last_order = None, 0
+    done = 0
+    for i in range(start, steps):
+        t = int(ts[i])
+        t_next = int(ts[i + 1]) if i + 1 < steps else 0
+        m = (x - sigma(t) * eps_of(x, t)) / alpha(t)  # x0 prediction
+        if last_x is not None:  # UniC corrector of the step just taken (s0 -> t)
+            s0, m0 = hist_t[-1], hist_m[-1]
+            hh, bh = phi(t, s0)
+            x_ = sigma(t) / sigma(s0) * last_x - alpha(t) * bh * m0
+            if last_order == 1:
+                x = x_ - alpha(t) * bh * 0.5 * (m - m0)
+            else:
+                s1, m1 = hist_t[-2], hist_m[-2]
+                r1 = (lam(s1) - lam(s0)) / (lam(t) - lam(s0))
+                k1 = bh / hh - 1
+                k2 = k1 / hh - 0.5
+                rhos = torch.linalg.solve(torch.tensor([[1.0, 1.0], [float(r1), 1.0]], dtype=torch.float64),
+                                          torch.stack([k1 / bh, k2 * 2 / bh]))
+                x = x_ - alpha(t) * bh * (rhos[0] * (m1 - m0) / r1 + rhos[1] * (m - m0))
+        hist_m, hist_t = (hist_m + [m])[-2:], (hist_t + [t])[-2:]
+        order = min(2, steps - i, done + 1)
+        last_x = x
+        hh, bh = phi(t_next, t)  # UniP predictor t -> t_next
+        x_next = sigma(t_next) / sigma(t) * x - alpha(t_next) * bh * m
+        if order == 2:
+            r1 = (lam(hist_t[-2]) - lam(t)) / (lam(t_next) - lam(t))
+            x_next = x_next - alpha(t_next) * bh * 0.5 * (hist_m[-2] - m) / r1
+        x, last_order, done = x_next, order, min(done + 1, 2)
+    return x.float()
+
+
+def _tiny_vd():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from mindeye.inference.generators import GENERATORS, DiffusersVaeCodec, ImageGenerator
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=4, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=4, sample_size=16).eval()
+    spec = GENERATORS["versatile-diffusion"]
+    return ImageGenerator(spec.name, unet, DiffusersVaeCodec(vae, 0.18215, 16), (3, 16),
+                          final_sigmas=spec.final_sigmas)
+
+
+def test_versatile_diffusion_unipc_ends_at_t0_like_the_authors_diffusers_013():
+    from mindeye.inference.generators import generator_spec
+
+    assert generator_spec("versatile-diffusion").final_sigmas == "sigma_min"
+    gen = _tiny_vd()
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randn(2, 3, 16, generator=g)
+    init, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    with torch.no_grad():  # the paper runs 17 of 20 steps (strength 0.15); 8 of 10 here, same code path
+        got = gen.denoise(cond, noise, init, strength=0.2, steps=10, guidance=3.5)
+        expected = _old_unipc_img2img(gen.unet, cond, init, noise, 10, 2, 3.5)
+        zero = gen.denoise(cond, noise, init, strength=0.2, steps=10, guidance=3.5, final_sigmas="zero")
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert (zero - expected).abs().max() > 1e-2  # diffusers' sigma-0 end point is another image

@@ -155,6 +155,7 @@ class TrainConfig:
     lowlevel_loss: Literal["l1", "mse"] = "l1"  # latent reconstruction loss of the low-level pipeline
     lowlevel_contrastive_weight: float = 0.1  # weight of the low-level contrastive (teacher) loss
     lowlevel_temperature: float = 0.075  # SoftCLIP temperature of the low-level contrastive loss
+    lowlevel_contrastive_views: Literal["two", "one"] = "two"  # soft labels clean x augmented teacher, logits student x augmented teacher (authors; augmented = a cached view 1..K) or one teacher view for both
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     val_every: int = 1  # epochs between validation retrieval evaluations
     max_steps: int | None = None  # stop early (smoke tests / benchmarks)

@@ -48,6 +48,7 @@ class ReconstructSettings:
     prior_steps: int | None = None  # None = the prior's full schedule (reference: 100)
     prior_guidance: float | None = None  # None = the run's model.prior.guidance (paper: 1.0, no guidance)
     init_encoding: str = "reference"  # img2img start latent: "reference" (authors) or "vae" ([-1, 1], mode)
+    final_sigmas: str | None = None  # UniPC end point; None = the generator's ("sigma_min" for VD: t = 0, authors)
     seed: int = 0
     batch_brains: int = 1  # brain samples per generator batch (batch = batch_brains x samples x 2 for CFG)
     save_all: bool = False
@@ -58,6 +59,8 @@ class ReconstructSettings:
         check_strength(self.img2img_strength)
         if self.init_encoding not in INIT_ENCODINGS:
             raise MindEyeError(f"--init-encoding must be one of {', '.join(INIT_ENCODINGS)}, got {self.init_encoding!r}")
+        if self.final_sigmas not in (None, "sigma_min", "zero"):
+            raise MindEyeError(f"--final-sigmas must be sigma_min or zero, got {self.final_sigmas!r}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the images (batching and save_all do not)."""
@@ -120,6 +123,7 @@ def reconstruct(
     start = img2img_start(strength, settings.steps)
     full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
                    "settings": settings.identity(), "img2img": blurry is not None, "img2img_start_step": start,
+                   "final_sigmas": settings.final_sigmas or generator.final_sigmas,
                    **(config or {})}
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
@@ -187,7 +191,8 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
                                                settings.init_encoding, g)
             inits.append(init.to(device).repeat(n, 1, 1, 1))
     latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
-                                settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance)
+                                settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance,
+                                settings.final_sigmas)
     if not torch.isfinite(latents).all():
         raise MindEyeError("the generator produced non-finite latents (NaN/inf); nothing was written for this "
                            "batch. Try --dtype float32 or check the generator weights")

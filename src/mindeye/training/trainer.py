@@ -751,7 +751,14 @@ class LowLevelLoss:
             # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
             preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
             teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
-            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            if cfg.train.lowlevel_contrastive_views == "two":
+                # Two views (train_autoencoder.py, utils.soft_cont_loss): soft labels clean x augmented
+                # teacher, logits student x augmented teacher; without cached views the two coincide.
+                aug = batch.get("teacher_aug")
+                aug = teacher if aug is None else aug.to(dev).view_as(teacher)
+                contrastive = losses.token_soft_cont_loss(preds, teacher, aug, cfg.train.lowlevel_temperature)
+            else:
+                contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
             total = total + cfg.train.lowlevel_contrastive_weight * contrastive
             parts["contrastive"] = contrastive.detach()
         return total, parts
@@ -778,7 +785,14 @@ class LowLevelTask(LowLevelLoss):
                                "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         tables = [TargetTable("latents", self.latents.array)]
-        if self.teacher is not None:
+        # two views: the clean teacher tokens plus an augmented view 1..K ("teacher_aug"); one view: a
+        # view 0..K (0 = clean) for both roles.
+        self.two_views = (self.teacher is not None and self.teacher.views is not None
+                          and cfg.train.lowlevel_contrastive_views == "two")
+        if self.two_views:
+            tables += [TargetTable("teacher", self.teacher.array),
+                       TargetTable("teacher_aug", self.teacher.array, self.teacher.views)]
+        elif self.teacher is not None:
             tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
         self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
@@ -798,7 +812,10 @@ class LowLevelTask(LowLevelLoss):
         for s in range(self.steps_per_epoch()):
             idx = perm[s * bs:(s + 1) * bs].numpy()
             w = self.repetition_weights(self.mask[idx], gen)
-            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            # two views: the augmented teacher is always an augmented view (the authors' RandomResizedCrop
+            # is applied with p = 1), 1..K; one view: 0..K, 0 = the clean image.
+            low = 1 if self.two_views else 0
+            k = torch.randint(low, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
             requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
         for b in self.loader.batches(requests):
             yield {**b, "device": self.t.device}
