@@ -288,7 +288,7 @@ def _tiny_vd():
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         norm_num_groups=4, sample_size=16).eval()
     spec = GENERATORS["versatile-diffusion"]
-    return ImageGenerator(spec.name, unet, DiffusersVaeCodec(vae, 0.18215, 16), (3, 16),
+    return ImageGenerator(spec.name, unet, DiffusersVaeCodec(vae, 0.18215, 8), (3, 16),
                           final_sigmas=spec.final_sigmas)
 
 
@@ -306,3 +306,56 @@ def test_versatile_diffusion_unipc_ends_at_t0_like_the_authors_diffusers_013():
         zero = gen.denoise(cond, noise, init, strength=0.2, steps=10, guidance=3.5, final_sigmas="zero")
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     assert (zero - expected).abs().max() > 1e-2  # diffusers' sigma-0 end point is another image
+
+
+# ------------------------------------------------------------------------ 6. floats between the stages
+def test_blurry_images_and_candidates_stay_floats_between_stages(tmp_path):
+    """Reconstructions.py: ``blurry_recons = vae.decode(...).sample / 2 + 0.5`` goes UNclamped into
+    ``utils.reconstruction`` (``vae.encode(clip_extractor.normalize(img_lowlevel))``); the candidates are
+    ``decode_latents`` floats (clamped to [0, 1], never 8-bit) for the best-of-N judge and the saved
+    tensors the metrics read. PNGs are still written for people."""
+    from mindeye.evaluation.recon_eval import read_recon_dir
+    from mindeye.inference.blurry import BlurryImages, decode_latents_to_pngs
+    from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_batch
+
+    g = torch.Generator().manual_seed(0)
+    blurry = torch.rand(2, 3, 8, 8, generator=g) * 1.4 - 0.2  # decoded images run a little past [0, 1]
+    decode_latents_to_pngs(lambda v: v, lambda z: blurry[: len(z)], torch.zeros(2, 1), np.array([4, 9]),
+                           tmp_path / "blurry", {"decoder": "test"}, progress=False)
+    source = BlurryImages(tmp_path / "blurry")
+    assert (tmp_path / "blurry/images/00004.png").exists()
+    torch.testing.assert_close(source.get_float(9), blurry[1], atol=2e-3, rtol=0)  # float16 copy, unclamped
+
+    gen = _tiny_vd()
+    seen = {}
+    encode_init = gen.codec.encode_init
+
+    def spy_init(images, encoding, generator=None):
+        seen.setdefault("init", images)
+        return encode_init(images, encoding, generator)
+
+    gen.codec.encode_init = spy_init
+
+    class Prior:
+        def sample(self, brain, cond_scale=1.0, timesteps=None, generator=None):
+            return torch.randn(brain.shape[0], 3, 16, generator=generator)
+
+    def judge(images):
+        seen["judge"] = images
+        return images.flatten(1)[:, :48]
+
+    settings = ReconstructSettings(samples=2, steps=4, img2img_strength=0.5)
+    images, chosen, _ = reconstruct_batch([0], torch.zeros(1, 3, 16), torch.randn(1, 48, generator=g),
+                                          np.array([9]), Prior(), gen, judge, settings, source, 2)
+    # the img2img input is the float blurry image, values outside [0, 1] included
+    torch.testing.assert_close(seen["init"][0], blurry[1], atol=2e-3, rtol=0)
+    # the judge and the caller get floats in [0, 1], not 8-bit values
+    assert seen["judge"].is_floating_point() and images.is_floating_point()
+    assert images.min() >= 0 and images.max() <= 1
+    assert ((images * 255 - (images * 255).round()).abs() > 1e-3).any()
+
+    # the metrics read the float copies (a reconstruction directory keeps one per image)
+    index = read_recon_dir(tmp_path / "blurry")
+    floats = index.load_images()
+    assert floats.is_floating_point()
+    torch.testing.assert_close(floats[1], blurry[1].clamp(0, 1), atol=2e-3, rtol=0)

@@ -30,7 +30,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepSchedul
 from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFIG
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.img2img import img2img_start
-from mindeye.utils.images import float_to_uint8, uint8_to_float
+from mindeye.utils.images import as_float_images, float_to_uint8, uint8_to_float
 from mindeye.utils.weights import hf_cache_snapshot
 
 # Stable Diffusion v1's training noise schedule (Versatile Diffusion and SD image variations use it too).
@@ -111,6 +111,8 @@ class LatentCodec(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor: ...
+
 
 # CLIP's image normalisation: the authors feed the blurry image to the VAE normalised this way.
 _CLIP_MEAN, _CLIP_STD = CLIP_MEAN, CLIP_STD
@@ -127,7 +129,7 @@ class DiffusersVaeCodec:
     @torch.no_grad()
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         p = next(self.vae.parameters())
-        x = uint8_to_float(images, self.image_size, p.device) * 2 - 1
+        x = as_float_images(images, self.image_size, p.device) * 2 - 1
         return self.vae.encode(x.to(p.dtype)).latent_dist.mode().float() * self.scaling_factor
 
     @torch.no_grad()
@@ -144,17 +146,22 @@ class DiffusersVaeCodec:
         if encoding != "reference":
             raise MindEyeError(f"unknown init encoding {encoding!r}; use 'reference' or 'vae'")
         p = next(self.vae.parameters())
-        x = uint8_to_float(images, self.image_size, p.device)
+        x = as_float_images(images, self.image_size, p.device)  # a float blurry image goes in unclamped
         mean = torch.tensor(_CLIP_MEAN, device=p.device).view(1, 3, 1, 1)
         std = torch.tensor(_CLIP_STD, device=p.device).view(1, 3, 1, 1)
         posterior = self.vae.encode(((x - mean) / std).to(p.dtype)).latent_dist
         return posterior.sample(generator=generator).float() * self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """float (N, 3, H, W) ``decoded / 2 + 0.5``, not clamped, not quantised."""
         p = next(self.vae.parameters())
         img = self.vae.decode((latents / self.scaling_factor).to(p.device, p.dtype)).sample
-        return float_to_uint8((img.float() + 1) / 2)
+        return (img.float() + 1) / 2
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return float_to_uint8(self.decode_float(latents))
 
 
 class EncoderCodec:
@@ -178,6 +185,11 @@ class EncoderCodec:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.encoder.decode(latents / self.scale))
+
+    @torch.no_grad()
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """A registry codec decodes to 8 bits (the stand-in's own output): those values as floats."""
+        return uint8_to_float(self.decode(latents))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.inference.img2img import check_strength, img2img_start
-from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, write_index  # noqa: F401
-from mindeye.utils.images import fit_bilinear, load_png, save_png  # noqa: F401
+from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
+from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
@@ -72,6 +72,7 @@ class ReconstructSettings:
 
 class BlurrySource(Protocol):
     def get(self, image_index: int) -> np.ndarray: ...  # uint8 (H, W, 3)
+    # optional: def get_float(self, image_index: int) -> torch.Tensor  # float (3, H, W), the in-memory path
 
 
 class Prior(Protocol):
@@ -144,8 +145,9 @@ def reconstruct(
             if settings.save_all:
                 rec["samples"] = [f"samples/{idx:05d}_{k:02d}.png" for k in range(n)]
                 for k in range(n):
-                    save_png(cand[k], out_dir / rec["samples"][k])
-            save_png(cand[best], out_dir / rec["file"])
+                    save_png(float_to_uint8(cand[k:k + 1])[0], out_dir / rec["samples"][k])
+            save_png(float_to_uint8(cand[best:best + 1])[0], out_dir / rec["file"])  # for people
+            rec["float_file"] = save_float(cand[best], out_dir, idx)  # for the metrics: no 8-bit step
             index["images"][str(idx)] = rec
         write_index(out_dir, index)
         bar.update(len(rows))
@@ -157,8 +159,9 @@ def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.
                       prior: Prior, generator: ImageGenerator, judge: Callable[[torch.Tensor], torch.Tensor],
                       settings: ReconstructSettings, blurry: BlurrySource | None,
                       start: int) -> tuple[torch.Tensor, list[int], list[list[float]]]:
-    """One batch of brain samples (``rows``) -> (uint8 candidates (len(rows) x n, H, W, 3), the best-of-n
-    candidate of each row, every candidate's judge score). The one reconstruction step: `mindeye
+    """One batch of brain samples (``rows``) -> (float candidates (len(rows) x n, 3, H, W) in [0, 1], the
+    best-of-n candidate of each row, every candidate's judge score). The candidates stay floats, as the
+    authors' (``utils.decode_latents``: clamped to [0, 1], not quantised) for the judge and the metrics. The one reconstruction step: `mindeye
     reconstruct` (:func:`reconstruct`) and :meth:`mindeye.MindEyePipeline.reconstruct` both call it."""
     n = settings.samples
     images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device)
@@ -175,10 +178,11 @@ def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.
 def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,
               generator: ImageGenerator, settings: ReconstructSettings, blurry: BlurrySource | None,
               start: int, n: int, device: torch.device) -> torch.Tensor:
-    """uint8 images (len(rows) x n, H, W, 3): n candidates per brain sample, in row order."""
+    """float images (len(rows) x n, 3, H, W): n candidates per brain sample, in row order."""
     size = generator.image_size
     if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
-        return torch.cat([fit_bilinear(blurry.get(int(image_index[m])), size)[None].repeat(n, 1, 1, 1) for m in rows])
+        return torch.cat([_blurry_float(blurry, int(image_index[m]), size).clamp(0, 1).repeat(n, 1, 1, 1)
+                          for m in rows])
     conds, noises, inits = [], [], []
     for m in rows:
         g = torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m])))
@@ -187,7 +191,8 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
         conds.append(generator.prepare_condition(emb))
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
         if start > 0:
-            init = generator.codec.encode_init(fit_bilinear(blurry.get(int(image_index[m])), size)[None],
+            # the blurry image as the low-level stage left it: float, unclamped (the authors')
+            init = generator.codec.encode_init(_blurry_float(blurry, int(image_index[m]), size),
                                                settings.init_encoding, g)
             inits.append(init.to(device).repeat(n, 1, 1, 1))
     latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
@@ -196,7 +201,16 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
     if not torch.isfinite(latents).all():
         raise MindEyeError("the generator produced non-finite latents (NaN/inf); nothing was written for this "
                            "batch. Try --dtype float32 or check the generator weights")
-    return generator.codec.decode(latents).cpu()
+    return generator.codec.decode_float(latents).clamp(0, 1).cpu()
+
+
+def _blurry_float(blurry: BlurrySource, image_index: int, size: int) -> torch.Tensor:
+    """(1, 3, size, size) float blurry image: its float copy when the source keeps one, else its PNG."""
+    get_float = getattr(blurry, "get_float", None)
+    x = get_float(image_index) if get_float is not None else None
+    if x is None:
+        return as_float_images(fit_bilinear(blurry.get(image_index), size)[None])
+    return as_float_images(torch.as_tensor(x).float()[None], size)
 
 
 def reconstruct_run(
