@@ -197,7 +197,8 @@ def test_lowlevel_batches_pair_the_clean_teacher_with_an_augmented_view(tiny_sto
     shutil.copytree(tiny_store, store)
     embed_store(store, "standin-vicregl", views=2, progress=False)
     cfg = load_config(CONFIGS / "demo-lowlevel.yaml", ["train.epochs=1", "model.lowlevel.hidden=32",
-                                                       "targets.augmented_views=2", "train.data_path=simple"])
+                                                       "targets.augmented_views=2", "train.data_path=simple",
+                                                       "train.lowlevel_contrastive_views=two"])
     task = LowLevelTask(Trainer(cfg, tmp_path / "run", store=store, device="cpu", progress=False))
     plain = np.asarray(load_targets(store, "standin-vicregl", None), dtype=np.float32)
     views = np.asarray(load_targets(store, "standin-vicregl", None, views=True), dtype=np.float32)
@@ -359,3 +360,40 @@ def test_blurry_images_and_candidates_stay_floats_between_stages(tmp_path):
     floats = index.load_images()
     assert floats.is_floating_point()
     torch.testing.assert_close(floats[1], blurry[1].clamp(0, 1), atol=2e-3, rtol=0)
+
+
+# --------------------------------------------------------------- 4. CLIP targets from augmented images
+def test_online_targets_are_clip_of_the_authors_kornia_augmentation(tiny_store, tmp_path):
+    """Train_MindEye.py l.201-211 / 591-601: every batch's images go through the kornia pipeline below and
+    then CLIP, at every step (targets never cached); targets.online does that, the paper config asks for it."""
+    import kornia
+    from kornia.augmentation.container import AugmentationSequential
+
+    from mindeye.data.store import SubjectStore
+    from mindeye.encoders.cache import load_targets
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.training.trainer import HighLevelTask, Trainer
+
+    cfg = load_config(CONFIGS / "demo-highlevel.yaml", ["train.epochs=1", "model.backbone.hidden=32",
+                                                        "targets.online=true", "train.data_path=simple"])
+    task = HighLevelTask(Trainer(cfg, tmp_path / "run", store=tiny_store, device="cpu", progress=False))
+    batch = next(iter(task.batches(0)))
+    encoder = get_encoder("standin-clip-hidden")  # the demo's stand-in CLIP (64 px input)
+    size = 64
+    img_augment = AugmentationSequential(
+        kornia.augmentation.RandomResizedCrop((size, size), (0.6, 1), p=0.3),
+        kornia.augmentation.Resize((size, size)),
+        kornia.augmentation.RandomHorizontalFlip(p=0.5),
+        kornia.augmentation.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.3),
+        kornia.augmentation.RandomGrayscale(p=0.3),
+        data_keys=["input"],
+    )
+    images = torch.from_numpy(np.asarray(SubjectStore(tiny_store).images)[batch["image_index"]])
+    torch.manual_seed(batch["augment_seed"])
+    augmented = img_augment(images.permute(0, 3, 1, 2).float() / 255)
+    expected = encoder.encode(augmented)
+    torch.testing.assert_close(batch["targets"], expected.view_as(batch["targets"]), atol=1e-5, rtol=1e-4)
+    cached = torch.from_numpy(np.asarray(load_targets(tiny_store, "standin-clip-hidden", None),
+                                         dtype=np.float32)[batch["image_index"]])
+    assert (batch["targets"] - cached.view_as(batch["targets"])).abs().max() > 1e-2  # not the cache
+    assert load_config(PAPER_HIGH).targets.online

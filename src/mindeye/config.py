@@ -52,6 +52,7 @@ class TargetsConfig:
     teacher_encoder: str = "vicregl-convnext"  # contrastive teacher of the low-level pipeline
     teacher_weights: str | None = None  # weights of teacher_encoder; None = its default id
     augmented_views: int = 0  # K cached augmented views per image sampled at train time (0 = none)
+    online: bool = False  # high-level targets computed every step from images augmented the authors' way (kornia), not read from the cache
     clip_preprocess: Literal["reference", "processor"] = "reference"  # CLIP targets: float bicubic, no antialias (authors) or HF processor (uint8, antialiased)
     blurry_decoder_weights: str | None = None  # VAE that decodes blurry images; None = lowlevel_weights (paper: Versatile Diffusion's)
 

@@ -124,7 +124,7 @@ def reconstruct(
     start = img2img_start(strength, settings.steps)
     full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
                    "settings": settings.identity(), "img2img": blurry is not None, "img2img_start_step": start,
-                   "final_sigmas": settings.final_sigmas or generator.final_sigmas,
+                   "final_sigmas": settings.final_sigmas or getattr(generator, "final_sigmas", None),
                    **(config or {})}
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]

@@ -657,6 +657,16 @@ class HighLevelTask(HighLevelLoss):
                                  mode=cfg.train.data_path)
             self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
                                               id=store.subject_id, loader=loader))
+        # targets.online: the authors' targets, CLIP of every batch's images augmented with their kornia
+        # pipeline (Train_MindEye.py l.201-211, 591-601); the cache still serves validation and the shape.
+        self.online = None
+        if cfg.targets.online:
+            from mindeye.encoders.online import OnlineTargets
+            from mindeye.encoders.registry import get_encoder
+
+            encoder = get_encoder(cfg.targets.encoder, weights=cfg.targets.weights, device=trainer.device,
+                                  **target_options(cfg, cfg.targets.encoder))
+            self.online = [OnlineTargets(encoder, store.images) for store in trainer.stores]
         first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
         self.targets, self.vox, self.images, self.sampler, self.val, self.loader = (
             first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
@@ -670,7 +680,7 @@ class HighLevelTask(HighLevelLoss):
         steps = self.steps_per_epoch()
         # The whole epoch's data draws are made up front (per subject: sampler order, then the view per
         # step), so every data-path mode sees the same stream; one subject = the single-subject stream.
-        streams = []
+        streams, all_requests = [], []
         for part in self.parts:
             views = part.targets.views
             requests = []
@@ -678,15 +688,25 @@ class HighLevelTask(HighLevelLoss):
                 k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
                 requests.append(Request(pos, part.images[pos], repetition=slots, views=k))
             streams.append(part.loader.batches(requests))
-        for got in zip(*streams):
+            all_requests.append(requests)
+        for step, got in enumerate(zip(*streams)):
             # global batch (sliced per rank in loss()), already float32 on the device
             chunks = [b["voxels"] for b in got]
+            targets = [b["targets"] for b in got]
+            batch = {}
+            if self.online is not None:  # every step's seed from the epoch's stream, after its data draws
+                seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+                targets = [online(reqs[step].image_index, seed + s).view_as(t)
+                           for s, (online, reqs, t) in enumerate(zip(self.online, all_requests, targets))]
+                batch["augment_seed"] = seed
+                batch["image_index"] = np.concatenate([reqs[step].image_index for reqs in all_requests])
             yield {
                 "voxels": chunks if self.subjects is not None else chunks[0],
                 "subjects": self.subjects,
-                "targets": torch.cat([b["targets"] for b in got]) if len(got) > 1 else got[0]["targets"],
+                "targets": torch.cat(targets) if len(got) > 1 else targets[0],
                 "generator": gen,
                 "device": dev,
+                **batch,
             }
 
     @torch.no_grad()
