@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.runs import Run, load_run
+from mindeye.utils.images import float_to_uint8
 
 
 @dataclass
@@ -361,9 +362,9 @@ class MindEyePipeline:
                 best, row_scores = best_of[j], row_scores_of[j]
                 chosen.append(best)
                 scores.append(row_scores)
-                images.append(cand[j * n + best].numpy())
+                images.append(float_to_uint8(cand[j * n + best:j * n + best + 1])[0].numpy())
                 if return_all:
-                    everything.append(cand[j * n:(j + 1) * n].numpy())
+                    everything.append(float_to_uint8(cand[j * n:(j + 1) * n]).numpy())
             bar.update(len(rows))
         bar.close()
         return Reconstruction(

@@ -112,12 +112,22 @@ class ClipImageEncoder(ImageEncoder):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
+    def preprocess_float(self, images: torch.Tensor) -> torch.Tensor:
+        """Float (N, 3, H, W) images: the reference preprocessing works on them as they are (the authors'
+        ``Clipper.embed_image`` on float tensors); ``processor`` goes through 8 bits like a PIL image."""
+        if self.preprocessing.get("preprocess") != "reference":
+            return super().preprocess_float(images)
+        size = shortest_edge_size(*images.shape[-2:], self.image_size)
+        x = images
+        if tuple(x.shape[-2:]) != size:
+            x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+        x = center_crop(x, self.image_size)
+        return (x - self.mean) / self.std
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         size = shortest_edge_size(*images.shape[1:3], self.image_size)
         if self.preprocessing.get("preprocess") == "reference":
-            x = to_float_chw(images)
-            if tuple(x.shape[-2:]) != size:
-                x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+            return self.preprocess_float(to_float_chw(images))
         else:
             x = resize_uint8(images, size, "bicubic")
         x = center_crop(x, self.image_size)

@@ -91,12 +91,18 @@ class VaeEncoder(ImageEncoder):
 
         ``size`` resizes the decoded images (bilinear, antialiased); default: the decoder's own size.
         """
+        img = self.decode_float(latents, size).clamp(0, 1)
+        return img.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+    def decode_float(self, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Latents -> float ``(N, 3, H, W)``, ``decoded / 2 + 0.5`` NOT clamped (the authors' blurry images,
+        ``Reconstructions.py``: ``vae.decode(...).sample / 2 + 0.5``, go on unclamped)."""
         z = torch.as_tensor(latents, device=self.device, dtype=self.compute_dtype) / SCALING_FACTOR
-        img = self.vae.decode(z).sample.float()
-        img = ((img + 1) / 2).clamp(0, 1)
+        with torch.inference_mode():
+            img = (self.vae.decode(z).sample.float() + 1) / 2
         if size is not None and img.shape[-1] != size:
             img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", antialias=True)
-        return img.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return img
 
 
 def _convert_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

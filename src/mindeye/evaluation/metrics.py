@@ -13,7 +13,10 @@ reconstructions are both resized to 256x256 first (no centre crop anywhere), the
 The first resize to 256 is bilinear WITHOUT antialiasing by default (``first_resize="reference"``):
 the authors' `Reconstruction_Metrics.py` ran `transforms.Resize((256, 256))` on tensors under
 torchvision 0.15.2, which does not antialias tensors; ``first_resize="antialias"`` antialiases it
-(torchvision's current default). The later resizes (to 425 and the networks' own) are antialiased.
+(torchvision's current default). The networks' own downscales (CLIP and SwAV 256 -> 224, EfficientNet
+256 -> 255) are not antialiased either by default (``net_resize="reference"``, the same torchvision 0.15);
+``net_resize="antialias"`` antialiases them. The upsampling to 425 (and Inception's 342) is the same
+either way.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def to_float_images(images: ImageBatch, device: str | torch.device = "cpu") -> t
 
 
 FIRST_RESIZE_MODES = ("reference", "antialias")
+NET_RESIZE_MODES = FIRST_RESIZE_MODES
 
 
 def prepare(images: ImageBatch, device: str | torch.device = "cpu", first_resize: str = "reference") -> torch.Tensor:
@@ -216,10 +220,12 @@ def evaluate_reconstructions(
     progress: bool = True,
     metrics: Sequence[str] = METRICS,
     first_resize: str = "reference",
+    net_resize: str = "reference",
 ) -> dict[str, dict]:
     """All Table 1 reconstruction metrics for paired reals / reconstructions.
 
-    ``first_resize``: ``reference`` (no antialias, the authors') or ``antialias`` for the resize to 256.
+    ``first_resize``: ``reference`` (no antialias, the authors') or ``antialias`` for the resize to 256;
+    ``net_resize``: the same choice for the feature networks' own downscales (CLIP, SwAV, EfficientNet).
 
     Returns {metric: {"value": float}} or {metric: {"unavailable": reason}} for each requested
     metric (default all of METRICS, in that order). Metrics whose network is Unavailable (or was
@@ -228,6 +234,9 @@ def evaluate_reconstructions(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MindEyeError(f"unknown metric(s) {sorted(unknown)}; choose from {list(METRICS)}")
+    if net_resize not in NET_RESIZE_MODES:
+        raise MindEyeError(f"net_resize must be one of {', '.join(NET_RESIZE_MODES)}, got {net_resize!r}")
+    antialias = net_resize == "antialias"
     n = _check_pair(reals, recons)
     if n < 2:
         raise MindEyeError("reconstruction metrics need at least 2 image pairs (two-way identification)")
@@ -257,7 +266,7 @@ def evaluate_reconstructions(
         if "ssim" in metrics:
             per_image["ssim"].append(ssim_per_image(real, recon).cpu())
         for net in extractors:
-            f_real, f_recon = net(real), net(recon)
+            f_real, f_recon = net(real, antialias=antialias), net(recon, antialias=antialias)
             for m in f_real:
                 if m in metrics:
                     lists = feats.setdefault(m, ([], []))

@@ -58,7 +58,8 @@ def offline_metrics(reals: ImageBatch, recons: ImageBatch, device: str | torch.d
     feats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     for start in tqdm(range(0, n, batch_size), desc="offline EfficientNet-Lite0 metrics", disable=not progress):
         for k, batch in enumerate((reals, recons)):
-            x = resize_short_side(prepare(batch[start:start + batch_size], device), effnet_lite.IMAGE_SIZE)
+            x = resize_short_side(prepare(batch[start:start + batch_size], device), effnet_lite.IMAGE_SIZE,
+                                  antialias=True)
             feats[k].append(net.pooled(x).float().cpu())
     real, recon = torch.cat(feats[0]), torch.cat(feats[1])
     return {"effnet_lite0_2way": {"value": two_way_identification(real, recon)},

@@ -100,7 +100,7 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     from mindeye.encoders.targets import Targets, target_options
     from mindeye.runs import embed_voxels
 
-    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
+    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode, cfg.data.test_repetitions)
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
                       options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
     backbone = embed_voxels(model, test.voxels, device, which="backbone")

@@ -16,6 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
 from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.utils.files import write_json_atomic
@@ -69,3 +72,18 @@ def read_index(path: Path, missing: str, damaged: str = "re-run the reconstructi
         return json.loads(index_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MindEyeError(f"{index_path} is not valid JSON ({exc}); {damaged}") from None
+
+
+FLOAT_DIR = "floats"
+
+
+def save_float(image: torch.Tensor, out_dir: Path, image_index: int) -> str:
+    """Write one float (3, H, W) image as float16 ``floats/IIIII.npy`` (atomically); returns its relative path."""
+    from mindeye.utils.files import atomic_path
+
+    rel = f"{FLOAT_DIR}/{int(image_index):05d}.npy"
+    path = Path(out_dir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, image.detach().cpu().to(torch.float16).numpy())
+    return rel

@@ -125,7 +125,7 @@ def retrieve(
     if cfg.model.kind == "lowlevel":
         raise MindEyeError(f"{run_dir} is a low-level run; database retrieval needs a high-level (mindeye or ridge) "
                            "run that predicts CLIP embeddings")
-    test = load_eval_split(subject, subject.image_indices("test"), "averaged")
+    test = load_eval_split(subject, subject.image_indices("test"), "averaged", cfg.data.test_repetitions)
     if len(test) == 0:
         raise MindEyeError(f"{subject.path} has no test images")
     rows = slice(0, limit) if limit else slice(None)

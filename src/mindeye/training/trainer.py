@@ -597,8 +597,10 @@ class HighLevelLoss:
             contrastive = losses.info_nce(preds, targets_n, cfg.train.mixco_temperature)
         total = contrastive
         parts["contrastive"] = contrastive.detach()
-        # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
-        prior_target = (losses.mix_like(tgt, perm, lambdas) if perm is not None else tgt)[sl]
+        # Under MixCo the authors train the prior on the UNmixed targets (Train_MindEye.py: diffusion_prior(...,
+        # image_embed=clip_target)); train.prior_targets=mixed mixes them like the voxels (the paper's text).
+        mixed_prior = perm is not None and cfg.train.prior_targets == "mixed"
+        prior_target = (losses.mix_like(tgt, perm, lambdas) if mixed_prior else tgt)[sl]
         if model.prior is not None:
             prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
             total = total + cfg.train.prior_loss_weight * prior_loss
@@ -665,6 +667,16 @@ class HighLevelTask(HighLevelLoss):
                                  mode=cfg.train.data_path)
             self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
                                               id=store.subject_id, loader=loader))
+        # targets.online: the authors' targets, CLIP of every batch's images augmented with their kornia
+        # pipeline (Train_MindEye.py l.201-211, 591-601); the cache still serves validation and the shape.
+        self.online = None
+        if cfg.targets.online:
+            from mindeye.encoders.online import OnlineTargets
+            from mindeye.encoders.registry import get_encoder
+
+            encoder = get_encoder(cfg.targets.encoder, weights=cfg.targets.weights, device=trainer.device,
+                                  **target_options(cfg, cfg.targets.encoder))
+            self.online = [OnlineTargets(encoder, store.images) for store in trainer.stores]
         first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
         self.targets, self.vox, self.images, self.sampler, self.val, self.loader = (
             first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
@@ -678,7 +690,7 @@ class HighLevelTask(HighLevelLoss):
         steps = self.steps_per_epoch()
         # The whole epoch's data draws are made up front (per subject: sampler order, then the view per
         # step), so every data-path mode sees the same stream; one subject = the single-subject stream.
-        streams = []
+        streams, all_requests = [], []
         for part in self.parts:
             views = part.targets.views
             requests = []
@@ -686,15 +698,25 @@ class HighLevelTask(HighLevelLoss):
                 k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
                 requests.append(Request(pos, part.images[pos], repetition=slots, views=k))
             streams.append(part.loader.batches(requests))
-        for got in zip(*streams):
+            all_requests.append(requests)
+        for step, got in enumerate(zip(*streams)):
             # global batch (sliced per rank in loss()), already float32 on the device
             chunks = [b["voxels"] for b in got]
+            targets = [b["targets"] for b in got]
+            batch = {}
+            if self.online is not None:  # every step's seed from the epoch's stream, after its data draws
+                seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+                targets = [online(reqs[step].image_index, seed + s).view_as(t)
+                           for s, (online, reqs, t) in enumerate(zip(self.online, all_requests, targets))]
+                batch["augment_seed"] = seed
+                batch["image_index"] = np.concatenate([reqs[step].image_index for reqs in all_requests])
             yield {
                 "voxels": chunks if self.subjects is not None else chunks[0],
                 "subjects": self.subjects,
-                "targets": torch.cat([b["targets"] for b in got]) if len(got) > 1 else got[0]["targets"],
+                "targets": torch.cat(targets) if len(got) > 1 else targets[0],
                 "generator": gen,
                 "device": dev,
+                **batch,
             }
 
     @torch.no_grad()
@@ -759,7 +781,14 @@ class LowLevelLoss:
             # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
             preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
             teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
-            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            if cfg.train.lowlevel_contrastive_views == "two":
+                # Two views (train_autoencoder.py, utils.soft_cont_loss): soft labels clean x augmented
+                # teacher, logits student x augmented teacher; without cached views the two coincide.
+                aug = batch.get("teacher_aug")
+                aug = teacher if aug is None else aug.to(dev).view_as(teacher)
+                contrastive = losses.token_soft_cont_loss(preds, teacher, aug, cfg.train.lowlevel_temperature)
+            else:
+                contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
             total = total + cfg.train.lowlevel_contrastive_weight * contrastive
             parts["contrastive"] = contrastive.detach()
         return total, parts
@@ -786,7 +815,14 @@ class LowLevelTask(LowLevelLoss):
                                "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         tables = [TargetTable("latents", self.latents.array)]
-        if self.teacher is not None:
+        # two views: the clean teacher tokens plus an augmented view 1..K ("teacher_aug"); one view: a
+        # view 0..K (0 = clean) for both roles.
+        self.two_views = (self.teacher is not None and self.teacher.views is not None
+                          and cfg.train.lowlevel_contrastive_views == "two")
+        if self.two_views:
+            tables += [TargetTable("teacher", self.teacher.array),
+                       TargetTable("teacher_aug", self.teacher.array, self.teacher.views)]
+        elif self.teacher is not None:
             tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
         self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
@@ -806,7 +842,10 @@ class LowLevelTask(LowLevelLoss):
         for s in range(self.steps_per_epoch()):
             idx = perm[s * bs:(s + 1) * bs].numpy()
             w = self.repetition_weights(self.mask[idx], gen)
-            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            # two views: the augmented teacher is always an augmented view (the authors' RandomResizedCrop
+            # is applied with p = 1), 1..K; one view: 0..K, 0 = the clean image.
+            low = 1 if self.two_views else 0
+            k = torch.randint(low, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
             requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
         for b in self.loader.batches(requests):
             yield {**b, "device": self.t.device}

@@ -57,6 +57,25 @@ def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+def is_float_images(images: object) -> bool:
+    """True for a float tensor batch (N, 3, H, W) (the in-memory path between stages), False for uint8."""
+    return isinstance(images, torch.Tensor) and images.is_floating_point()
+
+
+def as_float_images(images: torch.Tensor | np.ndarray, size: int | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) or float (N, 3, H, W) -> float (N, 3, size, size), float values kept as they are
+    (not clamped, not quantised); resized bilinearly (antialiased) when the size differs."""
+    if not is_float_images(images):
+        return uint8_to_float(images, size, device)
+    x = images.to(device).float()
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise MindEyeError(f"float images must be (N, 3, H, W); got {tuple(x.shape)}")
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
 def fit_bilinear(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (H, W, 3) -> uint8 (size, size, 3) (bilinear, antialiased); unchanged when already that size."""
     x = torch.from_numpy(np.ascontiguousarray(image))
