@@ -58,8 +58,10 @@ class DummyPrior:
         self.calls = 0
 
     def sample(self, brain_embed, cond_scale=1.0, timesteps=None, generator=None):
-        self.calls += 1
-        noise = torch.randn(brain_embed.shape, generator=generator, device=brain_embed.device)
+        gens = generator if isinstance(generator, list) else [generator]
+        self.calls += len(gens)  # brain samples sampled
+        part = (len(brain_embed) // len(gens), *brain_embed.shape[1:])
+        noise = torch.cat([torch.randn(part, generator=g, device=brain_embed.device) for g in gens])
         return brain_embed + 0.5 * noise
 
 

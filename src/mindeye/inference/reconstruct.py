@@ -76,8 +76,9 @@ class BlurrySource(Protocol):
 
 
 class Prior(Protocol):
+    # generator: one, or a list of k for a batch of k equal groups (group j draws its noise from generator j)
     def sample(self, brain_embed: torch.Tensor, cond_scale: float = 1.0, timesteps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor: ...
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor: ...
 
 
 def item_seed(seed: int, image_index: int) -> int:
@@ -188,12 +189,14 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
     if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
         return torch.cat([_blurry_float(blurry, int(image_index[m]), size).clamp(0, 1).repeat(n, 1, 1, 1)
                           for m in rows])
-    conds, noises, inits = [], [], []
-    for m in rows:
-        g = torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m])))
-        brain = backbone[m:m + 1].to(device, torch.float32).repeat(n, *([1] * (backbone.ndim - 1)))
-        emb = prior.sample(brain, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps, generator=g)
-        conds.append(generator.prepare_condition(emb))
+    gens = [torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m]))) for m in rows]
+    brains = torch.cat([backbone[m:m + 1].to(device, torch.float32).repeat(n, *([1] * (backbone.ndim - 1)))
+                        for m in rows])
+    # One prior call for the batch, each brain sample's noise from its own generator (Prior protocol).
+    embs = prior.sample(brains, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps,
+                        generator=gens if len(gens) > 1 else gens[0])
+    conds, noises, inits = [generator.prepare_condition(embs)], [], []
+    for m, g in zip(rows, gens):  # then each generator's next draws, as one brain sample at a time
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
         if start > 0:
             # the blurry image as the low-level stage left it: float, unclamped (the authors')
