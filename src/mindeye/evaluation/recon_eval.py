@@ -74,7 +74,9 @@ class ReconDir:
             return Path(cfg["store"])
         run = cfg.get("run") or cfg.get("high_run")
         if run and (Path(run) / "run.json").exists():
-            store = json.loads((Path(run) / "run.json").read_text()).get("store")
+            from mindeye.runs import read_run_json
+
+            store = read_run_json(run).get("store")
             return Path(store) if store else None
         return None
 

@@ -38,6 +38,7 @@ from mindeye.runs import (  # noqa: F401  (the run-directory readers' home is mi
     _load_state_dict,
     load_weights,
     read_run,
+    read_run_json,
     read_safetensors,
     refuse_diverged,
 )
@@ -85,7 +86,7 @@ def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
 def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
     """Record in run.json that training diverged (evaluation and inference then refuse the run)."""
     path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {"mindeye_version": __version__}
+    info = read_run_json(run_dir) if path.exists() else {"mindeye_version": __version__}
     info["diverged"] = {"step": step, "epoch": epoch}
     write_text_atomic(path, json.dumps(info, indent=2))
 

@@ -1,0 +1,233 @@
+"""Faults and bad input, third pass (issue 27): each case is refused with one clear line (exit 2 from the
+CLI, a MindEyeError from Python), never a traceback or a silently wrong result. Tiny stores only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mindeye.cli import main
+from mindeye.config import dump_config, load_config
+from mindeye.data.store import SubjectStore
+from mindeye.errors import MindEyeError
+
+REPO = Path(__file__).resolve().parents[1]
+HIGH = str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml")
+TINY = ["model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.projector.hidden=32",
+        "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32",
+        "train.log_every=5", "data.val_images=0", "train.val_every=100"]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [a for o in (*TINY, *overrides) for a in ("--set", o)]
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_store) -> Path:
+    return tiny_store  # shared, read-only: copied before anything changes it
+
+
+@pytest.fixture(scope="module")
+def steps_per_epoch(store) -> int:
+    return len(SubjectStore(store).trial_indices("train")) // 32
+
+
+@pytest.fixture(scope="module")
+def interrupted(store, steps_per_epoch, tmp_path_factory) -> Path:
+    """A 2-epoch run stopped after epoch 1 (train.max_steps): a checkpoint to resume (copied before changes)."""
+    run = tmp_path_factory.mktemp("third_pass") / "run"
+    assert main(["train", "--config", HIGH, "--data", str(store), "--out", str(run), "--no-progress",
+                 *sets("train.epochs=2", f"train.max_steps={steps_per_epoch}")]) == 0
+    assert (run / "checkpoint" / "state.pt").exists()
+    return run
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def resume(capsys, run: Path, *data: Path) -> tuple[int, str]:
+    return cli(capsys, "train", "--config", HIGH, *[a for d in data for a in ("--data", d)], "--out", run,
+               "--resume", "--no-progress", *sets("train.epochs=2"))
+
+
+def other_store(store: Path, dst: Path, **meta: object) -> Path:
+    """A copy of ``store`` whose meta.json says it is other data of the same width (another session set)."""
+    copy_tree(store, dst)
+    m = json.loads((dst / "meta.json").read_text())
+    m.setdefault("checksums", {})["voxels.npy"] = "f" * 64
+    m.update(meta)
+    (dst / "meta.json").write_text(json.dumps(m))
+    return dst
+
+
+# -- 1. resume on the identical store(s), in the same order ------------------------------------------------
+def test_resume_on_another_store_is_refused(interrupted, store, tmp_path, capsys):
+    run = copy_tree(interrupted, tmp_path / "run")
+    before = (run / "run.json").read_text()
+    other = other_store(store, tmp_path / "other")
+    rc, err = resume(capsys, run, other)
+    assert_one_line_error(rc, err, "not the store the run was trained on", "voxels checksum")
+    assert (run / "run.json").read_text() == before  # store and checksum not overwritten
+
+
+def _shared_run(tmp_path: Path, stores: list[Path]) -> tuple[object, Path]:
+    """A run directory as a 2-subject training leaves it after a checkpoint (run.json, config.yaml, checkpoint/)."""
+    cfg = load_config(HIGH, TINY)
+    run = tmp_path / "shared_run"
+    (run / "checkpoint").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    subjects = []
+    for p in stores:
+        st = SubjectStore(p)
+        subjects.append({"id": st.subject_id, "store": str(p), "n_voxels": st.n_voxels,
+                         "subject": st.meta.get("subject"), "source": st.meta.get("source"),
+                         "store_voxels_sha256": st.meta["checksums"]["voxels.npy"]})
+    (run / "run.json").write_text(json.dumps({"kind": "mindeye", "store": str(stores[0]), "subjects": subjects}))
+    return cfg, run
+
+
+def test_shared_subject_resume_needs_the_same_stores_in_the_same_order(store, tmp_path):
+    from mindeye.training.trainer import Trainer
+
+    a = other_store(store, tmp_path / "a", subject_id="subjA")
+    b = other_store(store, tmp_path / "b", subject_id="subjB")
+    cfg, run = _shared_run(tmp_path, [a, b])
+    with pytest.raises(MindEyeError, match="another order"):
+        Trainer(cfg, run, store=[b, a], resume=True, progress=False)
+    with pytest.raises(MindEyeError, match="trained on 2"):
+        Trainer(cfg, run, store=[a], resume=True, progress=False)
+    Trainer(cfg, run, store=[a, b], resume=True, progress=False)  # the same stores: accepted
+
+
+# -- 2. non-finite outputs from finite inputs -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe(interrupted):
+    from mindeye.pipeline import MindEyePipeline
+
+    return MindEyePipeline.from_run(interrupted, device="cpu")
+
+
+def test_huge_finite_voxels_giving_nan_outputs_are_an_error(pipe):
+    x = np.full((3, pipe.n_voxels), 1.0, dtype=np.float32)
+    x[1] = 1e21
+    with pytest.raises(MindEyeError, match="NaN or inf outputs.*row 1"):
+        pipe.embed(x)
+    with pytest.raises(MindEyeError, match="NaN or inf outputs"):
+        pipe.retrieve(x, np.random.default_rng(0).standard_normal((4, *pipe.embed(x[:1]).retrieval.shape[1:])))
+
+
+# -- 3. disk full while writing a checkpoint -----------------------------------------------------------------
+def test_disk_full_writing_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from mindeye.training import checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    state = {"epoch": 1, "step": 1, "optimizer": {}, "scheduler": {}, "rng_cpu": torch.get_rng_state()}
+    checkpoint.save_checkpoint(tmp_path, model, state)
+
+    def full(*a, **k):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(MindEyeError, match="no space left on the device.*previous checkpoint is intact.*--resume"):
+        checkpoint.save_checkpoint(tmp_path, model, {**state, "epoch": 2})
+    assert (tmp_path / "checkpoint" / "state.pt").exists() and not (tmp_path / "checkpoint.tmp").exists()
+    with pytest.raises(MindEyeError, match="no space left"):
+        checkpoint.save_weights(model, tmp_path / "model.safetensors")
+
+
+# -- 5. a torn last line in metrics.jsonl -----------------------------------------------------------------------
+def test_resume_tolerates_a_torn_metrics_line(interrupted, store, tmp_path, capsys):
+    run = copy_tree(interrupted, tmp_path / "run")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 99, "epoch": 2, "lo')  # power loss mid-write
+    rc, err = resume(capsys, run, store)
+    assert rc == 0, err
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)
+
+
+# -- 7. run.json: one validated reader ---------------------------------------------------------------------------
+@pytest.mark.parametrize("content, needle", [
+    ('{"kind": "mindeye", "n_vox', "not valid JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"kind": "mindeye", "n_voxels": "abc"}', "n_voxels 'abc'"),
+    ('{"kind": "mindeye", "subjects": [{"id": 3}]}', "subjects[0]"),
+    ('{"kind": "mindeye", "subjects": "subj01"}', "subjects field"),
+])
+def test_damaged_run_json_is_one_line_everywhere(interrupted, store, tmp_path, capsys, content, needle):
+    from mindeye.pipeline import MindEyePipeline
+
+    run = copy_tree(interrupted, tmp_path / "run")
+    (run / "run.json").write_text(content)
+    with pytest.raises(MindEyeError, match="run.json"):
+        MindEyePipeline.from_run(run, device="cpu")
+    for argv in (["evaluate", "retrieval", "--run", run, "--device", "cpu"],
+                 ["report", "--run", run, "--no-umap", "--out", tmp_path / "r.html", "--device", "cpu"]):
+        rc, err = cli(capsys, *argv)
+        assert_one_line_error(rc, err, "run.json", needle)
+    rc, err = resume(capsys, run, store)
+    assert_one_line_error(rc, err, "run.json", needle)
+
+
+# -- 9. state.pt values are validated ------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, needle", [
+    (lambda s: s.update(rng_cpu=s["rng_cpu"].float()), "rng_cpu"),
+    (lambda s: s.update(epoch="x"), "epoch is 'x'"),
+    (lambda s: s["optimizer"]["param_groups"].pop(), "does not fit this run"),
+    (lambda s: s.update(scheduler={"foo": 1}), "scheduler state"),
+])
+def test_state_with_wrong_values_is_refused(interrupted, store, tmp_path, capsys, change, needle):
+    run = copy_tree(interrupted, tmp_path / "run")
+    path = run / "checkpoint" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+    rc, err = resume(capsys, run, store)
+    assert_one_line_error(rc, err, "state.pt", needle)
+
+
+# -- 12. a diverged run is refused by from_run / load_run ---------------------------------------------------------
+def test_from_run_refuses_a_diverged_run(interrupted, tmp_path):
+    from mindeye.pipeline import MindEyePipeline
+
+    run = copy_tree(interrupted, tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "diverged": {"step": 3, "epoch": 1}}))
+    with pytest.raises(MindEyeError, match="diverged"):
+        MindEyePipeline.from_run(run, device="cpu")
+
+
+# -- 13. an empty or foreign config.yaml blames the config, not the weights ----------------------------------------
+@pytest.mark.parametrize("text, needle", [("", "is empty"), ("model:\n  kind: banana\n", "banana"),
+                                          ("model:\n  kind: ridge\n", "run.json records a mindeye run")])
+def test_bad_run_config_names_the_config(interrupted, tmp_path, text, needle):
+    from mindeye.runs import load_run
+
+    run = copy_tree(interrupted, tmp_path / "run")
+    (run / "config.yaml").write_text(text)
+    with pytest.raises(MindEyeError, match=needle) as exc:
+        load_run(run)
+    assert "config.yaml" in str(exc.value) and "weights" not in str(exc.value)
