@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.inference.recon_dir import finished, open_index, read_index, write_index
+from mindeye.inference.recon_dir import entry_path, finished, open_index, read_index, write_index
 from mindeye.utils.images import load_png, save_png
 
 
@@ -142,7 +142,7 @@ class BlurryImages:
 
     def get(self, image_index: int) -> np.ndarray:
         rec = self.index["images"].get(str(int(image_index)))
-        if rec is None or not (self.dir / rec["file"]).exists():
+        if rec is None or not entry_path(self.dir, rec["file"]).exists():
             raise MindEyeError(f"{self.dir} has no blurry reconstruction of image {image_index}; re-run "
                                "`mindeye reconstruct-blurry` for the same test split")
-        return load_png(self.dir / rec["file"])
+        return load_png(entry_path(self.dir, rec["file"]))
