@@ -231,3 +231,139 @@ def test_bad_run_config_names_the_config(interrupted, tmp_path, text, needle):
     with pytest.raises(MindEyeError, match=needle) as exc:
         load_run(run)
     assert "config.yaml" in str(exc.value) and "weights" not in str(exc.value)
+
+
+# -- 4. pickled or damaged CLIP weights ----------------------------------------------------------------------------
+_TINY_CLIP = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 16, "projection_dim": 16}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("EXECUTED",))
+
+
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.safetensors"])
+def test_pickled_or_damaged_clip_weights_are_one_line(tmp_path, capsys, name):
+    import pickle
+
+    weights = tmp_path / "clip"
+    weights.mkdir()
+    (weights / "config.json").write_text(json.dumps(_TINY_CLIP))
+    if name.endswith(".bin"):
+        (weights / name).write_bytes(pickle.dumps({"w": _Evil()}))
+    else:
+        (weights / name).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    from mindeye.encoders import clip
+
+    with pytest.raises(MindEyeError, match="could not load CLIP weights") as exc:
+        clip.build("hidden", weights=str(weights))
+    assert "EXECUTED" not in capsys.readouterr().out
+    assert "weights_only` set to `False`" not in str(exc.value)
+
+
+# -- 6 / 15a. never allocate what cannot fit; sizes in readable units ----------------------------------------------
+def test_reserve_compares_free_space_before_allocating(tmp_path, monkeypatch):
+    import os
+
+    from mindeye import diskspace
+
+    big = tmp_path / "views.npy"
+    with open(big, "wb") as f:
+        f.truncate(100 * 2**20)
+    calls = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda *a: calls.append(a), raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**40, 2**40, 46 * 2**20))
+    with pytest.raises(MindEyeError, match=r"needs 100\.0 MiB and the filesystem has 46\.0 MiB free"):
+        diskspace.reserve_file(big)
+    assert calls == []  # nothing was allocated
+    assert diskspace.format_size(512) == "512 B" and diskspace.format_size(3 * 2**30) == "3.00 GiB"
+
+
+# -- 8. ridge on a NaN voxel names the NaN --------------------------------------------------------------------------
+def test_ridge_with_a_nan_voxel_names_it():
+    from mindeye.models.ridge import RidgeRegression
+
+    x = torch.randn(20, 6)
+    x[3, 2] = float("nan")
+    with pytest.raises(MindEyeError, match="NaN") as exc:
+        RidgeRegression(6, 4).fit(x, torch.randn(20, 4), alpha=10.0)
+    assert "singular" not in str(exc.value)
+
+
+# -- 10. one writer per target cache ----------------------------------------------------------------------------------
+def test_concurrent_embed_of_one_cache_is_refused(store, tmp_path):
+    from mindeye.encoders.cache import cache_dir, embed_store
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.utils.locks import FileLock
+
+    st = copy_tree(store, tmp_path / "S")
+    enc = get_encoder("standin-clip-final")
+    out = cache_dir(st, enc.name, enc.fingerprint)
+    with FileLock(out.with_name(f".{out.name}.lock"), "held by the test"):
+        with pytest.raises(MindEyeError, match="in use by another mindeye process"):
+            embed_store(st, "standin-clip-final", views=2, progress=False, overwrite=True)
+
+
+def test_cache_whose_views_file_does_not_match_its_manifest_is_recomputed(store, tmp_path):
+    from mindeye.encoders.cache import embed_store, load_targets, read_manifest
+
+    st = copy_tree(store, tmp_path / "S")
+    out = embed_store(st, "standin-clip-final", views=2, progress=False)
+    m = read_manifest(out)
+    m["views"] = 3  # another process rewrote views.npy with 2 views after this manifest said 3
+    (out / "manifest.json").write_text(json.dumps(m))
+    embed_store(st, "standin-clip-final", views=3, progress=False)
+    assert load_targets(st, "standin-clip-final", views=True).shape[1] == 3
+
+
+# -- 11. absurd sizes and empty inputs --------------------------------------------------------------------------------
+def test_absurd_view_count_is_refused_before_any_file(store, tmp_path, capsys):
+    st = copy_tree(store, tmp_path / "S")
+    rc, err = cli(capsys, "embed", "--data", st, "--encoder", "standin-clip-final", "--views", 10**14,
+                  "--no-progress", "--device", "cpu")
+    assert_one_line_error(rc, err, "not enough free disk space")
+    assert not list((st / "targets").rglob("views.npy"))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_pipeline_batch_size_must_be_positive(pipe, bad):
+    x = np.zeros((2, pipe.n_voxels), dtype=np.float32)
+    with pytest.raises(MindEyeError, match="batch_size"):
+        pipe.embed(x, batch_size=bad)
+
+
+def test_retrieve_with_no_candidates_is_one_error(pipe):
+    x = np.zeros((2, pipe.n_voxels), dtype=np.float32)
+    for empty in (np.zeros((0, 8, 8, 3), dtype=np.uint8), np.zeros((0, 16), dtype=np.float32)):
+        with pytest.raises(MindEyeError, match="candidate"):
+            pipe.retrieve(x, empty)
+
+
+# -- 14. index entries stay inside their directory ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/passwd", "images/../../outside.png"])
+def test_recon_index_entry_outside_its_directory_is_refused(tmp_path, name):
+    from mindeye.evaluation.recon_eval import read_recon_dir
+    from mindeye.utils.images import save_png
+
+    recon = tmp_path / "recon"
+    (recon / "images").mkdir(parents=True)
+    save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "outside.png")
+    (recon / "index.json").write_text(json.dumps({"kind": "reconstruct", "config": {},
+                                                  "images": {"0": {"image_index": 0, "file": name}}}))
+    with pytest.raises(MindEyeError, match="not a path inside"):
+        read_recon_dir(recon)
+
+
+def test_index_ids_location_outside_its_root_is_refused(tmp_path):
+    from mindeye.inference.sources import ImageSource, open_source
+    from mindeye.utils.images import save_png
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    save_png(np.zeros((8, 8, 3), np.uint8), imgs / "a.png")
+    source = open_source(imgs)
+    source.location[0] = "../secret.png"
+    source.write_ids(tmp_path / "ids.csv")
+    with pytest.raises(MindEyeError, match="not a path inside"):
+        ImageSource.read(tmp_path, source.describe())
