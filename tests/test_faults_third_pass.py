@@ -367,3 +367,164 @@ def test_index_ids_location_outside_its_root_is_refused(tmp_path):
     source.write_ids(tmp_path / "ids.csv")
     with pytest.raises(MindEyeError, match="not a path inside"):
         ImageSource.read(tmp_path, source.describe())
+
+
+# -- 15. wording and loose ends --------------------------------------------------------------------------------------
+def test_simulate_disk_full_does_not_promise_kept_work_or_resume(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import mindeye.commands.simulate as sim
+
+    def full(out, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out) + ".partial/voxels.npy")
+
+    monkeypatch.setattr(sim, "simulate_subject", full)
+    rc, err = cli(capsys, "simulate", "--scale", "tiny", "--out", tmp_path / "S", "--no-progress")
+    assert_one_line_error(rc, err, "no space left", "cannot resume")
+    assert "--resume" not in err and "finished work is kept" not in err
+
+
+def test_out_that_is_a_regular_file_is_one_clear_line(store, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    rc, err = cli(capsys, "train", "--config", HIGH, "--data", store, "--out", tmp_path / "afile", "--no-progress")
+    assert_one_line_error(rc, err, "is a file, not a directory")
+    assert "File exists" not in err
+
+
+def test_report_out_that_is_a_directory_fails_before_building(interrupted, tmp_path, capsys, monkeypatch):
+    import mindeye.evaluation.report as report
+
+    monkeypatch.setattr(report, "build_report", lambda *a, **k: pytest.fail("built the report first"))
+    rc, err = cli(capsys, "report", "--run", interrupted, "--no-umap", "--out", tmp_path, "--device", "cpu")
+    assert_one_line_error(rc, err, "is a directory; give a file path")
+
+
+def test_object_array_error_does_not_advise_allow_pickle(tmp_path, capsys):
+    np.save(tmp_path / "vox.npy", np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
+    np.save(tmp_path / "imgs.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    (tmp_path / "trials.csv").write_text("image_id,session,split\n0,1,train\n1,1,train\n2,1,test\n"
+                                         "0,2,train\n1,2,train\n2,2,test\n")
+    rc, err = cli(capsys, "prepare", "arrays", "--voxels", tmp_path / "vox.npy", "--images", tmp_path / "imgs.npy",
+                  "--trials", tmp_path / "trials.csv", "--out", tmp_path / "S")
+    assert_one_line_error(rc, err, "Python objects")
+    assert "allow_pickle" not in err
+
+
+def test_info_shows_a_truncated_target_cache_as_damaged(store, tmp_path, capsys):
+    st = copy_tree(store, tmp_path / "S")
+    targets = next((st / "targets").glob("standin-clip-final-*")) / "targets.npy"
+    with open(targets, "r+b") as f:
+        f.truncate(targets.stat().st_size // 2)
+    rc = main(["info", str(st)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    line = next(x for x in out.splitlines() if "targets" in x)
+    assert "DAMAGED" in line and "standin-clip-final" in line.split("DAMAGED")[0]
+    assert "  checksums    ok\n" not in out + "\n"
+
+
+def test_generator_refusal_shows_no_diffusers_unsafe_serialization_line(tmp_path, capfd):
+    from mindeye.errors import WeightsUnavailableError
+    from mindeye.inference.generators import load_generator
+
+    for sub in ("image_unet", "unet", "vae"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "config.json").write_text("{}")
+    with pytest.raises(WeightsUnavailableError):
+        load_generator("versatile-diffusion", str(tmp_path))
+    err = capfd.readouterr().err
+    assert "unsafe serialization" not in err and "allow_pickle" not in err
+
+
+def test_broken_faiss_install_is_one_line(monkeypatch):
+    import builtins
+
+    from mindeye.inference.index import require_faiss
+
+    real = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name == "faiss":
+            raise OSError("libfaiss.so: cannot open shared object file")
+        return real(name, *a, **k)
+
+    monkeypatch.delitem(__import__("sys").modules, "faiss", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(MindEyeError, match="faiss is installed but cannot be imported"):
+        require_faiss()
+
+
+def _arrays(tmp: Path, trials: str, images: Path) -> list:
+    np.save(tmp / "vox.npy", np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32))
+    (tmp / "trials.csv").write_text(trials, encoding="utf-8")
+    return ["prepare", "arrays", "--voxels", tmp / "vox.npy", "--images", images, "--trials", tmp / "trials.csv",
+            "--image-size", "8", "--out", tmp / "S"]
+
+
+def test_nfd_file_names_match_nfc_ids(tmp_path, capsys):
+    import unicodedata
+
+    from mindeye.utils.images import save_png
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    ids = ["caf\u00e9", "b", "c"]  # NFC ids in the CSV
+    for i in ids:
+        save_png(np.zeros((8, 8, 3), np.uint8), imgs / f"{unicodedata.normalize('NFD', i)}.png")
+    rows = "".join(f"{i},{s},{'test' if i == 'c' else 'train'}\n" for s in (1, 2) for i in ids)
+    rc, err = cli(capsys, *_arrays(tmp_path, "image_id,session,split\n" + rows, imgs))
+    assert rc == 0, err
+
+
+def test_int64_overflowing_session_numbers_are_one_line(tmp_path, capsys, store):
+    np.save(tmp_path / "imgs.npy", np.zeros((3, 8, 8, 3), np.uint8))
+    big = 2**70
+    rows = "".join(f"{i},{s},{'test' if i == 2 else 'train'}\n" for s in (1, big) for i in range(3))
+    rc, err = cli(capsys, *_arrays(tmp_path, "image_id,session,split\n" + rows, tmp_path / "imgs.npy"))
+    assert_one_line_error(rc, err, "session")
+    st = copy_tree(store, tmp_path / "T")
+    text = (st / "trials.csv").read_text().splitlines()
+    head = text[0].split(",")
+    cells = text[1].split(",")
+    cells[head.index("session")] = str(big)
+    (st / "trials.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
+    with pytest.raises(MindEyeError, match="malformed"):
+        SubjectStore(st)
+
+
+def test_sigterm_is_handled_like_sigint(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import mindeye.commands.info as info
+
+    def slow(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    monkeypatch.setattr(info, "run", slow)
+    before = signal.getsignal(signal.SIGTERM)
+    rc, err = cli(capsys, "info", tmp_path)
+    assert rc == 143 and "terminated" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_reconstruct_refuses_fractional_image_index_and_nan_guidance(pipe):
+    x = np.zeros((1, pipe.n_voxels), dtype=np.float32)
+    with pytest.raises(MindEyeError, match="image_index must hold whole numbers"):
+        pipe.reconstruct(x, image_index=[0.5], samples=1, steps=1)
+    with pytest.raises(MindEyeError, match="guidance must be a finite number"):
+        pipe.reconstruct(x, guidance=float("nan"), samples=1, steps=1)
+
+
+def test_names_cannot_break_the_markdown_table_or_inject_csv_formulas():
+    from mindeye.evaluation.report_tables import csv_table
+    from mindeye.evaluation.tables import markdown_table
+
+    md = markdown_table([{"name": "a | b", "pixcorr": 0.1}])
+    row = md.splitlines()[2]
+    assert row.startswith("| a \\| b |") and row.count(" | ") == md.splitlines()[0].count(" | ")
+    csv_text = csv_table([{"name": '=HYPERLINK("http://x","y")', "pixcorr": 0.1}])
+    assert csv_text.splitlines()[1].startswith("\"'=HYPERLINK") or csv_text.splitlines()[1].startswith("'=HYPERLINK")

@@ -534,6 +534,8 @@ class SubjectStore:
                 lines.append(f"  checksums    MISMATCH in {', '.join(bad)}")
             elif unrecorded:
                 lines.append(f"  checksums    not recorded in meta.json for {', '.join(unrecorded)} (cannot verify)")
+            elif any("DAMAGED" in c for c in cached):
+                lines.append("  checksums    ok for the store's data files; a target cache is DAMAGED (see targets)")
             else:
                 lines.append("  checksums    ok")
         return "\n".join(lines)
