@@ -399,15 +399,19 @@ def test_report_out_that_is_a_directory_fails_before_building(interrupted, tmp_p
     assert_one_line_error(rc, err, "is a directory; give a file path")
 
 
-def test_object_array_error_does_not_advise_allow_pickle(tmp_path, capsys):
-    np.save(tmp_path / "vox.npy", np.array([{"a": 1}] * 6, dtype=object), allow_pickle=True)
-    np.save(tmp_path / "imgs.npy", np.zeros((3, 8, 8, 3), np.uint8))
-    (tmp_path / "trials.csv").write_text("image_id,session,split\n0,1,train\n1,1,train\n2,1,test\n"
-                                         "0,2,train\n1,2,train\n2,2,test\n")
-    rc, err = cli(capsys, "prepare", "arrays", "--voxels", tmp_path / "vox.npy", "--images", tmp_path / "imgs.npy",
-                  "--trials", tmp_path / "trials.csv", "--out", tmp_path / "S")
-    assert_one_line_error(rc, err, "Python objects")
-    assert "allow_pickle" not in err
+def test_object_array_error_does_not_advise_allow_pickle(tmp_path):
+    import io
+
+    from mindeye.data.webdataset_shards import _npy
+    from mindeye.utils.images import decode_image
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}] * 3, dtype=object), allow_pickle=True)
+    for call in (lambda: decode_image(buf.getvalue(), "shard s member m"),
+                 lambda: _npy({"nsdgeneral.npy": buf.getvalue()}, "nsdgeneral.npy", "shard s")):
+        with pytest.raises(MindEyeError, match="Python objects") as exc:
+            call()
+        assert "allow_pickle" not in str(exc.value)
 
 
 def test_info_shows_a_truncated_target_cache_as_damaged(store, tmp_path, capsys):
@@ -492,23 +496,22 @@ def test_int64_overflowing_session_numbers_are_one_line(tmp_path, capsys, store)
         SubjectStore(st)
 
 
-def test_sigterm_is_handled_like_sigint(tmp_path, capsys, monkeypatch):
-    import os
-    import signal
-    import time
+def test_sigterm_is_handled_like_sigint(tmp_path):
+    import subprocess
+    import sys
 
-    import mindeye.commands.info as info
-
-    def slow(args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-        return 0
-
-    monkeypatch.setattr(info, "run", slow)
-    before = signal.getsignal(signal.SIGTERM)
-    rc, err = cli(capsys, "info", tmp_path)
-    assert rc == 143 and "terminated" in err and "Traceback" not in err
-    assert signal.getsignal(signal.SIGTERM) == before
+    script = (
+        "import os, signal, sys, time\n"
+        "import mindeye.commands.info as info\n"
+        "def slow(args):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n"
+        "info.run = slow\n"
+        "from mindeye.cli import main\n"
+        f"sys.exit(main(['info', {str(tmp_path)!r}]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert "terminated" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_reconstruct_refuses_fractional_image_index_and_nan_guidance(pipe):
