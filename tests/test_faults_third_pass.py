@@ -300,7 +300,7 @@ def test_concurrent_embed_of_one_cache_is_refused(store, tmp_path):
     st = copy_tree(store, tmp_path / "S")
     enc = get_encoder("standin-clip-final")
     out = cache_dir(st, enc.name, enc.fingerprint)
-    with FileLock(out.with_name(f".{out.name}.lock"), "held by the test"):
+    with FileLock(st / ".locks" / f"{out.name}.lock", "held by the test"):  # as a running embed holds it
         with pytest.raises(MindEyeError, match="in use by another mindeye process"):
             embed_store(st, "standin-clip-final", views=2, progress=False, overwrite=True)
 

@@ -33,7 +33,7 @@ def check_out(args: argparse.Namespace) -> None:
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise MindEyeError(f"--out {out}: {parent} is a file, not a directory; choose another path")
-    if kind == "dir" and path.exists() and not path.is_dir():
+    if kind == "dir" and path.exists() and not path.is_dir() and not getattr(args, "overwrite", False):
         raise MindEyeError(f"--out {out} is a file, not a directory; choose a directory path (or remove "
                            "the file)")
     if kind == "file" and path.is_dir():

@@ -50,6 +50,11 @@ def cache_dir(store_path: str | Path, encoder_name: str, fingerprint: str) -> Pa
     return Path(store_path) / "targets" / f"{encoder_name}-{fingerprint[:12]}"
 
 
+def cache_lock_path(directory: Path) -> Path:
+    """The lock file of one target cache (outside targets/, which holds only caches): STORE/.locks/NAME.lock."""
+    return Path(directory).parent.parent / ".locks" / f"{Path(directory).name}.lock"
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
     if not path.exists():
@@ -166,7 +171,7 @@ def embed_store(
     out = cache_dir(store.path, enc.name, fingerprint)
     # One writer per cache: a second `embed` of the same cache (other --views, --overwrite) waits for none
     # and is refused, so a manifest never describes arrays another process rewrote meanwhile.
-    with FileLock(out.with_name(f".{out.name}.lock"), f"the target cache {out}",
+    with FileLock(cache_lock_path(out), f"the target cache {out}",
                   "wait for that `mindeye embed` to finish, then run this one"):
         return _embed_locked(store, enc, out, fingerprint, weights, chunk_size, batch_size, views, random_init,
                              progress, views_seed, overwrite)

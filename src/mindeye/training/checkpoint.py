@@ -63,7 +63,8 @@ def _write_error(exc: BaseException, run_dir: Path, what: Path) -> BaseException
         return exc  # not a write failure: a bug to report as it is
     why = "no space left on the device" if full else f"{type(exc).__name__}: {text}"
     kept = ("the previous checkpoint is intact; free some space, then continue with `mindeye train --resume`"
-            if (run_dir / "checkpoint").exists() else "free some space and train again")
+            if (run_dir / "checkpoint").exists() else
+            "no checkpoint was written yet; free some space, then `mindeye train --resume` starts the run over")
     return MindEyeError(f"could not write {what} ({why}); {kept}")
 
 
