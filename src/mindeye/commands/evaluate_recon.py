@@ -37,7 +37,7 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--title", default=None, help="title of the Markdown table")
-    add_out(p, help="metrics JSON to write (the .md table goes next to it)")
+    add_out(p, help="metrics JSON to write (the .md table goes next to it)", kind="file")
     p.add_argument("--first-resize", choices=["reference", "antialias"], default="reference",
                    help="the protocol's resize to 256: 'reference' = bilinear without antialiasing (the authors' "
                         "torchvision 0.15 on tensors), 'antialias' = antialiased (default: reference)")

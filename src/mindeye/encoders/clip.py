@@ -18,6 +18,8 @@ Preprocessing, option ``preprocess``:
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -180,6 +182,7 @@ def build(variant: Variant, weights: str | None = None, device: str = "cpu", ran
             model = model.to(dtype)
     else:
         path = resolve_weights(f"clip-vit-l14-{variant}", weights, DEFAULT_WEIGHTS, DOWNLOAD_HINT)
+        from safetensors import SafetensorError
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
@@ -187,10 +190,17 @@ def build(variant: Variant, weights: str | None = None, device: str = "cpu", ran
         try:
             model, info = CLIPVisionModelWithProjection.from_pretrained(
                 path, config=_vision_config(path), dtype=dtype, local_files_only=True, output_loading_info=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise MindEyeError(
-                f"could not load CLIP weights from {path}: {exc}. --weights must point at a Hugging Face "
-                f"CLIP model directory (config.json + model.safetensors), e.g. a copy of {DEFAULT_WEIGHTS}"
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+                SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            pickled = isinstance(exc, pickle.UnpicklingError)
+            raise MindEyeError(  # torch's own advice for a pickle (weights_only=False) is not passed on
+                f"could not load CLIP weights from {path} ("
+                + ("a weights file there holds pickled Python objects, which mindeye never loads; nothing in it "
+                   "was executed" if pickled else f"{type(exc).__name__}: {first}; a weights file there is damaged "
+                   "or not a CLIP checkpoint")
+                + f"). --weights must point at a Hugging Face CLIP model directory (config.json + "
+                f"model.safetensors), e.g. a copy of {DEFAULT_WEIGHTS}"
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)

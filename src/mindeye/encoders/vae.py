@@ -26,6 +26,7 @@ from mindeye.encoders.base import (
 )
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import load_safetensors_file, load_torch_file
+from mindeye.utils.weights import quiet_diffusers, weight_load_errors
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds, and only the VAE needs it
     from diffusers import AutoencoderKL
@@ -155,10 +156,11 @@ def build(weights: str | None = None, device: str = "cpu", random_init: bool = F
             if path.is_file():
                 vae = _load_state_dict_file(path)
             else:
-                vae, info = AutoencoderKL.from_pretrained(path, output_loading_info=True)
+                with quiet_diffusers():
+                    vae, info = AutoencoderKL.from_pretrained(path, output_loading_info=True)
                 if info.get("missing_keys"):  # never run with silently random-initialised layers
                     raise ValueError(f"{len(info['missing_keys'])} weights missing, e.g. {info['missing_keys'][:3]}")
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except weight_load_errors() as exc:
             raise MindEyeError(
                 f"could not load the SD VAE from {path}: {exc}. --weights must be a diffusers VAE directory, "
                 f"a pipeline directory with vae/, or a VAE state-dict file"

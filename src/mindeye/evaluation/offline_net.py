@@ -74,7 +74,7 @@ def _cells(row: dict) -> list[tuple[float | None, str | None, bool]]:
 
 def offline_markdown(rows: list[dict]) -> str:
     """Markdown table of rows' ``offline_metrics`` (metrics.json rows), with the not-a-paper-metric note."""
-    from mindeye.evaluation.tables import MISSING, _format
+    from mindeye.evaluation.tables import MISSING, _format, md_cell
 
     lines = ["| Method | " + " | ".join(label for label, _ in OFFLINE_METRICS.values()) + " |",
              "|---|" + ":-:|" * len(OFFLINE_METRICS)]
@@ -85,7 +85,7 @@ def offline_markdown(rows: list[dict]) -> str:
             cells.append(MISSING if value is None else _format(value, percent))
             if reason:
                 reasons.add(reason)
-        lines.append(f"| {row.get('name', '?')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(row.get('name', '?'))} | " + " | ".join(cells) + " |")
     lines += ["", OFFLINE_NOTE.replace("`", "")] + [f"- unavailable: {r}" for r in sorted(reasons)]
     return "\n".join(lines) + "\n"
 
@@ -95,10 +95,12 @@ def offline_csv(rows: list[dict]) -> str:
     import csv
     import io
 
+    from mindeye.evaluation.tables import csv_cell
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", *OFFLINE_METRICS])
     for row in rows:
-        w.writerow([row.get("name", "?"), *("" if v is None else repr(float(v))
+        w.writerow([csv_cell(row.get("name", "?")), *("" if v is None else repr(float(v))
                                             for v, _, _ in _cells(row.get("offline_metrics") or {}))])
     return buf.getvalue()

@@ -31,7 +31,7 @@ from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
-from mindeye.inference.recon_dir import INDEX_NAME, read_index
+from mindeye.inference.recon_dir import INDEX_NAME, entry_path, read_index
 from mindeye.metrics.retrieval import DIRECTIONS
 from mindeye.utils.files import write_json_atomic
 
@@ -92,7 +92,9 @@ class ReconDir:
             return Path(cfg["store"])
         run = cfg.get("run") or cfg.get("high_run")
         if run and (Path(run) / "run.json").exists():
-            store = json.loads((Path(run) / "run.json").read_text()).get("store")
+            from mindeye.runs import read_run_json
+
+            store = read_run_json(run).get("store")
             return Path(store) if store else None
         return None
 
@@ -116,7 +118,7 @@ def read_recon_dir(path: str | os.PathLike) -> ReconDir:
         order = sorted(images, key=int)
         recs = [images[k] for k in order]
         image_index = np.array([int(r.get("image_index", k)) for k, r in zip(order, recs)], dtype=np.int64)
-        files = [path / r["file"] for r in recs]
+        files = [entry_path(path, r["file"]) for r in recs]
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MindEyeError(f"{index_path} is malformed ({type(exc).__name__}: {exc}); re-run the reconstruction") from None
     missing = [str(f) for f in files if not f.is_file()]

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.inference.recon_dir import finished, open_index, read_index, save_float, write_index
+from mindeye.inference.recon_dir import entry_path, finished, open_index, read_index, save_float, write_index
 from mindeye.utils.images import float_to_uint8, is_float_images, load_png, save_png, uint8_to_float
 
 
@@ -151,14 +151,14 @@ class BlurryImages:
 
     def get(self, image_index: int) -> np.ndarray:
         rec = self.index["images"].get(str(int(image_index)))
-        if rec is None or not (self.dir / rec["file"]).exists():
+        if rec is None or not entry_path(self.dir, rec["file"]).exists():
             raise MindEyeError(f"{self.dir} has no blurry reconstruction of image {image_index}; re-run "
                                "`mindeye reconstruct-blurry` for the same test split")
-        return load_png(self.dir / rec["file"])
+        return load_png(entry_path(self.dir, rec["file"]))
 
     def get_float(self, image_index: int) -> torch.Tensor:
         """float (3, H, W) of the blurry image: its float copy (unclamped) when written, else its PNG."""
         rec = self.index["images"].get(str(int(image_index)))
-        if rec is not None and rec.get("float_file") and (self.dir / rec["float_file"]).exists():
-            return torch.from_numpy(np.load(self.dir / rec["float_file"])).float()
+        if rec is not None and rec.get("float_file") and entry_path(self.dir, rec["float_file"]).exists():
+            return torch.from_numpy(np.load(entry_path(self.dir, rec["float_file"]))).float()
         return uint8_to_float(self.get(image_index)[None])[0]

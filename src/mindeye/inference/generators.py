@@ -31,7 +31,7 @@ from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFI
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.img2img import img2img_start
 from mindeye.utils.images import as_float_images, float_to_uint8, uint8_to_float
-from mindeye.utils.weights import hf_cache_snapshot
+from mindeye.utils.weights import hf_cache_snapshot, quiet_diffusers, weight_load_errors
 
 # Stable Diffusion v1's training noise schedule (Versatile Diffusion and SD image variations use it too).
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
@@ -330,11 +330,13 @@ def load_generator(
     else:
         root = resolve_pipeline_dir(spec, weights)
         try:
-            unet = UNet2DConditionModel.from_pretrained(root, subfolder=spec.unet_subfolder, torch_dtype=dtype)
-            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
-        except (OSError, ValueError) as exc:
+            with quiet_diffusers():
+                unet = UNet2DConditionModel.from_pretrained(root, subfolder=spec.unet_subfolder, torch_dtype=dtype)
+                vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        except weight_load_errors() as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise WeightsUnavailableError(
-                f"could not load generator '{spec.name}' from {root}: {exc}. {spec.download_hint} "
+                f"could not load generator '{spec.name}' from {root}: {first}. {spec.download_hint} "
                 f"--weights must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
             ) from None
         sched = dict(SD_SCHEDULER_CONFIG)

@@ -86,9 +86,16 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 def require_faiss() -> None:
     try:
         import faiss  # noqa: F401
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in (None, "faiss"):  # faiss is there but one of its own modules is not: broken
+            raise MindEyeError(f"faiss is installed but broken (its module {exc.name} is missing); reinstall it "
+                               "with: pip install --force-reinstall 'mindeye[index]'") from None
         raise MindEyeError("building or searching an index needs faiss, which is not installed; "
                            "install it with: pip install 'mindeye[index]'") from None
+    except Exception as exc:  # a broken install fails in many ways (ImportError, OSError, AttributeError ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise MindEyeError(f"faiss is installed but cannot be imported ({type(exc).__name__}: {first}); reinstall "
+                           "it with: pip install --force-reinstall 'mindeye[index]'") from None
 
 
 def make_faiss_index(vectors: np.ndarray, index_type: str = "auto", *, nlist: int | None = None,
@@ -244,6 +251,7 @@ class DatabaseIndex:
 
     @classmethod
     def open(cls, path: str | Path, images_root: str | None = None) -> DatabaseIndex:
+        require_faiss()
         import faiss
 
         path = Path(path)

@@ -18,6 +18,7 @@ Output::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -56,6 +57,10 @@ class ReconstructSettings:
     def validate(self) -> None:
         if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
             raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
+        for name, value in (("guidance", self.guidance), ("prior guidance", self.prior_guidance)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value)):
+                raise MindEyeError(f"{name} must be a finite number (e.g. 3.5; 1 = no guidance), got {value!r}")
         check_strength(self.img2img_strength)
         if self.init_encoding not in INIT_ENCODINGS:
             raise MindEyeError(f"--init-encoding must be one of {', '.join(INIT_ENCODINGS)}, got {self.init_encoding!r}")

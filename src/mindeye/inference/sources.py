@@ -23,7 +23,7 @@ from mindeye.data.shards import (
     split_key,
 )
 from mindeye.errors import MindEyeError
-from mindeye.utils.files import atomic_path
+from mindeye.utils.files import atomic_path, path_inside
 from mindeye.utils.images import decode_image
 
 IDS = "ids.csv"
@@ -161,7 +161,25 @@ class ImageSource:
                 if r["offset"]:
                     off.append(int(r["offset"]))
                     size.append(int(r["size"]))
-        return cls(described["type"], root or described["root"], loc, mem, off, size)
+        source = cls(described["type"], root or described["root"], loc, mem, off, size)
+        source._check_locations(path, described)
+        return source
+
+    def _check_locations(self, path: Path, described: dict[str, Any]) -> None:
+        """ids.csv's locations stay where the index was built from: a directory index's files inside its root
+        (no absolute or ``../`` path), a shard index's members in the shards its manifest lists."""
+        if self.kind == "directory":
+            for name in self.location:
+                path_inside(self.root, name, f"a location in {path}")
+        elif self.kind == "webdataset" and described.get("shards") is not None:
+            listed = set(described["shards"])
+            odd = sorted(set(self.location) - listed)
+            if odd:
+                raise MindEyeError(f"{path} names shard {odd[0]!r}, which is not one of the shards the index was "
+                                   "built from (its manifest); the file was edited or damaged: rebuild the index")
+        elif self.kind == "store" and any(name != "images.npy" for name in self.location):
+            raise MindEyeError(f"{path} names a file other than the store's images.npy; the file was edited or "
+                               "damaged: rebuild the index")
 
 
 def open_source(images: str | Path | Sequence[str | Path]) -> ImageSource:

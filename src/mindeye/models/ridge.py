@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mindeye.errors import MindEyeError
+from mindeye.finite import require_finite
 
 
 class RidgeRegression(nn.Module):
@@ -76,6 +77,10 @@ class RidgeRegression(nn.Module):
     ) -> RidgeRegression:
         """Fit on x (N, n_inputs), y (N, n_outputs); ``alpha`` a penalty or a list to choose from."""
         self._check(x, y)
+        # A NaN voxel would surface as a "singular" system (no alpha helps): name it instead.
+        require_finite(x, "ridge training voxels", "the store is damaged or holds NaN voxels: re-prepare it "
+                       "(check it with `mindeye info`)")
+        require_finite(y, "ridge training targets", "recompute the target cache with `mindeye embed --overwrite`")
         alphas = [float(alpha)] if isinstance(alpha, int | float) else [float(a) for a in alpha]
         if not alphas or min(alphas) <= 0:
             raise MindEyeError(f"ridge alpha must be one or more positive numbers, got {alpha!r}")

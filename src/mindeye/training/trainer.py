@@ -36,13 +36,14 @@ from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
-from mindeye.runs import embed_voxels
+from mindeye.runs import embed_voxels, read_run_json
 from mindeye.training import losses
 from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import (
     load_checkpoint,
     mark_diverged,
     recover_interrupted_swap,
+    restoring_state,
     save_checkpoint,
     save_weights,
     write_run_files,
@@ -69,7 +70,7 @@ from mindeye.training.distributed import (
     shard_model,
 )
 from mindeye.training.divergence import DivergenceGuard
-from mindeye.training.resume_check import check_resume_config, flat_keys
+from mindeye.training.resume_check import check_resume_config, check_resume_stores, flat_keys
 from mindeye.training.run_lock import RunLock
 
 
@@ -115,6 +116,15 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.flatten(1).float(), dim=-1)
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl record; None for a blank or torn line (a power loss mid-write leaves one)."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step", 0), int | float) else None
+
+
 class Trainer:
     """One training run. ``store`` may name several subject stores (a list): the high-level model then
     has one input layer per subject (shared-subject layout) and every batch is drawn evenly from all of
@@ -142,7 +152,7 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         info_file = self.run_dir / "run.json"
         if resume and self.init_from is None and info_file.exists():
-            recorded = json.loads(info_file.read_text()).get("init_from")
+            recorded = read_run_json(self.run_dir).get("init_from")
             self.init_from = Path(recorded["run"]) if recorded else None  # a resumed fine-tune stays one
         self.device = resolve_device(device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -164,6 +174,7 @@ class Trainer:
                                "model.safetensors); drop --resume to start a new run, or give the run's own --out")
         if resume:
             check_resume_config(self.run_dir, cfg)
+            check_resume_stores(self.run_dir, self.stores)  # the same data, in the same order
         self.resume = resume
         self.shared_layout = len(self.stores) > 1 or self.init_from is not None or self._resumed_shared()
         if self.shared_layout and cfg.model.kind != "mindeye":
@@ -173,7 +184,7 @@ class Trainer:
 
     def _resumed_shared(self) -> bool:
         info = self.run_dir / "run.json"
-        return self.resume and info.exists() and "subjects" in json.loads(info.read_text())
+        return self.resume and info.exists() and "subjects" in read_run_json(self.run_dir)
 
     def _check_init_from(self) -> dict[str, Any]:
         """The pretrained run's config, run.json and weights, checked against this run."""
@@ -266,14 +277,15 @@ class Trainer:
             if fsdp_written != sharded:
                 raise MindEyeError(f"{self.run_dir} was checkpointed with train.parallel="
                                    f"{'fsdp' if fsdp_written else 'ddp'} under torchrun; resume it with that setting")
-            if sharded:
-                load_full_optimizer_state(model, optimizer, state["optimizer"])
-            else:
-                optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng_cpu"])
-            if self.device.startswith("cuda") and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"])
+            with restoring_state(self.run_dir, scheduler, state["scheduler"]):  # checked: one clear error
+                if sharded:
+                    load_full_optimizer_state(model, optimizer, state["optimizer"])
+                else:
+                    optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng_cpu"])
+                if self.device.startswith("cuda") and "rng_cuda" in state:
+                    torch.cuda.set_rng_state(state["rng_cuda"])
             start_epoch, step = int(state["epoch"]), int(state["step"])
             if self.dist.is_main:
                 self._drop_records_after(self.run_dir / "metrics.jsonl", step)
@@ -380,8 +392,8 @@ class Trainer:
         """On resume, forget log records written after the checkpoint (that work is redone)."""
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in path.read_text(errors="replace").splitlines()
+                if (record := _record(line)) is not None and record.get("step", 0) <= step]
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)

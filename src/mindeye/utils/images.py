@@ -37,7 +37,10 @@ def decode_image(data: bytes, where: str, hint: str = "remove or replace it and 
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001
-        raise MindEyeError(f"{where}: cannot decode the image ({exc}); {hint}") from None
+        from mindeye.safe_load import npy_error
+
+        why = npy_error(exc) if data[:6] == b"\x93NUMPY" else exc  # never numpy's allow_pickle=True advice
+        raise MindEyeError(f"{where}: cannot decode the image ({why}); {hint}") from None
 
 
 def uint8_to_float(images: torch.Tensor | np.ndarray, size: int | None = None,
