@@ -170,6 +170,8 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
         _done(t0)
     t0 = _step("train the high-level model (BiMixCo -> SoftCLIP, diffusion prior)")
     _train(high_cfg_path, runs / "highlevel", store, demo)
+    if lane is not None:
+        lane.highlevel_done.set()  # the second process may now lay out the report's UMAP
     _done(t0)
     t0 = _step("train the low-level model (voxels -> VAE latent)")
     _train(low_cfg_path, runs / "lowlevel", store, demo)
@@ -255,15 +257,19 @@ def _start_offline_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, de
     (out / LANE_RESULT).unlink(missing_ok=True)
     print(f"\n== started in a second process: the EfficientNet-Lite0 target run (log: {out / LANE_LOG})",
           flush=True)
-    lane = multiprocessing.get_context("spawn").Process(
-        target=_offline_lane_main, args=(demo, str(out), str(store), str(runs), device), daemon=True)
+    ctx = multiprocessing.get_context("spawn")
+    highlevel_done = ctx.Event()
+    lane = ctx.Process(target=_offline_lane_main, args=(demo, str(out), str(store), str(runs), device,
+                                                        highlevel_done), daemon=True)
     lane.start()
     lane.t0 = time.perf_counter()
+    lane.highlevel_done = highlevel_done
     return lane
 
 
-def _offline_lane_main(demo: DemoConfig, out: str, store: str, runs: str, device: str) -> None:
-    """The second process: its output goes to OUT/offline-target.log, its result to OUT/offline-target.json."""
+def _offline_lane_main(demo: DemoConfig, out: str, store: str, runs: str, device: str, highlevel_done: Any) -> None:
+    """The second process: its output goes to OUT/offline-target.log, its result to OUT/offline-target.json.
+    Then, once the main process has trained the high-level run, the report's UMAP layout (into its cache)."""
     import contextlib
     import traceback
 
@@ -278,6 +284,26 @@ def _offline_lane_main(demo: DemoConfig, out: str, store: str, runs: str, device
         except BaseException as exc:  # reported by the main process, which reads this file
             traceback.print_exc()
             write_json_atomic(Path(out) / LANE_RESULT, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        if demo.report_umap:
+            highlevel_done.wait()
+            try:
+                _umap_ahead(Path(out), Path(store), Path(runs), device)
+            except Exception:  # only a head start: the report computes the layout itself
+                traceback.print_exc()
+
+
+REPORT_SAMPLING = {"embed_samples": 100, "seed": 0}  # the demo report's UMAP points (both processes)
+
+
+def _umap_ahead(out: Path, store: Path, runs: Path, device: str) -> None:
+    """The report's UMAP layout of the high-level run, computed into OUT/cache as build_report would."""
+    from mindeye.evaluation.report_data import test_embeddings, umap_points
+    from mindeye.runs import load_run_model
+
+    cfg, _, model, subject = load_run_model(runs / "highlevel", device, store)
+    emb = test_embeddings(model, cfg, subject, device, REPORT_SAMPLING["embed_samples"], REPORT_SAMPLING["seed"])
+    umap_points(emb, REPORT_SAMPLING["embed_samples"], REPORT_SAMPLING["seed"], cache_dir=out / "cache")
 
 
 def _join_offline_lane(lane: Any, demo: DemoConfig, out: Path, runs: Path, results: dict, device: str) -> None:
@@ -341,6 +367,6 @@ def _stage_report(demo: DemoConfig, out: Path, store: Path, runs: Path, results:
                  ridge=runs / "ridge" if (runs / "ridge").exists() else None,
                  recons=out / "recons" / "final", blurry=out / "recons" / "blurry",
                  metrics=[out / "metrics.json"], out=out / "report.html", store=store, device=device,
-                 umap=demo.report_umap)
+                 umap=demo.report_umap, umap_cache=out / "cache", **REPORT_SAMPLING)
     _done(t0)
 
