@@ -129,6 +129,32 @@ def import_authors(src: Path) -> tuple[types.ModuleType, types.ModuleType, list[
         if mod is not None and not str(getattr(mod, "__file__", "")).startswith(str(src)):
             raise AuthorsUnavailable(f"another module named {generic!r} is already imported ({mod.__file__})")
     sys.path.insert(0, str(src))
+    # diffusers 0.13 imports hub download helpers that newer huggingface_hub releases dropped (a GPU image
+    # with a recent transformers has such a hub); the step downloads nothing: placeholders that refuse.
+    import huggingface_hub
+    import huggingface_hub.utils as hub_utils
+
+    for owner, names in ((huggingface_hub, ("HfFolder", "cached_download", "hf_hub_download", "model_info",
+                                            "snapshot_download", "ModelCard", "ModelCardData", "whoami")),
+                         (hub_utils, ("EntryNotFoundError", "RepositoryNotFoundError", "RevisionNotFoundError",
+                                      "is_jinja_available"))):
+        for name in names:
+            if not hasattr(owner, name):
+                setattr(owner, name, _Stub(owner.__name__).__getattr__(name))
+                stubbed.append(f"{owner.__name__}.{name}")
+    if int(importlib.metadata.version("transformers").split(".")[0]) >= 5 and "diffusers" not in sys.modules:
+        # diffusers 0.13 imports its pipelines when transformers is present, and those need transformers < 5
+        # (a GPU image has 5.x). The step uses diffusers' VAE Decoder / AutoencoderKL only: let diffusers
+        # see no transformers while it is imported (their Clipper still gets the real one later).
+        real_find_spec = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, package=None: (None if name == "transformers"
+                                                               else real_find_spec(name, package))
+        try:
+            with _quiet():
+                importlib.import_module("diffusers")
+        finally:
+            importlib.util.find_spec = real_find_spec
+        stubbed.append("transformers (hidden from diffusers 0.13's import only: its pipelines need transformers < 5)")
     try:
         with _quiet():
             models = importlib.import_module("models")
@@ -261,7 +287,7 @@ class AuthorsHigh:
         from accelerate import Accelerator
 
         self.cache = CachedTargets()
-        clipper: Any = (lambda *a, **k: self.cache)
+        clipper: Any = (lambda *a, **k: self.cache)  # noqa: E731
         if online:
             clipper = self._online_clipper(models, size != "full")
         sizes = SIZES[size]
