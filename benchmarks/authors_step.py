@@ -681,7 +681,8 @@ def measure(args: argparse.Namespace, pipeline: str, phase: str, src: Path, mode
         rss0 = _rss()
         t0 = time.perf_counter()
         if pipeline == "high":
-            th = AuthorsHigh(src, models, utils, dev, args.size, batch, online, phase, n_voxels=n_voxels)
+            th = AuthorsHigh(src, models, utils, dev, args.size, batch, online, phase, n_voxels=n_voxels,
+                             prior_depth=args.prior_depth)
         else:
             th = AuthorsLow(src, models, utils, dev, args.size, batch, online, n_voxels=n_voxels)
         build = time.perf_counter() - t0
@@ -704,7 +705,8 @@ def measure(args: argparse.Namespace, pipeline: str, phase: str, src: Path, mode
         base_a, base_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     rss0 = _rss()
     t0 = time.perf_counter()
-    ours = Ours(pipeline, args.size, dev, batch, n_voxels, phase, ours_sd, args.ours_adam)
+    ours = Ours(pipeline, args.size, dev, batch, n_voxels, phase, ours_sd, args.ours_adam,
+                prior_depth=args.prior_depth)
     build = time.perf_counter() - t0
     batches = make_batches(pipeline, n_voxels, batch, dev, online=False)
     for i in range(args.warmup):
@@ -795,9 +797,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="checkout of MedARC-AI/fMRI-reconstruction-NSD (default: $MINDEYE_AUTHORS_SRC)")
     ap.add_argument("--pipeline", choices=["high", "low", "both"], default="both")
     ap.add_argument("--phase", default="bimixco", help="high level: bimixco, softclip or both")
-    ap.add_argument("--size", choices=["small", "full"], default="small",
+    ap.add_argument("--size", choices=["small", "full", "test"], default="small",
                     help="small: 15,724 voxels, hidden 1024, 2 blocks, full 257 x 768 head and prior (CPU); "
-                         "full: the published sizes")
+                         "full: the published sizes; test: hidden 64, 1 block (rehearsals)")
+    ap.add_argument("--prior-depth", type=int, default=None, help="override the prior's depth (rehearsals)")
     ap.add_argument("--targets", choices=["cached", "online", "both"], default="cached",
                     help="their targets: cached (model step alone) or online (their kornia aug + CLIP / "
                          "VAE + ConvNeXt per batch, random-init encoders); both = two rows")
@@ -842,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     for pipeline in pipelines:
         if not args.skip_check:
             batch = args.batch or 8
-            c = run_check(args, pipeline, src, models, utils, args.voxels, args.size, batch)
+            c = run_check(args, pipeline, src, models, utils, args.voxels, args.size, batch,
+                          prior_depth=args.prior_depth if pipeline == "high" else None)
             checks[pipeline] = c
             print(format_check(pipeline, c), flush=True)
             if not c["ok"]:
