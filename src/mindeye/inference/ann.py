@@ -358,6 +358,27 @@ class Embeddings:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        """Rows as float32 (a slice or an index array), like one array: the build reads the parts through this."""
+        if isinstance(key, slice):
+            lo, hi, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("Embeddings slices must be contiguous")
+            parts = [a[max(lo - o, 0):max(min(hi - o, len(a)), 0)] for a, o in zip(self.arrays, self.offsets)]
+            return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts]).reshape(-1, self.dim)
+        ids = np.asarray(key, dtype=np.int64)
+        part = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for p, arr in enumerate(self.arrays):
+            sel = np.nonzero(part == p)[0]
+            if len(sel):
+                out[sel] = arr[ids[sel] - self.offsets[p]]
+        return out
+
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Unit-norm float32 rows of ``ids`` (any shape; -1 gives zeros), shape ``(*ids.shape, dim)``.
 
@@ -422,21 +443,29 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def tune_nprobe(index: Any, vectors: np.ndarray, embeddings: Embeddings | None, *, k: int = 16, refine: int = 4,
-                target: float = 0.95, n_queries: int = 64, seed: int = 0, max_nprobe: int = 1024) -> dict[str, Any]:
-    """Smallest power-of-two nprobe whose recall@k (with the same refinement as searches) reaches ``target``
-    on seeded queries near database vectors (a database vector + an equal-norm random direction, cosine
-    ~0.7 to it). Returns ``{"nprobe", "tuned_recall", "tuned_target", "tuned_queries"}``."""
+                target: float = 0.95, n_queries: int = 100, seed: int = 0, max_nprobe: int = 4096) -> dict[str, Any]:
+    """Smallest power-of-two nprobe whose recall@k (with the same refinement as searches) reaches ``target``.
+
+    Leave-one-out: seeded database vectors are the queries and each one's own id is dropped from both
+    the exact and the approximate top-k, so a query behaves like a fresh vector of the same distribution
+    (a brain embedding is never in the database). Returns ``{"nprobe", "tuned_recall", "tuned_target",
+    "tuned_queries"}``.
+    """
     import faiss
 
     ivf = faiss.extract_index_ivf(index)
     rng = np.random.default_rng(seed)
-    base = normalised(vectors[np.sort(rng.choice(len(vectors), min(n_queries, len(vectors)), replace=False))])
-    q = normalised(base + normalised(rng.standard_normal(base.shape)))
-    _, truth = exact_topk(vectors, q, k)
+    own = np.sort(rng.choice(len(vectors), min(n_queries, len(vectors)), replace=False))
+    q = normalised(vectors[own])
+
+    def drop_self(ids: np.ndarray) -> np.ndarray:
+        return np.stack([row[row != i][:k] for row, i in zip(ids, own)])
+
+    truth = drop_self(exact_topk(vectors, q, k + 1)[1])
     nprobe, rec = 1, 0.0
     while True:
-        _, found = search_refined(index, q, k, embeddings=embeddings, refine=refine, nprobe=nprobe)
-        rec = recall_at(found, truth)
+        _, found = search_refined(index, q, k + 1, embeddings=embeddings, refine=refine, nprobe=nprobe)
+        rec = recall_at(drop_self(found), truth)
         if rec >= target or nprobe >= min(ivf.nlist, max_nprobe):
             break
         nprobe *= 2

@@ -7,7 +7,6 @@ shards (read with one seek per image through the offsets listed at build time).
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,11 +202,6 @@ def open_source(images: str | Path | Sequence[str | Path]) -> ImageSource:
 # ------------------------------------------------------------------------------------------------
 # Attached LAION / clip-retrieval collections: metadata in parquet, images behind URLs
 # ------------------------------------------------------------------------------------------------
-def natural_key(path: str | Path) -> list[Any]:
-    """Sort key putting metadata_2.parquet before metadata_10.parquet (clip-retrieval numbers its parts)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
 def _parquet() -> Any:
     try:
         import pyarrow.parquet as pq
