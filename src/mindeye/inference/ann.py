@@ -171,7 +171,6 @@ def train_index(vectors: np.ndarray, spec: dict[str, Any], out_dir: Path, *, see
         ivf.cp.seed = seed
         faiss.downcast_index(ivf).do_polysemous_training = False  # minutes of training, unused by our search
         index.train(normalised(vectors[sample]))
-        spec["n_train"] = int(n_train)
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
     return path

@@ -241,7 +241,7 @@ def finish_ann(tmp: Path, vectors: np.ndarray, state: dict[str, Any], *, index_t
         for stale in (ann.TRAINED, FAISS_FILE, ann.IVFDATA):
             (tmp / stale).unlink(missing_ok=True)
         shutil.rmtree(tmp / ann.SHARDS, ignore_errors=True)
-        state["index_spec"] = spec
+        state["index_spec"] = dict(spec)
         write_json_atomic(tmp / MANIFEST, state, indent=1)
     ann.build_ann(vectors, tmp, spec, shard_size=shard_size, seed=seed, progress=progress, run_shards=run_shards)
     desc: dict[str, Any] = {**spec, "metric": "inner_product", "normalised": True, "shard_size": shard_size}

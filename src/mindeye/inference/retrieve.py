@@ -70,6 +70,8 @@ def _check_encoders(run_encoder: str, index: DatabaseIndex, query: str, store: P
             cache = read_manifest(find_cache(store, run_encoder, weights)) or {}
         except MindEyeError:
             return  # no cache to compare with (targets computed elsewhere): nothing more to check
+        if index.manifest["fingerprint"] == "external":  # an attached index: its weights are the user's word
+            return
         if cache.get("fingerprint") and cache["fingerprint"] != index.manifest["fingerprint"]:
             raise MindEyeError(f"the run's {run_encoder} targets (fingerprint {cache['fingerprint'][:12]}) and the "
                                f"index {index.path} (fingerprint {index.manifest['fingerprint'][:12]}) come from "
