@@ -3,7 +3,7 @@
     PYTHONPATH=src python benchmarks/database_index.py --sizes 100000 1000000 --json bench.jsonl
     PYTHONPATH=src python benchmarks/database_index.py --sizes 20000 --queries 200     # smoke run
 
-Vectors: synthetic CLIP-like embeddings (768-d, unit norm, float16 on disk): 4096 random centres plus
+Vectors: synthetic CLIP-like embeddings (768-d, unit norm, float16 on disk): n / 200 random centres plus
 anisotropic noise with a decaying spectrum (``make_vectors``); queries are 1000 fresh vectors drawn the
 same way (not in the database). Ground truth: exact top-16 by brute force (numpy, chunked).
 
@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,11 +43,13 @@ DIM = 768
 K = 16
 
 
-def make_vectors(path: Path, n: int, seed: int, chunk: int = 100_000) -> None:
-    """CLIP-like: cluster centre + anisotropic noise whose spectrum decays like real embeddings' (variance of
-    the j-th principal direction ~ j^-1.4), in a random orientation; unit norm, float16."""
+def make_vectors(path: Path, n: int, seed: int, n_db: int, chunk: int = 100_000) -> None:
+    """CLIP-like: one of n / 200 cluster centres (so a query's 16 nearest neighbours are real neighbours, not
+    the noise floor) + anisotropic noise whose spectrum decays like real embeddings' (variance of the j-th
+    principal direction ~ j^-1.4), in a random orientation; unit norm, float16. ``n`` of the database sets
+    the centres for its queries too (same ``fixed`` generator)."""
     fixed = np.random.default_rng(1234)
-    centres = fixed.standard_normal((4096, DIM)).astype(np.float32) * 0.35
+    centres = fixed.standard_normal((max(64, n_db // 200), DIM)).astype(np.float32) * 0.35
     rotation = np.linalg.qr(fixed.standard_normal((DIM, DIM)))[0].astype(np.float32)
     scale = (np.arange(1, DIM + 1, dtype=np.float32) ** -0.7) * 3.0
     rng = np.random.default_rng(seed)
@@ -220,8 +222,8 @@ def main() -> None:
     for n in args.sizes:
         with tempfile.TemporaryDirectory(dir=args.work) as work:
             work_p = Path(work)
-            make_vectors(work_p / "embeddings.npy", n, seed=0)
-            make_vectors(work_p / "queries_f16.npy", args.queries, seed=1)
+            make_vectors(work_p / "embeddings.npy", n, seed=0, n_db=n)
+            make_vectors(work_p / "queries_f16.npy", args.queries, seed=1, n_db=n)
             queries = np.load(work_p / "queries_f16.npy").astype(np.float32)
             np.save(work_p / "queries.npy", queries)
             from mindeye.inference.ann import exact_topk

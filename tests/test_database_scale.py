@@ -5,6 +5,7 @@ metadata, URLs fetched on request), and the Spark build in local mode."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,9 @@ def test_attach_errors(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # The distributed build (Spark, local mode)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MINDEYE_SPARK") != "1",
+                    reason="starts Spark (JVM + Python workers, ~70 s here): set MINDEYE_SPARK=1 to run")
 def test_spark_build_local_mode_matches_local_build_and_resumes(tmp_path, capsys):
     pytest.importorskip("pyspark")
     from mindeye.inference.index import build_index
@@ -247,15 +251,16 @@ def test_spark_build_local_mode_matches_local_build_and_resumes(tmp_path, capsys
                         nlist=4, shard_size=40)
     spark = spark_session("local[2]")
     try:
-        moved = pics / "0100.png"
-        moved.rename(tmp_path / "0100.png")  # part 2 (images 80-119) fails: one clear error
+        broken = pics / "0100.png"
+        good = broken.read_bytes()
+        broken.write_bytes(b"not a png")  # part 2 (images 80-119) fails: one clear error
         with pytest.raises(MindEyeError, match=r"a Spark task failed: .*0100\.png"):
             build_index_spark(pics, "standin-clip-final", tmp_path / "dist", index_type="ivfpq", nlist=4, part_size=40,
                               shard_size=40, spark=spark)
         partial = tmp_path / "dist.partial" / "embeddings"
         done = {p.name: p.stat().st_mtime_ns for p in partial.iterdir()}
         assert "part-00002.npy" not in done and len(done) >= 1
-        (tmp_path / "0100.png").rename(moved)
+        broken.write_bytes(good)
         out = build_index_spark(pics, "standin-clip-final", tmp_path / "dist", index_type="ivfpq", nlist=4,
                                 part_size=40, shard_size=40, spark=spark)
     finally:
@@ -267,4 +272,4 @@ def test_spark_build_local_mode_matches_local_build_and_resumes(tmp_path, capsys
     np.testing.assert_allclose(db.embeddings(all_ids), ref.embeddings(all_ids), atol=1e-3)
     assert db.source.location == ref.source.location
     q = ref.embeddings(np.arange(0, 160, 10))
-    np.testing.assert_array_equal(db.search(q, 5, nprobe=4)[1][:, 0], np.arange(0, 160, 10))
+    np.testing.assert_array_equal(db.search(q, 5, nprobe=4, refine=32)[1][:, 0], np.arange(0, 160, 10))  # all 160 re-scored
