@@ -136,7 +136,8 @@ def empty_index(spec: dict[str, Any], dim: int) -> Any:
 
 
 def set_nprobe(index: Any, nprobe: int) -> None:
-    """Lists searched per query; an HNSW coarse quantizer explores >= 2 nprobe nodes (autofaiss' rule)."""
+    """Lists searched per query; an HNSW coarse quantizer explores max(64, 2 nprobe) nodes (autofaiss: 2 nprobe;
+    at small nprobe faiss' default 16 misses true lists: recall@16 0.95 vs 0.999 with a flat quantizer)."""
     import faiss
 
     try:
@@ -146,7 +147,7 @@ def set_nprobe(index: Any, nprobe: int) -> None:
     ivf.nprobe = int(max(1, min(nprobe, ivf.nlist)))
     quantizer = faiss.downcast_index(ivf.quantizer)
     if hasattr(quantizer, "hnsw"):
-        quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), 2 * ivf.nprobe)
+        quantizer.hnsw.efSearch = max(64, 2 * ivf.nprobe)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ class Embeddings:
 
 
 def search_refined(index: Any, queries: np.ndarray, k: int, *, embeddings: Embeddings | None = None,
-                   refine: int = 4, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   refine: int = 4, nprobe: int | None = None, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids), each ``(M, k)``, best first, for all unit-norm ``queries`` at once.
 
     With ``embeddings`` and ``refine > 1``, ``refine x k`` candidates per query are re-scored exactly
@@ -408,11 +409,13 @@ def search_refined(index: Any, queries: np.ndarray, k: int, *, embeddings: Embed
     if embeddings is None or refine <= 1:
         return index.search(queries, k)
     _, cand = index.search(queries, int(min(index.ntotal, refine * k)))
-    vecs = embeddings.rows(np.maximum(cand, 0))
-    scores = np.einsum("mcd,md->mc", vecs, queries, optimize=True)
+    scores = np.empty(cand.shape, dtype=np.float32)
+    for lo in range(0, len(queries), block):  # blocks keep the gathered vectors in cache (32 x 64 x 768 floats)
+        vecs = embeddings.rows(np.maximum(cand[lo:lo + block], 0))
+        scores[lo:lo + block] = np.einsum("mcd,md->mc", vecs, queries[lo:lo + block])
     scores[cand < 0] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    top = np.take_along_axis(scores, order, axis=1)
     ids = np.take_along_axis(cand, order, axis=1)
     ids[~np.isfinite(top)] = -1
     return top, ids
