@@ -26,9 +26,11 @@ of the vectors.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,33 @@ TRAINED = "trained.index"
 SHARDS = "shards"
 FAISS_FILE = "index.faiss"
 IVFDATA = "index.ivfdata"
+
+
+@contextlib.contextmanager
+def _quiet_faiss() -> Any:
+    """Silence faiss' C-level progress prints ("resizing ... to N bytes", "IO_FLAG_ONDISK_SAME_DIR: updating
+    ondisk filename ...") on the process' stdout/stderr; errors still arrive as Python exceptions."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -110,7 +139,7 @@ def choose_index(n: int, dim: int, *, index_type: str = "auto", max_memory: str 
         if spec["bytes"] <= budget or m is not None:
             return spec
     smallest = index_bytes({**spec, "m": choices[-1]}, n, dim)
-    raise MindEyeError(f"{n:,} vectors of dimension {dim} need at least {smallest / 2**30:.2f} GiB as IVF-PQ codes, "
+    raise MindEyeError(f"{n:,} vectors of dimension {dim} need at least {_size(smallest)} as IVF-PQ codes, "
                        f"more than --max-index-memory {max_memory}; raise it")
 
 
@@ -219,7 +248,8 @@ def merge_shards(out_dir: Path, n_shards: int) -> Path:
         raise MindEyeError(f"cannot merge {out_dir}: shard(s) {', '.join(missing[:5])} were not written")
     (out_dir / IVFDATA).unlink(missing_ok=True)  # a merge killed half-way starts again
     index = faiss.read_index(str(out_dir / TRAINED))
-    merge_ondisk(index, [str(p) for p in shards], str(out_dir / IVFDATA))
+    with _quiet_faiss():
+        merge_ondisk(index, [str(p) for p in shards], str(out_dir / IVFDATA))
     with atomic_path(final) as tmp:
         faiss.write_index(index, str(tmp))
     del index
@@ -294,7 +324,8 @@ def open_index(path: str | Path) -> Any:
     else:
         flags = faiss.IO_FLAG_MMAP
     try:
-        index = faiss.read_index(str(path), flags | faiss.IO_FLAG_READ_ONLY)
+        with _quiet_faiss():
+            index = faiss.read_index(str(path), flags | faiss.IO_FLAG_READ_ONLY)
     except (RuntimeError, MemoryError) as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise MindEyeError(f"cannot read the FAISS index {path} (corrupt, truncated or not a faiss index: "
