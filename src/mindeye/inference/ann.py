@@ -43,6 +43,7 @@ from mindeye.utils.files import atomic_path
 FLAT_MAX = 100_000  # auto: exact search below this many vectors (if it fits the budget), IVF-PQ above
 HNSW_FROM = 1000  # lists: from here on the coarse quantizer is an HNSW graph (autofaiss' threshold)
 ID_BYTES = 8  # per vector in an inverted list (faiss InvertedLists stores int64 ids)
+ADD_EF_SEARCH = 128  # HNSW coarse quantizer: nodes explored when assigning vectors to lists
 DEFAULT_MEMORY = "16G"  # autofaiss' default max_index_memory_usage
 TRAINED = "trained.index"
 SHARDS = "shards"
@@ -226,6 +227,9 @@ def add_shard(out_dir: Path, shard: int, vectors: np.ndarray, lo: int, *, chunk:
     if path.exists():
         return path
     index = faiss.read_index(str(Path(out_dir) / TRAINED))
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    if hasattr(quantizer, "hnsw"):  # assign each vector to its true nearest list (faiss' default 16 misses some)
+        quantizer.hnsw.efSearch = ADD_EF_SEARCH
     for s in range(0, len(vectors), chunk):
         block = normalised(vectors[s:s + chunk])
         index.add_with_ids(block, np.arange(lo + s, lo + s + len(block), dtype=np.int64))
