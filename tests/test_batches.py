@@ -101,11 +101,20 @@ def test_unknown_mode_is_a_clear_error():
         BatchLoader(torch.zeros(2, 2, dtype=torch.float16), [], np.arange(2), "cpu", mode="fast")
 
 
-def test_auto_is_the_reference_path_on_the_cpu():
-    loader = BatchLoader(torch.zeros(4, 3, dtype=torch.float16), [TargetTable("t", np.zeros((4, 2), np.float16))],
-                         np.arange(4), "cpu")
-    assert loader.mode == "simple"
-    assert loader.resident_bytes() == 4 * 3 * 2 + 4 * 2 * 2
+def test_auto_on_the_cpu_is_resident_when_the_tables_fit_in_ram(monkeypatch):
+    import mindeye.training.batches as batches
+
+    def loader():
+        return BatchLoader(torch.zeros(4, 3, dtype=torch.float16), [TargetTable("t", np.zeros((4, 2), np.float16))],
+                           np.arange(4), "cpu")
+
+    assert loader().resident_bytes() == 4 * 3 * 2 + 4 * 2 * 2
+    assert batches.available_host_bytes() > 0
+    assert loader().mode == "resident"
+    monkeypatch.setattr(batches, "available_host_bytes", lambda: 4 * (4 * 3 * 2 + 4 * 2 * 2) - 1)  # > 25 % of RAM
+    assert loader().mode == "simple"
+    monkeypatch.setattr(batches, "available_host_bytes", lambda: None)  # unknown: the path that needs no copy
+    assert loader().mode == "simple"
 
 
 def _wait_thread_gone(timeout: float = 5.0) -> bool:

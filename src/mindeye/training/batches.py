@@ -21,6 +21,7 @@ repetition mix is the same float32 einsum); tests/test_batches.py checks it.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import warnings
@@ -92,6 +93,21 @@ def _mix(vox: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.einsum("br,brv->bv", weights, vox.float())
 
 
+def available_host_bytes() -> int | None:
+    """RAM available to new allocations (Linux MemAvailable; elsewhere free pages), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class BatchLoader:
     """Turns a sequence of :class:`Request` into dicts of float32 device tensors.
 
@@ -128,7 +144,10 @@ class BatchLoader:
         if mode != "auto":
             return mode
         if self.device.type != "cuda":
-            return "simple"
+            # On the CPU "resident" holds the float16 tables in RAM and indexes them there: at NSD scale
+            # 4.9x the simple path's memory-map reads and 1.2x the gather floor (benchmarks/README.md).
+            free = available_host_bytes()
+            return "resident" if free is not None and self.resident_bytes() <= fraction * free else "simple"
         free, _ = torch.cuda.mem_get_info(self.device)
         return "resident" if self.resident_bytes() <= fraction * free else "prefetch"
 
