@@ -49,8 +49,9 @@ class DemoConfig:
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
     report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
-    # On a CPU with >= 2 cores, run the EfficientNet-Lite0 target run (embedding + training) in a second
-    # process beside the main models' training (each on one thread): the stages share no data.
+    # On a CPU with >= 2 cores, train the low-level model and run the EfficientNet-Lite0 target run
+    # (embedding + training) in processes of their own beside the high-level training (each on
+    # cpu_threads threads): these stages share no data.
     parallel_stages: bool = True
     batch_brains: int = 10  # brain samples per generator batch in the reconstructions (same images, less overhead)
 
@@ -145,12 +146,16 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     runs = out / "runs"
     results: dict[str, Any] = {}
     lane = _start_offline_lane(demo, out, store, runs, device)
+    low_lane = _start_train_lane(demo, low_cfg_path, runs / "lowlevel", store, out, device,
+                                 "the low-level model (voxels -> VAE latent)")
     try:
-        _main_lane(demo, out, store, runs, results, device, high_cfg_path, low_cfg_path, ridge_cfg_path, lane)
+        _main_lane(demo, out, store, runs, results, device, high_cfg_path, low_cfg_path, ridge_cfg_path, lane,
+                   low_lane)
     finally:
-        if lane is not None and lane.is_alive():  # the main lane failed or was interrupted
-            lane.terminate()
-            lane.join()
+        for started in (lane, low_lane):
+            if started is not None and started.is_alive():  # the main lane failed or was interrupted
+                started.terminate()
+                started.join()
 
     results["wall_seconds"] = time.perf_counter() - t_start
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -161,7 +166,8 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
 
 
 def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str,
-               high_cfg_path: Path, low_cfg_path: Path, ridge_cfg_path: Path | None, lane: Any) -> None:
+               high_cfg_path: Path, low_cfg_path: Path, ridge_cfg_path: Path | None, lane: Any,
+               low_lane: Any = None) -> None:
     from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
 
     if ridge_cfg_path:
@@ -173,9 +179,10 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
     if lane is not None:
         lane.highlevel_done.set()  # the second process may now lay out the report's UMAP
     _done(t0)
-    t0 = _step("train the low-level model (voxels -> VAE latent)")
-    _train(low_cfg_path, runs / "lowlevel", store, demo)
-    _done(t0)
+    if low_lane is None:
+        t0 = _step("train the low-level model (voxels -> VAE latent)")
+        _train(low_cfg_path, runs / "lowlevel", store, demo)
+        _done(t0)
 
     # 4. retrieval
     t0 = _step("retrieval evaluation (300-way, both directions, 30 draws)")
@@ -185,6 +192,8 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
     print(retrieval_table(retrieval))
     results["retrieval"] = retrieval
     _done(t0)
+    if low_lane is not None:
+        _join_train_lane(low_lane, out)
 
     if lane is None:
         _stage_offline_target(demo, out, store, runs, results, device)
@@ -239,7 +248,59 @@ def _offline_semantics(retrieval: dict, runs: Path, results: dict, device: str) 
                   f"{s['error_attr_cos']:.3f}, same main-object category {100 * s['error_same_category']:.1f}%")
 
 
-# -- the second lane: the EfficientNet-Lite0 target run in its own process ---------------------------------
+# -- stages in processes of their own (a CPU with >= 2 cores; each process on demo.cpu_threads threads) --------
+def _lanes_enabled(demo: DemoConfig, device: str) -> bool:
+    import os
+
+    return demo.parallel_stages and device == "cpu" and (os.cpu_count() or 1) >= 2
+
+
+def _start_train_lane(demo: DemoConfig, cfg_path: Path, run: Path, store: Path, out: Path, device: str,
+                      title: str) -> Any:
+    """Train ``run`` in a process of its own (None: lanes are off; the main process trains it later)."""
+    import multiprocessing
+
+    if not _lanes_enabled(demo, device):
+        return None
+    log, result = out / f"{run.name}-train.log", out / f"{run.name}-train.json"
+    result.unlink(missing_ok=True)
+    print(f"\n== started in its own process: train {title} (log: {log})", flush=True)
+    lane = multiprocessing.get_context("spawn").Process(
+        target=_train_lane_main, args=(demo, str(cfg_path), str(run), str(store), str(log), str(result)), daemon=True)
+    lane.start()
+    lane.t0, lane.title, lane.log, lane.result = time.perf_counter(), title, log, result
+    return lane
+
+
+def _train_lane_main(demo: DemoConfig, cfg_path: str, run: str, store: str, log_path: str, result: str) -> None:
+    import contextlib
+    import traceback
+
+    from mindeye.utils.files import write_json_atomic
+
+    if demo.cpu_threads:
+        torch.set_num_threads(demo.cpu_threads)
+    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            _train(Path(cfg_path), Path(run), Path(store), demo, progress=False)
+            write_json_atomic(Path(result), {"done": True})
+        except BaseException as exc:  # reported by the main process, which reads this file
+            traceback.print_exc()
+            write_json_atomic(Path(result), {"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _join_train_lane(lane: Any, out: Path) -> None:
+    t0 = _step(f"train {lane.title} (ran in its own process)")
+    lane.join()
+    done = json.loads(lane.result.read_text()) if lane.result.exists() else {"error": f"exit code {lane.exitcode}"}
+    if "error" in done:
+        raise MindEyeError(f"training {lane.title} failed ({done['error']}); its log is {lane.log}. Re-run the "
+                           "demo to resume it")
+    print(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
+    _done(t0)
+
+
+# -- the EfficientNet-Lite0 target run in its own process ------------------------------------------------------
 LANE_LOG = "offline-target.log"
 LANE_RESULT = "offline-target.json"
 
@@ -247,12 +308,10 @@ LANE_RESULT = "offline-target.json"
 def _start_offline_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, device: str) -> Any:
     """Start the EfficientNet-Lite0 target run in a second process (None: run it inline later)."""
     import multiprocessing
-    import os
 
     from mindeye.encoders.effnet_lite import available
 
-    if (not demo.parallel_stages or not demo.offline_target_config or device != "cpu"
-            or (os.cpu_count() or 1) < 2 or available() is not None):
+    if not _lanes_enabled(demo, device) or not demo.offline_target_config or available() is not None:
         return None
     (out / LANE_RESULT).unlink(missing_ok=True)
     print(f"\n== started in a second process: the EfficientNet-Lite0 target run (log: {out / LANE_LOG})",
