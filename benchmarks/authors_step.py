@@ -277,6 +277,12 @@ def _clip_vit_l14_random(small: bool) -> Callable[..., Any]:
 
 
 # ------------------------------------------------------------------------------------------------ theirs
+def no_decay_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> set[str]:
+    """Names of the parameters their optimizer groups put at weight decay 0."""
+    ids = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
 class AuthorsHigh:
     """Their high-level training (Train_MindEye.py), built and stepped by their own statements."""
 
@@ -379,9 +385,7 @@ class AuthorsHigh:
                 for k, v in self.model.state_dict().items()}
 
     def no_decay_names(self) -> set[str]:
-        opt = self.ns["optimizer"]
-        ids = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-        return {n for n, p in self.model.named_parameters() if id(p) in ids}
+        return no_decay_names(self.model, self.ns["optimizer"])
 
     def step(self, batch: dict[str, Any]) -> None:
         ns = self.ns
@@ -470,9 +474,7 @@ class AuthorsLow:
                 for n, p in self.model.named_parameters()}
 
     def no_decay_names(self) -> set[str]:
-        opt = self.ns["optimizer"]
-        ids = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-        return {n for n, p in self.model.named_parameters() if id(p) in ids}
+        return no_decay_names(self.model, self.ns["optimizer"])
 
     def step(self, batch: dict[str, Any]) -> None:
         ns = self.ns

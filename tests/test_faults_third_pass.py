@@ -15,16 +15,7 @@ from mindeye.cli import main
 from mindeye.config import dump_config, load_config
 from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
-
-REPO = Path(__file__).resolve().parents[1]
-HIGH = str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml")
-TINY = ["model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.projector.hidden=32",
-        "model.prior.depth=1", "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32",
-        "train.log_every=5", "data.val_images=0", "train.val_every=100"]
-
-
-def sets(*overrides: str) -> list[str]:
-    return [a for o in (*TINY, *overrides) for a in ("--set", o)]
+from test_faults import HIGH, TINY, sets  # the same tiny runs as the first passes
 
 
 def cli(capsys, *argv) -> tuple[int, str]:
