@@ -120,12 +120,12 @@ class ModelConfig:
     """Which model to train and the sizes of its parts."""
 
     kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # pipeline: high-level, low-level or ridge
+    ridge_residual: bool = False  # ridge-first: a closed-form ridge map voxels -> targets, the network learns a residual over it (docs/small-data.md)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # high-level backbone
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # contrastive projector
     prior: PriorConfig = field(default_factory=PriorConfig)  # diffusion prior
     lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)  # low-level pipeline
     ridge: RidgeConfig = field(default_factory=RidgeConfig)  # ridge baseline
-    ridge_residual: bool = False  # ridge-first: a closed-form ridge map voxels -> targets, the network learns a residual over it (docs/small-data.md)
 
 
 @dataclass

@@ -27,12 +27,15 @@ SMALL_DATA_IMAGES = 2000
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted keys of the values set in ``data`` (sections are not values: `model: {...}` chooses
+    only what it holds)."""
     keys: set[str] = set()
     for k, v in data.items():
         key = f"{prefix}{k}"
-        keys.add(key)
         if isinstance(v, dict):
             keys |= _flatten(v, key + ".")
+        elif v is not None or prefix:  # an empty section (`train:`) chooses nothing; `max_steps: null` does
+            keys.add(key)
     return keys
 
 
