@@ -39,8 +39,8 @@ METRICS = (("image_to_brain", "image retr.", True), ("brain_to_image", "brain re
 
 
 def val_images(n: int) -> int:
-    from mindeye.training.size_defaults import size_settings
     from mindeye.config import Config
+    from mindeye.training.size_defaults import size_settings
 
     return size_settings(Config(), n, has_val_split=False)[0].get("data.val_images", 100)
 

@@ -38,7 +38,7 @@ def test_ridge_first_models_start_as_their_ridge_map():
     assert latent.shape == (5, 4, 16, 16) and tokens is not None
     torch.testing.assert_close(latent, low.ridge.predict(x).view_as(latent))
     # the layout is opt-in: the paper's model has no ridge map
-    assert getattr(build_model(load_config("demo-highlevel", TINY_HIGH).model, 30), "ridge") is None
+    assert build_model(load_config("demo-highlevel", TINY_HIGH).model, 30).ridge is None
 
 
 def test_ridge_alpha_is_chosen_on_whole_held_out_images():
