@@ -68,7 +68,9 @@ def test_user_keys_and_size_settings(tmp_path):
     small, why = size_settings(Config(), 100, has_val_split=False)
     assert small["model.ridge_residual"] and small["train.select_best"] and small["data.val_images"] == 20
     assert "100 training images" in why
-    assert size_settings(Config(), SMALL_DATA_IMAGES, has_val_split=False)[0] == {}
+    assert size_settings(Config(), SMALL_DATA_IMAGES["mindeye"], has_val_split=False)[0] == {}
+    low = load_config("demo-lowlevel")
+    assert size_settings(low, SMALL_DATA_IMAGES["mindeye"], has_val_split=False)[0]["model.ridge_residual"]
     ridge = load_config("demo-ridge")
     assert size_settings(ridge, 300, has_val_split=False)[0] == {"data.val_images": 60}
     assert "data.val_images" not in size_settings(Config(), 300, has_val_split=True)[0]
@@ -163,7 +165,7 @@ def test_train_cli_prints_the_size_aware_line(tiny_store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     line = next(x for x in out.splitlines() if x.startswith("size-aware defaults:"))
-    assert "240 training images (< 2000)" in line and "train.select_best=true" in line
+    assert "240 training images (< 1000 for a mindeye run)" in line and "train.select_best=true" in line
     assert "kept your model.ridge_residual" in line
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "ridge_check" in info  # a network without the ridge map is checked against a fitted ridge
