@@ -89,6 +89,31 @@ def blurry_scores(run: Path, store: Path) -> dict[str, float]:
             "ssim": float(ssim_gray(rgb_to_gray(recon), rgb_to_gray(real)).mean())}
 
 
+KIND_KEYS = {"high": ("image_to_brain", "brain_to_image"), "low": ("pixcorr", "ssim")}
+
+
+def same_as_today(out: Path, method: str, size: int | None, n_train: int, seed: int, store: Path,
+                  epochs: int | None, high: Any, low: Any) -> dict[str, dict[str, Any]]:
+    """{kind: today's result} for the pipelines whose new config equals today's (size_defaults aside)."""
+    from mindeye.config import to_dict
+
+    if method != "new":
+        return {}
+    today_file = out / "results" / (f"today-{size or 'all'}-s{seed}" + (f"-e{epochs}" if epochs is not None else "")
+                                    + ".json")
+    if not today_file.exists():
+        return {}
+    today = json.loads(today_file.read_text())
+    t_high, t_low, _ = configs("today", size, n_train, seed, store, epochs)
+
+    def plain(cfg: Any) -> dict[str, Any]:
+        d = to_dict(cfg)
+        d["train"].pop("size_defaults")
+        return d
+
+    return {kind: today for kind, a, b in (("high", high, t_high), ("low", low, t_low)) if plain(a) == plain(b)}
+
+
 def one(out: Path, store: Path, method: str, size: int | None, n_train: int, seed: int,
         epochs: int | None = None) -> dict[str, Any]:
     from mindeye.evaluation.run_eval import evaluate_retrieval
@@ -102,7 +127,12 @@ def one(out: Path, store: Path, method: str, size: int | None, n_train: int, see
     t0 = time.perf_counter()
     res: dict[str, Any] = {"method": method, "size": size or n_train, "seed": seed, "size_defaults": line,
                            "epochs": high.train.epochs if method != "ridge" else None}
+    same = same_as_today(out, method, size, n_train, seed, store, epochs, high, low)
     for kind, cfg in (("high", high), ("low", low)):
+        if kind in same:  # the size-aware defaults changed nothing: today's run is this run (deterministic)
+            res.update({k: v for k, v in same[kind].items() if k.startswith(kind) or k in KIND_KEYS[kind]})
+            res[f"{kind}_same_as_today"] = True
+            continue
         run = out / "runs" / f"{tag}-{kind}"
         if run.exists():  # an interrupted run: start it again
             import shutil
