@@ -187,3 +187,27 @@ def test_train_images_subset_is_seeded(tiny_store):
 
     with pytest.raises(MindEyeError, match="data.train_images=9999"):
         train_val_images(store, load_config("demo-ridge", ["data.train_images=9999"]))
+
+
+def test_ridge_first_run_resumes_exactly(tiny_store, tmp_path):
+    """Stopped part-way through epoch 2 and resumed: the same weights and selection as in one go."""
+    from safetensors.torch import load_file
+
+    from mindeye.training.trainer import Trainer
+
+    sets = [*TINY_HIGH, "model.ridge_residual=true", "train.select_best=true", "data.val_images=40",
+            "data.train_on_val=false", "train.epochs=2", "train.val_every=1"]
+    Trainer(load_config("demo-highlevel", sets), tmp_path / "full", store=tiny_store, device="cpu",
+            progress=False).fit()
+    part = Trainer(load_config("demo-highlevel", sets), tmp_path / "part", store=tiny_store, device="cpu",
+                   progress=False)
+    records = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = next(r["step"] for r in records if r.get("epoch") == 1 and "val_brain_to_image" in r)
+    part.cfg.train.max_steps = per_epoch + per_epoch // 2
+    part.fit()
+    Trainer(load_config("demo-highlevel", sets), tmp_path / "part", store=tiny_store, device="cpu", progress=False,
+            resume=True).fit()
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "part" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    info = [json.loads((tmp_path / r / "run.json").read_text()) for r in ("full", "part")]
+    assert info[0]["selected_epoch"] == info[1]["selected_epoch"] and info[0]["ridge_check"] == info[1]["ridge_check"]

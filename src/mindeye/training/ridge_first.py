@@ -124,6 +124,13 @@ class BestEpoch:
             scores = {k[4:]: v for k, v in rec.items() if k.startswith("val_")}
             if scores:
                 self.offer(int(rec.get("epoch", 0)), scores, None)
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            saved_epoch = (f.metadata() or {}).get("epoch")
+        if saved_epoch != str(self.epoch):  # weights of an epoch the resumed run no longer has: start afresh
+            self.epoch, self.score, self.scores = None, None, {}
+            self.path.unlink()
 
     def offer(self, epoch: int, scores: dict[str, float], model: torch.nn.Module | None) -> bool:
         """Keep ``epoch`` if it beats the best so far (strictly: ties keep the earlier, simpler model)."""

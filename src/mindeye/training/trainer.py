@@ -223,6 +223,8 @@ class Trainer:
         model = build_model(cfg.model, n_voxels).to(self.device)
         has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
         ridge_alpha = None
+        if cfg.model.ridge_residual and has_checkpoint and (self.run_dir / "run.json").exists():
+            ridge_alpha = json.loads((self.run_dir / "run.json").read_text()).get("ridge_alpha")  # fitted before
         if cfg.model.ridge_residual and not has_checkpoint:
             t_ridge = time.perf_counter()
             ridge_alpha = fit_ridge_map(model.ridge, self.store, task.images, task.ridge_targets,
@@ -360,8 +362,8 @@ class Trainer:
             epoch_complete = step == done * steps_per_epoch
             saved = full_model_state(model) if sharded else model  # gathering is a collective
             last_done = done
-            if cfg.train.select_best and self.dist.is_main and validated and last_eval:
-                best.offer(done, last_eval, saved)
+            if cfg.train.select_best and self.dist.is_main and validated and last_eval and epoch_complete:
+                best.offer(done, last_eval, saved)  # a part epoch (train.max_steps) is no candidate
             opt_state = full_optimizer_state(model, optimizer) if sharded and epoch_complete else None
             if self.dist.is_main and epoch_complete:
                 state = {"epoch": done, "step": step, "optimizer": opt_state or optimizer.state_dict(),
