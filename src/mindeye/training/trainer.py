@@ -249,6 +249,18 @@ class Trainer:
             if ridge_alpha is not None:
                 extra["ridge_alpha"] = ridge_alpha
             write_run_files(self.run_dir, cfg, self._run_info(model, **extra))
+        # Small data (docs/small-data.md): the best validation epoch, epoch 0 included (a ridge-first
+        # model's epoch 0 is its ridge regression, the reference the run is checked against). Epoch 0 is
+        # scored before any sharding, by the main process alone.
+        best = BestEpoch(self.run_dir, cfg.model.kind)
+        has_val = task.val is not None and len(task.val) >= 2 and not self.shared_layout
+        if has_val and (cfg.train.select_best or cfg.model.ridge_residual) and self.dist.is_main and not has_checkpoint:
+            first = task.validate(model)
+            self._log(self.run_dir / "metrics.jsonl", {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in first.items()}})
+            best.offer(0, first, model if cfg.train.select_best else None)
+            if self.progress:
+                print("epoch 0 (before training" + (", = the ridge map" if cfg.model.ridge_residual else "") + "): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
         sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
         resume_state = None
         if sharded and has_checkpoint:  # full weights go in before the parameters are sharded
@@ -296,19 +308,8 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl"
         last_eval: dict[str, Any] = {}
         guard = DivergenceGuard(self.device, self.dist)
-        # Small data (docs/small-data.md): the best validation epoch, epoch 0 included (a ridge-first
-        # model's epoch 0 is its ridge regression, the reference the run is checked against).
-        best = BestEpoch(self.run_dir, cfg.model.kind)
-        has_val = task.val is not None and len(task.val) >= 2 and not self.shared_layout
         if has_checkpoint and cfg.train.select_best:
             best.resume(log_path)
-        elif has_val and (cfg.train.select_best or cfg.model.ridge_residual) and self.dist.is_main and not sharded:
-            first = task.validate(model)
-            self._log(log_path, {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in first.items()}})
-            best.offer(0, first, model if cfg.train.select_best else None)
-            if self.progress:
-                print("epoch 0 (before training" + (", = the ridge map" if cfg.model.ridge_residual else "") + "): "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
         last_done = start_epoch
         for epoch in range(start_epoch, cfg.train.epochs):
             ddp_model.train()
