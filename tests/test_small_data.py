@@ -4,6 +4,7 @@ defaults and the low-level ridge baseline, on the tiny simulated subject."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,26 @@ def test_ridge_first_run_resumes_exactly(tiny_store, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     info = [json.loads((tmp_path / r / "run.json").read_text()) for r in ("full", "part")]
     assert info[0]["selected_epoch"] == info[1]["selected_epoch"] and info[0]["ridge_check"] == info[1]["ridge_check"]
+
+
+def test_benchmark_configs_and_table(tiny_store):
+    """benchmarks/small_data.py: the three methods' configs at one size, and its mean ± sd table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "small_data.py"
+    spec = importlib.util.spec_from_file_location("small_data_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ridge_high, ridge_low, _ = bench.configs("ridge", 100, 100, 1, tiny_store)
+    today_high, today_low, _ = bench.configs("today", 100, 100, 1, tiny_store, epochs=3)
+    new_high, new_low, line = bench.configs("new", 100, 100, 1, tiny_store, epochs=3)
+    assert ridge_low.model.ridge.target == "lowlevel" and ridge_high.data.val_images == 20
+    assert not today_high.model.ridge_residual and today_high.data.val_images == 20 and today_high.train.epochs == 3
+    assert new_high.model.ridge_residual and new_low.model.ridge_residual and new_high.data.val_images == 20
+    assert not new_high.model.prior.enabled and new_high.data.train_images == 100 and "100 training images" in line
+    rows = [{"method": m, "size": 100, "seed": s, "image_to_brain": 0.1 * s, "brain_to_image": 0.05, "pixcorr": 0.4,
+             "ssim": 0.75} for m in bench.METHODS for s in (1, 2)]
+    summary = bench.summarise(rows)
+    assert summary["100"]["new"]["image_to_brain"][:2] == pytest.approx([0.15, 0.0707], abs=1e-4)
+    table = bench.markdown(summary, 2)
+    assert "| 100 | MindEye, size-aware defaults | 15.0 ± 7.1% | 5.0 ± 0.0% | .400 ± .000 | .750 ± .000 |" in table
