@@ -101,11 +101,20 @@ def test_unknown_mode_is_a_clear_error():
         BatchLoader(torch.zeros(2, 2, dtype=torch.float16), [], np.arange(2), "cpu", mode="fast")
 
 
-def test_auto_is_the_reference_path_on_the_cpu():
-    loader = BatchLoader(torch.zeros(4, 3, dtype=torch.float16), [TargetTable("t", np.zeros((4, 2), np.float16))],
-                         np.arange(4), "cpu")
-    assert loader.mode == "simple"
-    assert loader.resident_bytes() == 4 * 3 * 2 + 4 * 2 * 2
+def test_auto_on_the_cpu_is_resident_when_the_tables_fit_in_ram(monkeypatch):
+    import mindeye.training.batches as batches
+
+    def loader():
+        return BatchLoader(torch.zeros(4, 3, dtype=torch.float16), [TargetTable("t", np.zeros((4, 2), np.float16))],
+                           np.arange(4), "cpu")
+
+    assert loader().resident_bytes() == 4 * 3 * 2 + 4 * 2 * 2
+    assert batches.available_host_bytes() > 0
+    assert loader().mode == "resident"
+    monkeypatch.setattr(batches, "available_host_bytes", lambda: 4 * (4 * 3 * 2 + 4 * 2 * 2) - 1)  # > 25 % of RAM
+    assert loader().mode == "simple"
+    monkeypatch.setattr(batches, "available_host_bytes", lambda: None)  # unknown: the path that needs no copy
+    assert loader().mode == "simple"
 
 
 def _wait_thread_gone(timeout: float = 5.0) -> bool:
@@ -166,3 +175,19 @@ def test_training_metrics_are_identical_across_data_paths(tiny_store, tmp_path):
         assert len(runs[("simple", kind)]) > 4
         assert runs[("resident", kind)] == runs[("simple", kind)]
         assert runs[("prefetch", kind)] == runs[("simple", kind)]
+
+
+def test_simple_path_gathers_in_ram_tables_and_memory_maps_alike(tmp_path):
+    """The simple path's in-RAM gather (index_select) and its sorted memory-map reads give the same batch."""
+    from mindeye.training.batches import BatchLoader, Request, TargetTable
+
+    rng = np.random.default_rng(0)
+    plain = rng.normal(size=(12, 3, 4)).astype(np.float16)
+    np.save(tmp_path / "t.npy", plain)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    voxels = torch.from_numpy(rng.normal(size=(20, 7)).astype(np.float16))
+    req = Request(np.array([5, 0, 19, 5]), np.array([11, 2, 2, 7]))
+    a = next(iter(BatchLoader(voxels, [TargetTable("t", plain)], np.arange(12), "cpu", mode="simple").batches([req])))
+    b = next(iter(BatchLoader(voxels, [TargetTable("t", mapped)], np.arange(12), "cpu", mode="simple").batches([req])))
+    assert torch.equal(a["t"], b["t"]) and torch.equal(a["t"], torch.from_numpy(plain[[11, 2, 2, 7]].astype(np.float32)))
+    assert torch.equal(a["voxels"], voxels[[5, 0, 19, 5]].float()) and a["voxels"].dtype == torch.float32

@@ -21,7 +21,8 @@ def test_data_throughput_tiny_run_times_every_mode(tmp_path, capsys):
     rows = _load("data_throughput").main(["--tiny", "--batches", "4", "--rounds", "2", "--step-ms", "1", "--scratch",
                                           str(tmp_path), "--json", str(tmp_path / "rows.jsonl")])
     got = {(r["pipeline"], r["step_ms"], r["mode"]) for r in rows}
-    assert got == {(p, s, m) for p in ("high", "low") for s in (0.0, 1.0) for m in ("simple", "prefetch", "resident")}
+    assert got == {(p, s, m) for p in ("high", "low") for s in (0.0, 1.0)
+                   for m in ("simple", "prefetch", "resident", "floor")}
     assert all(r["batches"] == 4 and len(r["round_rates"]) == 2 and r["batches_per_s"] > 0 for r in rows)
     assert "| high | 0 ms | prefetch |" in capsys.readouterr().out
     assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == len(rows)

@@ -284,8 +284,8 @@ def _brain(run: Path) -> tuple[np.ndarray, np.ndarray]:
     from mindeye.data.splits import load_eval_split
     from mindeye.runs import embed_voxels, load_run_model
 
-    _, _, model, subject = load_run_model(run)
-    test = load_eval_split(subject, subject.image_indices("test"), "averaged")
+    cfg, _, model, subject = load_run_model(run)
+    test = load_eval_split(subject, subject.image_indices("test"), "averaged", cfg.data.test_repetitions)
     return embed_voxels(model, test.voxels, "cpu").numpy(), test.image_index
 
 

@@ -273,3 +273,20 @@ def test_sample_reproducible_with_generator():
     assert (a - c).abs().max() > 1e-4
     with pytest.raises(ValueError, match="timesteps"):
         prior.sample(brain, timesteps=101)
+
+
+@pytest.mark.parametrize("timesteps", [None, 5])  # DDPM over the whole chain, and DDIM
+def test_sampling_with_one_generator_per_group_equals_sampling_each_group_alone(timesteps):
+    prior = DiffusionPrior(tiny_net().eval(), timesteps=12)
+    brain = inputs(prior.net, b=6)[2]
+    seeds = [3, 4, 5]
+    batched = prior.sample(brain, cond_scale=2.0, timesteps=timesteps,
+                           generator=[torch.Generator().manual_seed(s) for s in seeds])
+    alone = torch.cat([prior.sample(brain[2 * j:2 * j + 2], cond_scale=2.0, timesteps=timesteps,
+                                    generator=torch.Generator().manual_seed(s)) for j, s in enumerate(seeds)])
+    torch.testing.assert_close(batched, alone, rtol=1e-9, atol=1e-9)
+    swapped = prior.sample(brain, cond_scale=2.0, timesteps=timesteps,
+                           generator=[torch.Generator().manual_seed(s) for s in (4, 3, 5)])
+    assert not torch.allclose(swapped[:2], batched[:2])  # each group really draws from its own generator
+    with pytest.raises(ValueError, match="equal generator groups"):
+        prior.sample(brain[:5], generator=[torch.Generator() for _ in seeds])

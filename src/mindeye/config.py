@@ -35,6 +35,7 @@ class DataConfig:
 
     store: str | None = None  # path of a prepared subject store (mindeye simulate / prepare)
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
+    test_repetitions: Literal["pad3", "available"] = "pad3"  # averaged test of an image seen < 3 times: padded to three, [a, b, a] (authors' data) or its available repetitions equally
     val_images: int = 0  # train images held out for validation when the store has no val split
     train_images: int | None = None  # use a seeded random subset of N of the store's train images (learning curves); null = all
     train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
@@ -52,6 +53,7 @@ class TargetsConfig:
     teacher_encoder: str = "vicregl-convnext"  # contrastive teacher of the low-level pipeline
     teacher_weights: str | None = None  # weights of teacher_encoder; None = its default id
     augmented_views: int = 0  # K cached augmented views per image sampled at train time (0 = none)
+    online: bool = False  # high-level targets computed every step from images augmented the authors' way (kornia), not read from the cache
     clip_preprocess: Literal["reference", "processor"] = "reference"  # CLIP targets: float bicubic, no antialias (authors) or HF processor (uint8, antialiased)
     blurry_decoder_weights: str | None = None  # VAE that decodes blurry images; None = lowlevel_weights (paper: Versatile Diffusion's)
 
@@ -150,12 +152,14 @@ class TrainConfig:
     mixco_prob: float = 0.5  # probability that a sample is mixed
     mixco_self_label: Literal["assign", "add"] = "assign"  # label of a sample mixed with itself: assigned 1-lambda (authors) or lambda + (1-lambda)
     mixco_temperature: float = 0.006  # BiMixCo temperature
+    prior_targets: Literal["unmixed", "mixed"] = "unmixed"  # prior (and backbone MSE) targets under MixCo: the unmixed CLIP targets (authors) or mixed like the voxels (paper text)
     soft_temperature_start: float = 0.004  # SoftCLIP temperature when SoftCLIP starts (cosine-annealed)
     soft_temperature_end: float = 0.0075  # SoftCLIP temperature at the last epoch
     prior_loss_weight: float = 30.0  # reference's weight (paper's alpha 0.3 is on a differently scaled loss)
     lowlevel_loss: Literal["l1", "mse"] = "l1"  # latent reconstruction loss of the low-level pipeline
     lowlevel_contrastive_weight: float = 0.1  # weight of the low-level contrastive (teacher) loss
     lowlevel_temperature: float = 0.075  # SoftCLIP temperature of the low-level contrastive loss
+    lowlevel_contrastive_views: Literal["two", "one"] = "two"  # soft labels clean x augmented teacher, logits student x augmented teacher (authors; augmented = a cached view 1..K) or one teacher view for both
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     val_every: int = 1  # epochs between validation retrieval evaluations
     max_steps: int | None = None  # stop early (smoke tests / benchmarks)

@@ -52,6 +52,10 @@ class DemoConfig:
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
     report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
+    # On a CPU with >= 2 cores, run the EfficientNet-Lite0 target run (embedding + training) in a second
+    # process beside the main models' training (each on one thread): the stages share no data.
+    parallel_stages: bool = True
+    batch_brains: int = 10  # brain samples per generator batch in the reconstructions (same images, less overhead)
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -86,7 +90,7 @@ def _model_config(config_path: Path, demo: DemoConfig, store: Path | None = None
     return cfg
 
 
-def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig) -> dict[str, Any]:
+def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig, progress: bool = True) -> dict[str, Any]:
     from mindeye.training.trainer import Trainer
 
     cfg = _model_config(config_path, demo, store)
@@ -94,12 +98,11 @@ def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig) -> dict[
         print(f"   {run} already trained")
         return {}
     resume = (run / "checkpoint").exists()
-    return Trainer(cfg, run, store=store, device=demo.device, resume=resume).fit()
+    return Trainer(cfg, run, store=store, device=demo.device, resume=resume, progress=progress).fit()
 
 
 def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
     from mindeye.encoders.cache import embed_store
-    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
 
     demo, base = load_demo_config(config, overrides)
     if demo.cpu_threads and not torch.cuda.is_available():
@@ -152,12 +155,34 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     # 3. training
     runs = out / "runs"
     results: dict[str, Any] = {}
+    lane = _start_offline_lane(demo, out, store, runs, device)
+    try:
+        _main_lane(demo, out, store, runs, results, device, high_cfg_path, low_cfg_path, ridge_cfg_path, lane)
+    finally:
+        if lane is not None and lane.is_alive():  # the main lane failed or was interrupted
+            lane.terminate()
+            lane.join()
+
+    results["wall_seconds"] = time.perf_counter() - t_start
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nresults: {out / 'results.json'}  ({results['wall_seconds']:.0f} s in all)")
+    if (out / "report.html").exists():
+        print(f"report:  {out / 'report.html'}")
+    return results
+
+
+def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str,
+               high_cfg_path: Path, low_cfg_path: Path, ridge_cfg_path: Path | None, lane: Any) -> None:
+    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
+
     if ridge_cfg_path:
         t0 = _step("train the ridge baseline")
         _train(ridge_cfg_path, runs / "ridge", store, demo)
         _done(t0)
     t0 = _step("train the high-level model (BiMixCo -> SoftCLIP, diffusion prior)")
     _train(high_cfg_path, runs / "highlevel", store, demo)
+    if lane is not None:
+        lane.highlevel_done.set()  # the second process may now lay out the report's UMAP
     _done(t0)
     t0 = _step("train the low-level model (voxels -> VAE latent)")
     _train(low_cfg_path, runs / "lowlevel", store, demo)
@@ -172,23 +197,18 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     results["retrieval"] = retrieval
     _done(t0)
 
-    for stage in (_stage_offline_target, _stage_reconstruct, _stage_ridge_lowlevel, _stage_metrics, _stage_report):
+    if lane is None:
+        _stage_offline_target(demo, out, store, runs, results, device)
+    for stage in (_stage_reconstruct, _stage_ridge_lowlevel, _stage_metrics):
         stage(demo, out, store, runs, results, device)
-
-    results["wall_seconds"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nresults: {out / 'results.json'}  ({results['wall_seconds']:.0f} s in all)")
-    if (out / "report.html").exists():
-        print(f"report:  {out / 'report.html'}")
-    return results
+    if lane is not None:
+        _join_offline_lane(lane, demo, out, runs, results, device)
+    _stage_report(demo, out, store, runs, results, device)
 
 
 def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
     """The EfficientNet-Lite0 target run beside the stand-in one, and how close each one's errors are."""
-    from mindeye.encoders.cache import embed_store
     from mindeye.encoders.effnet_lite import available
-    from mindeye.evaluation.run_eval import evaluate_retrieval
-    from mindeye.evaluation.scene_semantics import run_error_semantics
 
     if not demo.offline_target_config:
         return
@@ -198,11 +218,27 @@ def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, 
         print(f"   skipped: {missing}")
         results["offline_target"] = {"skipped": missing}
         return
+    retrieval = _offline_target_run(demo, store, runs, device)
+    _offline_semantics(retrieval, runs, results, device)
+    _done(t0)
+
+
+def _offline_target_run(demo: DemoConfig, store: Path, runs: Path, device: str, progress: bool = True) -> dict:
+    """Embed the EfficientNet-Lite0 targets, train the second high-level run on them, evaluate its retrieval."""
+    from mindeye.encoders.cache import embed_store
+    from mindeye.evaluation.run_eval import evaluate_retrieval
+
     cfg_path = _resolve(demo.offline_target_config, SHIPPED_CONFIG_DIR)
     cfg = _model_config(cfg_path, demo)
-    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device)
-    _train(cfg_path, runs / "highlevel-effnet", store, demo)
-    retrieval = evaluate_retrieval(runs / "highlevel-effnet", device=device)
+    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device, progress=progress)
+    _train(cfg_path, runs / "highlevel-effnet", store, demo, progress=progress)
+    return evaluate_retrieval(runs / "highlevel-effnet", device=device)
+
+
+def _offline_semantics(retrieval: dict, runs: Path, results: dict, device: str) -> None:
+    """How close each high-level run's retrieval errors are to the true scene (needs both runs trained)."""
+    from mindeye.evaluation.scene_semantics import run_error_semantics
+
     semantics = {name: run_error_semantics(runs / name, device) for name in ("highlevel", "highlevel-effnet")}
     results["offline_target"] = {"retrieval": retrieval, "error_semantics": semantics}
     if semantics["highlevel"] is not None:
@@ -212,6 +248,87 @@ def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, 
         for s in semantics.values():
             print(f"   {s['encoder']:<22} top-1 {100 * s['top1']:5.1f}%  errors: attribute cosine "
                   f"{s['error_attr_cos']:.3f}, same main-object category {100 * s['error_same_category']:.1f}%")
+
+
+# -- the second lane: the EfficientNet-Lite0 target run in its own process ---------------------------------
+LANE_LOG = "offline-target.log"
+LANE_RESULT = "offline-target.json"
+
+
+def _start_offline_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, device: str) -> Any:
+    """Start the EfficientNet-Lite0 target run in a second process (None: run it inline later)."""
+    import multiprocessing
+    import os
+
+    from mindeye.encoders.effnet_lite import available
+
+    if (not demo.parallel_stages or not demo.offline_target_config or device != "cpu"
+            or (os.cpu_count() or 1) < 2 or available() is not None):
+        return None
+    (out / LANE_RESULT).unlink(missing_ok=True)
+    print(f"\n== started in a second process: the EfficientNet-Lite0 target run (log: {out / LANE_LOG})",
+          flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    highlevel_done = ctx.Event()
+    lane = ctx.Process(target=_offline_lane_main, args=(demo, str(out), str(store), str(runs), device,
+                                                        highlevel_done), daemon=True)
+    lane.start()
+    lane.t0 = time.perf_counter()
+    lane.highlevel_done = highlevel_done
+    return lane
+
+
+def _offline_lane_main(demo: DemoConfig, out: str, store: str, runs: str, device: str, highlevel_done: Any) -> None:
+    """The second process: its output goes to OUT/offline-target.log, its result to OUT/offline-target.json.
+    Then, once the main process has trained the high-level run, the report's UMAP layout (into its cache)."""
+    import contextlib
+    import traceback
+
+    from mindeye.utils.files import write_json_atomic
+
+    if demo.cpu_threads:
+        torch.set_num_threads(demo.cpu_threads)
+    with open(Path(out) / LANE_LOG, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            retrieval = _offline_target_run(demo, Path(store), Path(runs), device, progress=False)
+            write_json_atomic(Path(out) / LANE_RESULT, {"retrieval": retrieval})
+        except BaseException as exc:  # reported by the main process, which reads this file
+            traceback.print_exc()
+            write_json_atomic(Path(out) / LANE_RESULT, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        if demo.report_umap:
+            highlevel_done.wait()
+            try:
+                _umap_ahead(Path(out), Path(store), Path(runs), device)
+            except Exception:  # only a head start: the report computes the layout itself
+                traceback.print_exc()
+
+
+REPORT_SAMPLING = {"embed_samples": 100, "seed": 0}  # the demo report's UMAP points (both processes)
+
+
+def _umap_ahead(out: Path, store: Path, runs: Path, device: str) -> None:
+    """The report's UMAP layout of the high-level run, computed into OUT/cache as build_report would."""
+    from mindeye.evaluation.report_data import test_embeddings, umap_points
+    from mindeye.runs import load_run_model
+
+    cfg, _, model, subject = load_run_model(runs / "highlevel", device, store)
+    emb = test_embeddings(model, cfg, subject, device, REPORT_SAMPLING["embed_samples"], REPORT_SAMPLING["seed"])
+    umap_points(emb, REPORT_SAMPLING["embed_samples"], REPORT_SAMPLING["seed"], cache_dir=out / "cache")
+
+
+def _join_offline_lane(lane: Any, demo: DemoConfig, out: Path, runs: Path, results: dict, device: str) -> None:
+    t0 = _step("high-level model on EfficientNet-Lite0 targets (offline substitute; retrieval only; "
+               "ran in the second process)")
+    lane.join()
+    path = out / LANE_RESULT
+    lane_result = json.loads(path.read_text()) if path.exists() else {"error": f"exit code {lane.exitcode}"}
+    if "error" in lane_result:
+        raise MindEyeError(f"the EfficientNet-Lite0 target run failed ({lane_result['error']}); its log is "
+                           f"{out / LANE_LOG}. Re-run the demo to resume, or --set offline_target_config=null "
+                           "to skip it")
+    print(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
+    _offline_semantics(lane_result["retrieval"], runs, results, device)
     _done(t0)
 
 
@@ -226,7 +343,8 @@ def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, res
     t0 = _step(f"reconstructions: prior -> {demo.generator} -> img2img {demo.img2img_strength} -> "
                f"best of {demo.samples}")
     settings = ReconstructSettings(samples=demo.samples, steps=demo.steps, guidance=demo.guidance,
-                                   img2img_strength=demo.img2img_strength, seed=demo.seed)
+                                   img2img_strength=demo.img2img_strength, seed=demo.seed,
+                                   batch_brains=demo.batch_brains)
     reconstruct_run(runs / "highlevel", out / "recons" / "final", demo.generator, settings,
                     lowlevel=out / "recons" / "blurry", weights=demo.generator_weights, store=store,
                     device=device, limit=demo.recon_limit)
@@ -277,6 +395,6 @@ def _stage_report(demo: DemoConfig, out: Path, store: Path, runs: Path, results:
                  ridge=runs / "ridge" if (runs / "ridge").exists() else None,
                  recons=out / "recons" / "final", blurry=out / "recons" / "blurry",
                  metrics=[out / "metrics.json"], out=out / "report.html", store=store, device=device,
-                 umap=demo.report_umap)
+                 umap=demo.report_umap, umap_cache=out / "cache", **REPORT_SAMPLING)
     _done(t0)
 

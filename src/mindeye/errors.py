@@ -16,7 +16,21 @@ class WeightsUnavailableError(MindEyeError):
     """Pretrained weights could not be found locally or downloaded."""
 
 
-def describe_os_error(exc: OSError) -> str:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (SIGINT) so that every command stops the same way: partial output tidied up,
+    finished work kept, one line, exit status 143."""
+
+
+def continue_advice(command: str | None) -> str:
+    """What to do after a command stopped early (interrupted, or the disk filled up), per command."""
+    if command == "train":
+        return "the last checkpoint is kept; continue with `mindeye train --resume` and the same --out"
+    if command in ("simulate", "demo", "demo-cohort"):
+        return "a simulation cannot resume: its unfinished output was removed; run the command again"
+    return "finished work is kept; re-run the same command to continue"
+
+
+def describe_os_error(exc: OSError, command: str | None = None) -> str:
     """One line for an operating-system error the user can act on (full disk, read-only, bad path)."""
     import errno
 
@@ -24,8 +38,8 @@ def describe_os_error(exc: OSError) -> str:
     if exc.filename2 is not None:
         where = f"{where} -> {exc.filename2}"
     advice = {
-        errno.ENOSPC: "no space left on the device; free some space (finished work is kept: re-run the command, "
-                      "with --resume for train, to continue)",
+        errno.ENOSPC: f"no space left on the device; free some space ({continue_advice(command)})",
+        errno.EEXIST: "a file is in the way (a directory is needed here, or it already exists); choose another path",
         errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
         errno.EROFS: "the filesystem is read-only; choose an output on a writable disk",
         errno.EACCES: "permission denied; choose a path you can write to",

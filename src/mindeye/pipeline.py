@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.runs import Run, load_run
+from mindeye.utils.images import float_to_uint8
 
 
 @dataclass
@@ -114,6 +115,23 @@ def as_voxels(voxels: Any, n_voxels: int) -> torch.Tensor:
     return x
 
 
+def _integers(values: Any, what: str) -> np.ndarray:
+    """A flat int64 array of whole numbers (0.5 or NaN is an error, not silently truncated)."""
+    arr = np.asarray(_as_array(values, what).cpu() if isinstance(values, torch.Tensor) else _as_array(values, what))
+    if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and not (np.isfinite(arr).all()
+                                                                       and (arr == np.round(arr)).all())):
+        raise MindEyeError(f"{what} must hold whole numbers, got {arr.reshape(-1)[:5].tolist()} ({arr.dtype})")
+    if arr.size and (arr.min() < 0 or arr.max() >= 2**63):
+        raise MindEyeError(f"{what} must hold non-negative integers below 2**63")
+    return arr.astype(np.int64).reshape(-1)
+
+
+def _batch_size(value: Any) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+        raise MindEyeError(f"batch_size must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def as_images(images: Any, what: str = "images") -> np.ndarray:
     """(n, H, W, 3) uint8 numpy array, or a clear MindEyeError."""
     x = _as_array(images, what)
@@ -198,6 +216,7 @@ class MindEyePipeline:
         """Backbone and projector outputs (float32 arrays) of each brain sample."""
         from mindeye.runs import embed_voxels
 
+        batch_size = _batch_size(batch_size)
         x = as_voxels(voxels, self.n_voxels)
         b = self.high.config.model.backbone
         backbone = embed_voxels(self.high.model, x, self.device, batch_size, which="backbone")
@@ -212,6 +231,9 @@ class MindEyePipeline:
         from mindeye.encoders.registry import get_encoder
 
         arr = as_images(images, "candidate images")
+        batch_size = _batch_size(batch_size)
+        if len(arr) == 0:
+            raise MindEyeError("no candidate images given (0 rows); pass at least one")
         if self._candidate_encoder is None:
             t = self.high.config.targets
             self._candidate_encoder = get_encoder(t.encoder, weights=t.weights, device=self.device)
@@ -229,6 +251,8 @@ class MindEyePipeline:
         """
         cand = _as_array(candidates, "candidates")
         is_uint8 = cand.dtype == (torch.uint8 if isinstance(cand, torch.Tensor) else np.uint8)
+        if cand.ndim >= 1 and len(cand) == 0:
+            raise MindEyeError("no candidates given (0 rows); pass at least one image embedding or image")
         if is_uint8 and cand.ndim == 4 and cand.shape[-1] == 3:
             cand = self.encode_images(cand)
         elif not (cand.is_floating_point() if isinstance(cand, torch.Tensor) else cand.dtype.kind == "f"):
@@ -261,6 +285,7 @@ class MindEyePipeline:
 
         if self.lowlevel is None:
             raise MindEyeError("blurry() needs a low-level run: MindEyePipeline.from_run(HIGH, lowlevel=LOW_RUN)")
+        batch_size = _batch_size(batch_size)
         x = as_voxels(voxels, self.n_voxels)
         if self._decoder is None:
             t = self.lowlevel.config.targets
@@ -331,7 +356,7 @@ class MindEyePipeline:
             batch_brains=batch_brains)
         settings.validate()
         x = as_voxels(voxels, self.n_voxels)
-        index = np.arange(len(x)) if image_index is None else np.asarray(image_index).astype(np.int64).reshape(-1)
+        index = np.arange(len(x)) if image_index is None else _integers(image_index, "image_index")
         if len(index) != len(x) or len(np.unique(index)) != len(index):
             raise MindEyeError(f"image_index must hold {len(x)} distinct integers (one per sample), got {len(index)}")
         generator = self._check_reconstructable()
@@ -361,9 +386,9 @@ class MindEyePipeline:
                 best, row_scores = best_of[j], row_scores_of[j]
                 chosen.append(best)
                 scores.append(row_scores)
-                images.append(cand[j * n + best].numpy())
+                images.append(float_to_uint8(cand[j * n + best:j * n + best + 1])[0].numpy())
                 if return_all:
-                    everything.append(cand[j * n:(j + 1) * n].numpy())
+                    everything.append(float_to_uint8(cand[j * n:(j + 1) * n]).numpy())
             bar.update(len(rows))
         bar.close()
         return Reconstruction(

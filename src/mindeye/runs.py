@@ -26,7 +26,7 @@ from torch import nn
 from mindeye.config import Config, load_config
 from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
-from mindeye.finite import non_finite_tensors
+from mindeye.finite import non_finite_tensors, require_finite_outputs
 from mindeye.safe_load import load_safetensors_file
 
 if TYPE_CHECKING:
@@ -64,12 +64,82 @@ def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
             "with a lower train.max_lr")
 
 
+def _bad_run_json(path: Path, problem: str) -> MindEyeError:
+    return MindEyeError(f"{path} {problem}; it was not written by mindeye or is damaged: restore the run's own "
+                        "run.json (or train the run again)")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/run.json, parsed and checked: the one reader of run.json (loading, evaluation, resume, report).
+
+    A truncated or foreign file, or a field of the wrong type, is one MindEyeError naming the field."""
+    path = Path(run_dir) / "run.json"
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MindEyeError(f"{run_dir} is not a mindeye run directory (no run.json); create one with "
+                           "`mindeye train --config CONFIG --out RUN_DIR`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad_run_json(path, f"is not valid JSON ({exc}; truncated?)") from None
+    if not isinstance(info, dict):
+        raise _bad_run_json(path, f"holds a {type(info).__name__}, not a JSON object")
+    if info.get("n_voxels") is not None and not _positive_int(info["n_voxels"]):
+        raise _bad_run_json(path, f"has n_voxels {info['n_voxels']!r}, not a positive integer")
+    for key in ("store", "store_voxels_sha256", "kind"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise _bad_run_json(path, f"has {key} {info[key]!r}, not a string")
+    if info.get("diverged") not in (None, False) and not isinstance(info["diverged"], dict):
+        raise _bad_run_json(path, f"has diverged {info['diverged']!r}, not an object")
+    if info.get("init_from") is not None and not (isinstance(info["init_from"], dict)
+                                                  and isinstance(info["init_from"].get("run"), str)):
+        raise _bad_run_json(path, "has an init_from without the pretrained run's path")
+    if "subjects" in info:
+        subjects = info["subjects"]
+        if not isinstance(subjects, list) or not subjects:
+            raise _bad_run_json(path, "has a subjects field that is not a non-empty list")
+        for i, s in enumerate(subjects):
+            if not isinstance(s, dict) or not isinstance(s.get("id"), str) or not isinstance(s.get("store"), str) \
+                    or not _positive_int(s.get("n_voxels")):
+                raise _bad_run_json(path, f"has a malformed subjects[{i}] (each needs an id, a store and a "
+                                          "positive n_voxels)")
+        ids = [s["id"] for s in subjects]
+        if len(set(ids)) != len(ids):
+            raise _bad_run_json(path, f"lists a subject twice ({', '.join(ids)})")
+    return info
+
+
+def read_run_config(run_dir: str | Path, info: dict[str, Any] | None = None) -> Config:
+    """RUN/config.yaml, checked: not empty, a valid config, of the model kind run.json records."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        text = "?"  # load_config says what is wrong
+    if not text.strip():
+        raise MindEyeError(f"{path} is empty, so the run's model cannot be built; restore the run's own config.yaml")
+    try:
+        cfg = load_config(path)
+    except MindEyeError as exc:
+        raise MindEyeError(f"{path} is not a usable run config ({exc}); restore the run's own config.yaml") from None
+    recorded = (info or {}).get("kind")
+    if recorded is not None and recorded != cfg.model.kind:
+        raise MindEyeError(f"{path} describes a {cfg.model.kind} model but run.json records a {recorded} run; "
+                           "restore the run's own config.yaml")
+    return cfg
+
+
 def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
+    """(config.yaml, run.json) of a run directory, both checked (:func:`read_run_json`, :func:`read_run_config`)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
         raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
                            "create one with `mindeye train --config CONFIG --out RUN_DIR`")
-    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "run.json").read_text())
+    info = read_run_json(run_dir)
+    return read_run_config(run_dir, info), info
 
 
 def read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -180,6 +250,7 @@ def load_run(path: str | Path, device: str = "cpu", subject: str | None = None) 
     run_dir = Path(path)
     device = resolve_device(device)
     cfg, info = read_run(run_dir)
+    refuse_diverged(run_dir, info)
     view, entry = subject_view(info, subject, run_dir)
     n_voxels = voxel_count(run_dir, cfg, view) if entry is None else int(entry["n_voxels"])
     model = _built_model(run_dir, cfg, model_voxels(info, n_voxels), device, entry["id"] if entry else None)
@@ -232,14 +303,23 @@ def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size
     """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
     was_training = model.training
     model.eval()
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise MindEyeError(f"batch_size must be a positive integer, got {batch_size!r}")
     outs = []
-    for s in range(0, len(voxels), batch_size):
-        x = voxels[s:s + batch_size].float().to(device)
-        if hasattr(model, "predict"):
-            outs.append(model.predict(x).float().cpu())
-            continue
-        out = model(x)
-        emb = out.get(which) if out.get(which) is not None else out["backbone"]
-        outs.append(emb.float().cpu())
-    model.train(was_training)
+    try:
+        for s in range(0, len(voxels), batch_size):
+            x = voxels[s:s + batch_size].float().to(device)
+            if hasattr(model, "predict"):
+                emb = model.predict(x)
+            else:
+                out = model(x)
+                emb = out.get(which) if out.get(which) is not None else out["backbone"]
+            emb = emb.float()
+            require_finite_outputs(emb, s, "the model")
+            outs.append(emb.cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        raise MindEyeError("no voxel rows to embed")
     return torch.cat(outs)
+

@@ -21,6 +21,16 @@ from mindeye.errors import MindEyeError
 NPY_LOAD_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, pickle.UnpicklingError)
 
 
+def npy_error(exc: BaseException) -> str:
+    """What numpy.load said about a .npy it could not read, without numpy's advice to load it with
+    allow_pickle=True (that would execute code from the file; mindeye never does it)."""
+    text = _first_line(exc)
+    if "allow_pickle" in text or isinstance(exc, pickle.UnpicklingError):
+        return ("it holds Python objects (an object array), not numbers; mindeye never unpickles data files: "
+                "save a numeric array (e.g. np.save(path, np.asarray(x, dtype=np.float32)))")
+    return f"{type(exc).__name__}: {text}"
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mindeye.commands.options import add_out
+
 
 def _sessions(text: str) -> int | None:
     if text == "all":
@@ -26,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "from scratch vs ridge on both retrieval directions. Prints the table, writes "
                     "OUT/shared_subject.json, OUT/sessions.json (`mindeye report --sessions`) and OUT/sessions.png. Finished runs are reused on a re-run. "
                     "The defaults (1 seed, 1 session and all) take about 5 minutes on 2 CPU cores.")
-    p.add_argument("--out", required=True, help="output directory (cohorts, runs, results)")
+    add_out(p, help="output directory (cohorts, runs, results)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     p.add_argument("--sessions", type=_sessions, nargs="+", default=[1, None], metavar="N|all",
                    help="held-out subject's training session counts (default: 1 all)")

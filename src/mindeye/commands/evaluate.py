@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
     add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
-    add_out(r, help="also write all results to this JSON file", required=False)
+    add_out(r, help="also write all results to this JSON file", required=False, kind="file")
     r.set_defaults(func=run_retrieval)
     try:
         from mindeye.commands.evaluate_recon import add_recon_parser

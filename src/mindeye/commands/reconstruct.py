@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-encoding", choices=["reference", "vae"], default="reference",
                    help="img2img start latent of the blurry image: 'reference' = CLIP mean/std normalised, "
                         "posterior sample (the authors'), 'vae' = [-1, 1], posterior mode (default: reference)")
+    p.add_argument("--final-sigmas", choices=["sigma_min", "zero"], default=None,
+                   help="where UniPC's last step ends: 'sigma_min' = t = 0 (the authors' diffusers 0.13; the default "
+                        "for versatile-diffusion and sd-image-variations), 'zero' = sigma 0 (diffusers' default now)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior and generator noise (default 0)")
     p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, steps=args.steps, guidance=args.guidance, img2img_strength=args.img2img_strength,
         prior_steps=args.prior_steps,
         prior_guidance=cfg.model.prior.guidance if args.prior_guidance is None else args.prior_guidance,
-        init_encoding=args.init_encoding, seed=args.seed, batch_brains=args.batch_brains, save_all=args.save_all)
+        init_encoding=args.init_encoding, final_sigmas=args.final_sigmas, seed=args.seed,
+        batch_brains=args.batch_brains, save_all=args.save_all)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,

@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the UMAP")
     p.add_argument("--title", default=None)
-    add_out(p, help="HTML file to write (default: RUN/report.html)", required=False)
+    add_out(p, help="HTML file to write (default: RUN/report.html)", required=False, kind="file")
     p.set_defaults(func=run)
 
 

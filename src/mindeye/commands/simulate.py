@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mindeye.commands.options import add_progress
+from mindeye.commands.options import add_out, add_progress
 from mindeye.data.simulate import MAX_COHORT, SCALES, simulate_cohort, simulate_subject
 
 
@@ -19,9 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=list(SCALES), default="small",
                    help="tiny: unit tests (seconds); small: CPU demo (default); nsd: NSD subject 1's shapes")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical store (default 0)")
-    p.add_argument("--out", required=True,
-                   help="output store directory (with --cohort: the cohort directory; must not exist unless "
-                        "--overwrite)")
+    add_out(p, help="output store directory (with --cohort: the cohort directory; must not exist unless "
+                    "--overwrite)")
     p.add_argument("--cohort", type=int, default=None, metavar="N",
                    help=f"write N (1-{MAX_COHORT}) subjects to OUT/subj01 ... plus OUT/cohort.json: shared test "
                         "images, own training images, own voxel count, receptive fields, tuning, noise and drift")

@@ -13,6 +13,7 @@ This is how BOLD5000, THINGS-fMRI, NOD or a lab's own data enter mindeye. Inputs
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir, check_subject_id
 from mindeye.errors import MindEyeError
-from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.images import resize_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -39,7 +40,7 @@ def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
         try:
             arr = np.load(path, mmap_mode="r")
         except NPY_LOAD_ERRORS as exc:
-            raise MindEyeError(f"cannot read {path} as a numpy array ({exc}); save it with numpy.save") from None
+            raise MindEyeError(f"cannot read {path} as a numpy array ({npy_error(exc)}); save it with numpy.save") from None
         return arr, lambda: None
     if suffix in (".h5", ".hdf5"):
         import h5py
@@ -66,6 +67,12 @@ def _open_voxels(path: Path, key: str | None) -> tuple[Any, Callable[[], None]]:
             )
         return f[key], f.close
     raise MindEyeError(f"voxel file {path} must be .npy, .h5 or .hdf5")
+
+
+def _nfc(name: str) -> str:
+    """Unicode NFC form: an id and a file name that differ only in normalisation (é as one code point or as
+    e + combining accent) name the same image."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _read_trials(path: Path) -> list[dict[str, str]]:
@@ -200,18 +207,19 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
         for p in sorted(images.iterdir()):
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            if p.stem in files:
+            stem = _nfc(p.stem)  # macOS and some archives write file names decomposed (NFD)
+            if stem in files:
                 raise MindEyeError(
-                    f"image id {p.stem!r} has two files in {images} ({files[p.stem].name}, {p.name}); keep one"
+                    f"image id {p.stem!r} has two files in {images} ({files[stem].name}, {p.name}); keep one"
                 )
-            files[p.stem] = p
-        load = lambda iid: _load_image(files[iid], image_size)  # noqa: E731
+            files[stem] = p
+        load = lambda iid: _load_image(files[_nfc(iid)], image_size)  # noqa: E731
         available = set(files)
     elif images.suffix.lower() == ".npy" and images.is_file():
         try:
             arr = np.load(images, mmap_mode="r")
         except NPY_LOAD_ERRORS as exc:
-            raise MindEyeError(f"cannot read {images} as a numpy array ({exc}); save it with numpy.save") from None
+            raise MindEyeError(f"cannot read {images} as a numpy array ({npy_error(exc)}); save it with numpy.save") from None
         if arr.ndim != 4 or arr.shape[-1] != 3:
             raise MindEyeError(f"images in {images} have shape {arr.shape}; expected (n_images, H, W, 3) RGB")
         if arr.dtype != np.uint8:
@@ -230,7 +238,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
         raise MindEyeError(f"images {images} not found; give a .npy array (N, H, W, 3) uint8 or a directory of images")
 
     image_ids = sorted({r["image_id"] for r in rows}, key=lambda s: (len(s), s))
-    missing = [i for i in image_ids if i not in available]
+    missing = [i for i in image_ids if _nfc(i) not in available]
     if missing:
         shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise MindEyeError(
@@ -242,6 +250,9 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
         session = np.array([int(r["session"]) for r in rows], dtype=np.int64)
     except ValueError:
         raise MindEyeError(f"trial table {trials}: column 'session' must hold integers on every row") from None
+    except OverflowError:
+        raise MindEyeError(f"trial table {trials}: column 'session' holds a number beyond the 64-bit integer "
+                           "range; number the sessions 1, 2, 3 ...") from None
     split = np.array([r["split"] for r in rows], dtype=str)
     bad = sorted(set(split.tolist()) - set(SPLITS))
     if bad:
@@ -250,7 +261,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
     if any(r.get("repetition", "") != "" for r in rows):
         try:
             repetition = np.array([int(r["repetition"]) for r in rows], dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise MindEyeError(
                 f"trial table {trials}: column 'repetition' must hold integers on every row "
                 "(or leave the column out to number repetitions in presentation order)"

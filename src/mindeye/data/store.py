@@ -35,7 +35,7 @@ import numpy as np
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
-from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.files import replace_dir, write_json_atomic
 
 FORMAT_VERSION = 1
@@ -327,6 +327,25 @@ def _cache_complete(directory: Path) -> bool:
         return False
 
 
+def _cache_note(directory: Path) -> str:
+    """'' for a finished target cache whose arrays have the recorded shapes, else what is wrong with it."""
+    if not _cache_complete(directory):
+        return " (unfinished: re-run mindeye embed to finish)"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    expected = {"targets.npy": manifest.get("n_images")}
+    if manifest.get("views"):
+        expected["views.npy"] = manifest.get("n_images")
+    for name, rows in expected.items():
+        try:
+            arr = np.load(directory / name, mmap_mode="r")
+            ok = arr.ndim > 0 and arr.shape[0] == rows and (name != "views.npy" or arr.shape[1] == manifest["views"])
+        except (*NPY_LOAD_ERRORS, IndexError):
+            ok = False
+        if not ok:
+            return f" (DAMAGED: {name} is truncated or does not match its manifest; recompute it with mindeye embed --overwrite)"
+    return ""
+
+
 class SubjectStore:
     """Read access to a prepared subject. Voxels and images are memory-mapped, never copied whole."""
 
@@ -365,7 +384,7 @@ class SubjectStore:
             self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
             self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
         except NPY_LOAD_ERRORS as exc:  # a damaged header fails to parse
-            raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({type(exc).__name__}: {exc}); "
+            raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({npy_error(exc)}); "
                                "the store is damaged: prepare it again") from None
         if self.voxels.ndim != 2 or self.images.ndim != 4:
             raise MindEyeError(
@@ -385,7 +404,7 @@ class SubjectStore:
                 image_rows = list(csv.DictReader(f))
             self.image_ids = [r["image_id"] for r in image_rows]
             self.captions = [r.get("caption") or "" for r in image_rows]
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, OverflowError) as exc:
             raise MindEyeError(
                 f"{self.path}: trials.csv or images.csv is malformed ({type(exc).__name__}: {exc}); "
                 "prepare the store again"
@@ -503,7 +522,7 @@ class SubjectStore:
         pre = self.meta.get("preprocessing")
         if pre:
             lines.append(f"  preprocessing {pre}")
-        cached = [p.name + ("" if _cache_complete(p) else " (unfinished: re-run mindeye embed to finish)")
+        cached = [p.name + _cache_note(p)
                   for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
             if (self.path / "targets").exists() else []
         lines.append(f"  targets      {', '.join(cached) if cached else 'none cached (run mindeye embed)'}")
@@ -515,6 +534,8 @@ class SubjectStore:
                 lines.append(f"  checksums    MISMATCH in {', '.join(bad)}")
             elif unrecorded:
                 lines.append(f"  checksums    not recorded in meta.json for {', '.join(unrecorded)} (cannot verify)")
+            elif any("DAMAGED" in c for c in cached):
+                lines.append("  checksums    ok for the store's data files; a target cache is DAMAGED (see targets)")
             else:
                 lines.append("  checksums    ok")
         return "\n".join(lines)

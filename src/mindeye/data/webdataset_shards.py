@@ -34,6 +34,7 @@ from mindeye.data.nsd import TRIALS_PER_SESSION, nsd_image_id
 from mindeye.data.shards import check_shard, iter_shard  # noqa: F401  (check_shard: re-exported)
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
+from mindeye.safe_load import npy_error
 from mindeye.utils.images import decode_image, resize_image
 
 VOXEL_KEY = "nsdgeneral.npy"
@@ -87,7 +88,8 @@ def _npy(sample: dict[str, Any], key: str, where: str) -> np.ndarray:
     try:
         return np.load(io.BytesIO(sample[key]), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
-        raise MindEyeError(f"{where}: cannot read {key} ({exc}); the shard is damaged, download it again") from None
+        raise MindEyeError(f"{where}: cannot read {key} ({npy_error(exc)}); the shard is damaged, download it "
+                           "again") from None
 
 
 @dataclass

@@ -63,12 +63,22 @@ class ImageEncoder(nn.Module):
         """uint8 ``(N, H, W, 3)`` on the model's device -> model input. Override."""
         raise NotImplementedError
 
+    def preprocess_float(self, images: torch.Tensor) -> torch.Tensor:
+        """float ``(N, 3, H, W)`` in [0, 1] on the model's device -> model input. Default: through 8 bits
+        (:meth:`preprocess`); encoders whose reference preprocessing works on floats override it."""
+        return self.preprocess(images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1))
+
     @torch.inference_mode()
     def encode(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """uint8 RGB ``(N, H, W, 3)`` -> float32 targets ``(N, *output_shape)`` on the model's device."""
-        x = as_uint8_images(images, self.device)
-        out = self.forward(self.preprocess(x).to(self.compute_dtype))
-        return out.float()
+        """uint8 RGB ``(N, H, W, 3)`` or float ``(N, 3, H, W)`` tensors in [0, 1] (images kept as floats
+        between stages) -> float32 targets ``(N, *output_shape)`` on the model's device."""
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise MindEyeError(f"float images must be (N, 3, H, W); got {tuple(images.shape)}")
+            x = self.preprocess_float(images.to(self.device, torch.float32))
+        else:
+            x = self.preprocess(as_uint8_images(images, self.device))
+        return self.forward(x.to(self.compute_dtype)).float()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,14 +32,15 @@ from tqdm import tqdm
 
 from mindeye import __version__
 from mindeye.data.store import SubjectStore, file_sha256
-from mindeye.diskspace import reserve_file
+from mindeye.diskspace import require_space, reserve_file
 from mindeye.encoders import augment
 from mindeye.encoders.base import ImageEncoder
 from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, get_encoder, get_spec
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.safe_load import NPY_LOAD_ERRORS
+from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
 from mindeye.utils.files import write_json_atomic
+from mindeye.utils.locks import FileLock
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -47,6 +48,11 @@ MANIFEST = "manifest.json"
 
 def cache_dir(store_path: str | Path, encoder_name: str, fingerprint: str) -> Path:
     return Path(store_path) / "targets" / f"{encoder_name}-{fingerprint[:12]}"
+
+
+def cache_lock_path(directory: Path) -> Path:
+    """The lock file of one target cache (outside targets/, which holds only caches): STORE/.locks/NAME.lock."""
+    return Path(directory).parent.parent / ".locks" / f"{Path(directory).name}.lock"
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -163,16 +169,44 @@ def embed_store(
         )
     fingerprint = enc.fingerprint
     out = cache_dir(store.path, enc.name, fingerprint)
+    # One writer per cache: a second `embed` of the same cache (other --views, --overwrite) waits for none
+    # and is refused, so a manifest never describes arrays another process rewrote meanwhile.
+    with FileLock(cache_lock_path(out), f"the target cache {out}",
+                  "wait for that `mindeye embed` to finish, then run this one"):
+        return _embed_locked(store, enc, out, fingerprint, weights, chunk_size, batch_size, views, random_init,
+                             progress, views_seed, overwrite)
+
+
+def _arrays_match(out: Path, manifest: dict[str, Any]) -> bool:
+    """The arrays on disk have the shapes the manifest records (a truncated or replaced file does not)."""
+    try:
+        if np.load(out / "targets.npy", mmap_mode="r").shape[0] != manifest.get("n_images"):
+            return False
+        if manifest.get("views"):
+            return np.load(out / "views.npy", mmap_mode="r").shape[:2] == (manifest["n_images"], manifest["views"])
+        return True
+    except (*NPY_LOAD_ERRORS, IndexError):
+        return False
+
+
+def _embed_locked(store: SubjectStore, enc: ImageEncoder, out: Path, fingerprint: str, weights: str | None,
+                  chunk_size: int, batch_size: int | None, views: int, random_init: bool, progress: bool,
+                  views_seed: int, overwrite: bool) -> Path:
     n, shape = store.n_images, tuple(int(s) for s in enc.output_shape)
     key = {"encoder": enc.name, "fingerprint": fingerprint, "images_checksum": images_checksum(store),
            "n_images": n, "output_shape": list(shape), "dtype": "float16", "format": CACHE_FORMAT}
 
     manifest = read_manifest(out)
-    if manifest is not None and (overwrite or any(manifest.get(k) != v for k, v in key.items())):
-        shutil.rmtree(out)  # stale (store re-prepared) or explicitly replaced
+    if manifest is not None and (overwrite or any(manifest.get(k) != v for k, v in key.items())
+                                 or (manifest.get("complete") and not _arrays_match(out, manifest))):
+        shutil.rmtree(out)  # stale (store re-prepared), damaged (arrays do not match the manifest) or replaced
         manifest = None
     if manifest is not None and manifest["complete"] and (views == 0 or manifest["views"] == views):
         return out
+    item_bytes = 2 * int(np.prod(shape))  # float16
+    needed = (0 if manifest is not None else n * item_bytes) + (
+        n * views * item_bytes if views and (manifest is None or manifest["views"] != views) else 0)
+    require_space(out, needed)  # e.g. --views 1e14: refused here, before any file is made
 
     spec = ENCODERS.get(enc.name)
     if manifest is None:
@@ -331,7 +365,7 @@ def load_targets(
     try:
         arr = np.load(path, mmap_mode="r")
     except NPY_LOAD_ERRORS as exc:  # truncated or damaged after it was finished
-        raise MindEyeError(f"the target cache file {path} is damaged ({type(exc).__name__}: {exc}); recompute it "
+        raise MindEyeError(f"the target cache file {path} is damaged ({npy_error(exc)}); recompute it "
                            f"with:\n  {embed_command(store_path, encoder_name, weights, 1 if views else 0, random_init)}"
                            " --overwrite") from None
     return arr

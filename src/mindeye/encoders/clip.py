@@ -18,6 +18,8 @@ Preprocessing, option ``preprocess``:
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -112,12 +114,22 @@ class ClipImageEncoder(ImageEncoder):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
+    def preprocess_float(self, images: torch.Tensor) -> torch.Tensor:
+        """Float (N, 3, H, W) images: the reference preprocessing works on them as they are (the authors'
+        ``Clipper.embed_image`` on float tensors); ``processor`` goes through 8 bits like a PIL image."""
+        if self.preprocessing.get("preprocess") != "reference":
+            return super().preprocess_float(images)
+        size = shortest_edge_size(*images.shape[-2:], self.image_size)
+        x = images
+        if tuple(x.shape[-2:]) != size:
+            x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+        x = center_crop(x, self.image_size)
+        return (x - self.mean) / self.std
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         size = shortest_edge_size(*images.shape[1:3], self.image_size)
         if self.preprocessing.get("preprocess") == "reference":
-            x = to_float_chw(images)
-            if tuple(x.shape[-2:]) != size:
-                x = TF.resize(x, list(size), interpolation=TF.InterpolationMode.BICUBIC, antialias=False)
+            return self.preprocess_float(to_float_chw(images))
         else:
             x = resize_uint8(images, size, "bicubic")
         x = center_crop(x, self.image_size)
@@ -170,6 +182,7 @@ def build(variant: Variant, weights: str | None = None, device: str = "cpu", ran
             model = model.to(dtype)
     else:
         path = resolve_weights(f"clip-vit-l14-{variant}", weights, DEFAULT_WEIGHTS, DOWNLOAD_HINT)
+        from safetensors import SafetensorError
         from transformers.utils import logging as hf_logging
 
         verbosity = hf_logging.get_verbosity()
@@ -177,10 +190,17 @@ def build(variant: Variant, weights: str | None = None, device: str = "cpu", ran
         try:
             model, info = CLIPVisionModelWithProjection.from_pretrained(
                 path, config=_vision_config(path), dtype=dtype, local_files_only=True, output_loading_info=True)
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise MindEyeError(
-                f"could not load CLIP weights from {path}: {exc}. --weights must point at a Hugging Face "
-                f"CLIP model directory (config.json + model.safetensors), e.g. a copy of {DEFAULT_WEIGHTS}"
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+                SafetensorError) as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            pickled = isinstance(exc, pickle.UnpicklingError)
+            raise MindEyeError(  # torch's own advice for a pickle (weights_only=False) is not passed on
+                f"could not load CLIP weights from {path} ("
+                + ("a weights file there holds pickled Python objects, which mindeye never loads; nothing in it "
+                   "was executed" if pickled else f"{type(exc).__name__}: {first}; a weights file there is damaged "
+                   "or not a CLIP checkpoint")
+                + f"). --weights must point at a Hugging Face CLIP model directory (config.json + "
+                f"model.safetensors), e.g. a copy of {DEFAULT_WEIGHTS}"
             ) from None
         finally:
             hf_logging.set_verbosity(verbosity)

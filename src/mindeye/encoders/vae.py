@@ -26,6 +26,7 @@ from mindeye.encoders.base import (
 )
 from mindeye.errors import MindEyeError
 from mindeye.safe_load import load_safetensors_file, load_torch_file
+from mindeye.utils.weights import quiet_diffusers, weight_load_errors
 
 if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds, and only the VAE needs it
     from diffusers import AutoencoderKL
@@ -91,12 +92,18 @@ class VaeEncoder(ImageEncoder):
 
         ``size`` resizes the decoded images (bilinear, antialiased); default: the decoder's own size.
         """
+        img = self.decode_float(latents, size).clamp(0, 1)
+        return img.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+    def decode_float(self, latents: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Latents -> float ``(N, 3, H, W)``, ``decoded / 2 + 0.5`` NOT clamped (the authors' blurry images,
+        ``Reconstructions.py``: ``vae.decode(...).sample / 2 + 0.5``, go on unclamped)."""
         z = torch.as_tensor(latents, device=self.device, dtype=self.compute_dtype) / SCALING_FACTOR
-        img = self.vae.decode(z).sample.float()
-        img = ((img + 1) / 2).clamp(0, 1)
+        with torch.inference_mode():
+            img = (self.vae.decode(z).sample.float() + 1) / 2
         if size is not None and img.shape[-1] != size:
             img = torch.nn.functional.interpolate(img, size=(size, size), mode="bilinear", antialias=True)
-        return img.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return img
 
 
 def _convert_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,10 +156,11 @@ def build(weights: str | None = None, device: str = "cpu", random_init: bool = F
             if path.is_file():
                 vae = _load_state_dict_file(path)
             else:
-                vae, info = AutoencoderKL.from_pretrained(path, output_loading_info=True)
+                with quiet_diffusers():
+                    vae, info = AutoencoderKL.from_pretrained(path, output_loading_info=True)
                 if info.get("missing_keys"):  # never run with silently random-initialised layers
                     raise ValueError(f"{len(info['missing_keys'])} weights missing, e.g. {info['missing_keys'][:3]}")
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except weight_load_errors() as exc:
             raise MindEyeError(
                 f"could not load the SD VAE from {path}: {exc}. --weights must be a diffusers VAE directory, "
                 f"a pipeline directory with vae/, or a VAE state-dict file"

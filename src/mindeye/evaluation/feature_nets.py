@@ -75,10 +75,12 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, antialias: bool = False) -> dict[str, torch.Tensor]:
+        """``antialias=False`` (the authors' torchvision 0.15 on tensors) for the network's own resize
+        (256 -> 224 for CLIP and SwAV, 256 -> 255 for EfficientNet); True antialiases the downscales."""
         x = images.to(self.mean.device, torch.float32)
         # Square inputs (the protocol's 256x256) -> resize x resize, like torchvision Resize(int).
-        x = resize_short_side(x, self.resize)
+        x = resize_short_side(x, self.resize, antialias=antialias)
         x = (x - self.mean) / self.std
         out = self.net(x)
         if self.name == "clip":
@@ -88,8 +90,9 @@ class FeatureExtractor(nn.Module):
         return {self.name: out["avgpool"]}
 
 
-def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
-    """torchvision `Resize(size)` semantics (shorter side -> size), bilinear with antialias."""
+def resize_short_side(x: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """torchvision `Resize(size)` semantics (shorter side -> size), bilinear, antialiased unless told not to
+    (torchvision 0.15 did not antialias tensors; upsampling is the same either way)."""
     h, w = x.shape[-2:]
     if min(h, w) == size:
         return x
@@ -97,7 +100,7 @@ def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
         new_h, new_w = size, int(size * w / h)
     else:
         new_h, new_w = int(size * h / w), size
-    return F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=antialias, align_corners=False)
 
 
 @dataclass

@@ -13,7 +13,10 @@ reconstructions are both resized to 256x256 first (no centre crop anywhere), the
 The first resize to 256 is bilinear WITHOUT antialiasing by default (``first_resize="reference"``):
 the authors' `Reconstruction_Metrics.py` ran `transforms.Resize((256, 256))` on tensors under
 torchvision 0.15.2, which does not antialias tensors; ``first_resize="antialias"`` antialiases it
-(torchvision's current default). The later resizes (to 425 and the networks' own) are antialiased.
+(torchvision's current default). The networks' own downscales (CLIP and SwAV 256 -> 224, EfficientNet
+256 -> 255) are not antialiased either by default (``net_resize="reference"``, the same torchvision 0.15);
+``net_resize="antialias"`` antialiases them. The upsampling to 425 (and Inception's 342) is the same
+either way.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def to_float_images(images: ImageBatch, device: str | torch.device = "cpu") -> t
 
 
 FIRST_RESIZE_MODES = ("reference", "antialias")
+NET_RESIZE_MODES = FIRST_RESIZE_MODES
 
 
 def prepare(images: ImageBatch, device: str | torch.device = "cpu", first_resize: str = "reference") -> torch.Tensor:
@@ -115,10 +119,19 @@ def ssim_gray(im1: torch.Tensor, im2: torch.Tensor, sigma: float = 1.5, data_ran
     im1 = im1.double().unsqueeze(1)
     im2 = im2.double().unsqueeze(1)
     k = _gaussian_kernel1d(sigma, 3.5, im1.device, im1.dtype)
-    kh, kw = k.view(1, 1, -1, 1), k.view(1, 1, 1, -1)
+    taps = [float(v) for v in k]
+
+    def valid_1d(x: torch.Tensor, dim: int) -> torch.Tensor:
+        # A 'valid' 1-d correlation as a sum of shifted slices: float64 F.conv2d on the CPU has no
+        # fast kernel (35 s for the demo's 120 images; this: < 1 s), and the sum is the same one.
+        n = x.shape[dim] - len(taps) + 1
+        out = x.narrow(dim, 0, n) * taps[0]
+        for i, w in enumerate(taps[1:], start=1):
+            out.add_(x.narrow(dim, i, n), alpha=w)
+        return out
 
     def filt(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, kh), kw)
+        return valid_1d(valid_1d(x, 2), 3)
 
     ux, uy = filt(im1), filt(im2)
     vx = filt(im1 * im1) - ux * ux
@@ -207,10 +220,12 @@ def evaluate_reconstructions(
     progress: bool = True,
     metrics: Sequence[str] = METRICS,
     first_resize: str = "reference",
+    net_resize: str = "reference",
 ) -> dict[str, dict]:
     """All Table 1 reconstruction metrics for paired reals / reconstructions.
 
-    ``first_resize``: ``reference`` (no antialias, the authors') or ``antialias`` for the resize to 256.
+    ``first_resize``: ``reference`` (no antialias, the authors') or ``antialias`` for the resize to 256;
+    ``net_resize``: the same choice for the feature networks' own downscales (CLIP, SwAV, EfficientNet).
 
     Returns {metric: {"value": float}} or {metric: {"unavailable": reason}} for each requested
     metric (default all of METRICS, in that order). Metrics whose network is Unavailable (or was
@@ -219,6 +234,9 @@ def evaluate_reconstructions(
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise MindEyeError(f"unknown metric(s) {sorted(unknown)}; choose from {list(METRICS)}")
+    if net_resize not in NET_RESIZE_MODES:
+        raise MindEyeError(f"net_resize must be one of {', '.join(NET_RESIZE_MODES)}, got {net_resize!r}")
+    antialias = net_resize == "antialias"
     n = _check_pair(reals, recons)
     if n < 2:
         raise MindEyeError("reconstruction metrics need at least 2 image pairs (two-way identification)")
@@ -248,7 +266,7 @@ def evaluate_reconstructions(
         if "ssim" in metrics:
             per_image["ssim"].append(ssim_per_image(real, recon).cpu())
         for net in extractors:
-            f_real, f_recon = net(real), net(recon)
+            f_real, f_recon = net(real, antialias=antialias), net(recon, antialias=antialias)
             for m in f_real:
                 if m in metrics:
                     lists = feats.setdefault(m, ([], []))

@@ -58,7 +58,8 @@ def offline_metrics(reals: ImageBatch, recons: ImageBatch, device: str | torch.d
     feats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
     for start in tqdm(range(0, n, batch_size), desc="offline EfficientNet-Lite0 metrics", disable=not progress):
         for k, batch in enumerate((reals, recons)):
-            x = resize_short_side(prepare(batch[start:start + batch_size], device), effnet_lite.IMAGE_SIZE)
+            x = resize_short_side(prepare(batch[start:start + batch_size], device), effnet_lite.IMAGE_SIZE,
+                                  antialias=True)
             feats[k].append(net.pooled(x).float().cpu())
     real, recon = torch.cat(feats[0]), torch.cat(feats[1])
     return {"effnet_lite0_2way": {"value": two_way_identification(real, recon)},
@@ -73,7 +74,7 @@ def _cells(row: dict) -> list[tuple[float | None, str | None, bool]]:
 
 def offline_markdown(rows: list[dict]) -> str:
     """Markdown table of rows' ``offline_metrics`` (metrics.json rows), with the not-a-paper-metric note."""
-    from mindeye.evaluation.tables import MISSING, _format
+    from mindeye.evaluation.tables import MISSING, _format, md_cell
 
     lines = ["| Method | " + " | ".join(label for label, _ in OFFLINE_METRICS.values()) + " |",
              "|---|" + ":-:|" * len(OFFLINE_METRICS)]
@@ -84,7 +85,7 @@ def offline_markdown(rows: list[dict]) -> str:
             cells.append(MISSING if value is None else _format(value, percent))
             if reason:
                 reasons.add(reason)
-        lines.append(f"| {row.get('name', '?')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(row.get('name', '?'))} | " + " | ".join(cells) + " |")
     lines += ["", OFFLINE_NOTE.replace("`", "")] + [f"- unavailable: {r}" for r in sorted(reasons)]
     return "\n".join(lines) + "\n"
 
@@ -94,10 +95,12 @@ def offline_csv(rows: list[dict]) -> str:
     import csv
     import io
 
+    from mindeye.evaluation.tables import csv_cell
+
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["method", *OFFLINE_METRICS])
     for row in rows:
-        w.writerow([row.get("name", "?"), *("" if v is None else repr(float(v))
+        w.writerow([csv_cell(row.get("name", "?")), *("" if v is None else repr(float(v))
                                             for v, _, _ in _cells(row.get("offline_metrics") or {}))])
     return buf.getvalue()

@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from mindeye import __version__
 from mindeye.errors import MindEyeError
 from mindeye.evaluation.feature_nets import DEFAULT_CLIP, NET_METRICS, NET_NAMES, FeatureNets, Unavailable
 from mindeye.evaluation.metrics import METRICS, evaluate_reconstructions
-from mindeye.inference.recon_dir import INDEX_NAME, read_index
+from mindeye.inference.recon_dir import INDEX_NAME, entry_path, read_index
 from mindeye.metrics.retrieval import DIRECTIONS
 from mindeye.utils.files import write_json_atomic
 
@@ -63,6 +64,23 @@ class ReconDir:
             return f"{cfg['decoder']} decoder" if cfg.get("decoder") else None
         return cfg.get("generator")
 
+    def float_files(self) -> list[Path] | None:
+        """The float copy of every image (``floats/IIIII.npy``, written since issue 25), or None when any
+        is missing (then the metrics read the PNGs)."""
+        recs = self.index["images"]
+        files = [recs[str(int(i))].get("float_file") for i in self.image_index]
+        if not all(files) or not all((self.path / f).is_file() for f in files):
+            return None
+        return [self.path / f for f in files]
+
+    def load_images(self) -> np.ndarray | torch.Tensor:
+        """What the metrics score: float (N, 3, H, W) in [0, 1] from the float copies (the authors' metrics
+        run on float tensors; a blurry image's out-of-range values are clamped), else the uint8 PNGs."""
+        floats = self.float_files()
+        if floats is None:
+            return load_pngs(self.files)
+        return torch.stack([torch.from_numpy(np.load(f)).float() for f in floats]).clamp(0, 1)
+
     def image_ids(self) -> list[str | None]:
         recs = self.index["images"]
         return [recs[str(int(i))].get("image_id") for i in self.image_index]
@@ -74,7 +92,9 @@ class ReconDir:
             return Path(cfg["store"])
         run = cfg.get("run") or cfg.get("high_run")
         if run and (Path(run) / "run.json").exists():
-            store = json.loads((Path(run) / "run.json").read_text()).get("store")
+            from mindeye.runs import read_run_json
+
+            store = read_run_json(run).get("store")
             return Path(store) if store else None
         return None
 
@@ -98,7 +118,7 @@ def read_recon_dir(path: str | os.PathLike) -> ReconDir:
         order = sorted(images, key=int)
         recs = [images[k] for k in order]
         image_index = np.array([int(r.get("image_index", k)) for k, r in zip(order, recs)], dtype=np.int64)
-        files = [path / r["file"] for r in recs]
+        files = [entry_path(path, r["file"]) for r in recs]
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise MindEyeError(f"{index_path} is malformed ({type(exc).__name__}: {exc}); re-run the reconstruction") from None
     missing = [str(f) for f in files if not f.is_file()]
@@ -205,10 +225,12 @@ def evaluate_recon_dirs(
     mean_row: bool = True,
     first_resize: str = "reference",
     offline_net: bool = False,
+    net_resize: str = "reference",
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
 
     first_resize: the resize to 256, ``reference`` (no antialias, as the authors) or ``antialias``.
+    net_resize: the feature networks' own downscales (CLIP/SwAV 224, EfficientNet 255), the same choice.
 
     mean_row: add the mean over rows (for rows that are subjects of one method, as in paper Table 1);
         turn it off when the rows are different methods.
@@ -255,12 +277,13 @@ def evaluate_recon_dirs(
             stores[store_path] = SubjectStore(store_path)
         subject = stores[store_path]
         reals = ground_truth(subject, recon)
-        fakes = load_pngs(recon.files)
+        fakes = recon.load_images()
         if len(reals) < 2:
             raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
                                "need at least 2")
         values = evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
-                                          progress=progress, metrics=metrics, first_resize=first_resize)
+                                          progress=progress, metrics=metrics, first_resize=first_resize,
+                                          net_resize=net_resize)
         row: dict[str, Any] = {
             "name": names[k] if names else recon.path.name,
             "recons": str(recon.path.resolve()),
@@ -270,7 +293,7 @@ def evaluate_recon_dirs(
             "store": str(subject.path.resolve()),
             "high_run": recon.config.get("high_run") or recon.config.get("run"),
             "n_images": int(len(reals)),
-            "image_size": {"real": int(reals.shape[1]), "recon": int(fakes.shape[1])},
+            "image_size": {"real": int(reals.shape[1]), "recon": int(fakes.shape[-1] if isinstance(fakes, torch.Tensor) else fakes.shape[1])},
             "image_index": recon.image_index.tolist(),
             "metrics": values,
         }
@@ -283,7 +306,7 @@ def evaluate_recon_dirs(
         rows.append(row)
 
     result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics),
-                              "first_resize": first_resize, "rows": rows}
+                              "first_resize": first_resize, "net_resize": net_resize, "rows": rows}
     if mean_row and len(rows) > 1:
         keys = [*metrics, *(RETRIEVAL_KEYS if all("retrieval" in r for r in rows) else ())]
         mean = {}

@@ -125,6 +125,7 @@ def build_report(
     thumb: int = 128,
     title: str | None = None,
     sessions: str | os.PathLike | None = None,
+    umap_cache: str | os.PathLike | None = None,
 ) -> Path:
     """Write the HTML report for a high-level run (and optional low-level / ridge runs, reconstructions,
     blurry images and reconstruction metrics); returns its path (default RUN/report.html). The
@@ -134,6 +135,7 @@ def build_report(
     source, when those hold blurry images. retrieved: a directory in the reconstruction index format
     holding retrieved images. embed_samples caps the test images in the UMAP (and the prior samples
     drawn for it). sessions: a JSON file of accuracy-vs-training-sessions points (see read_sessions).
+    umap_cache: a directory of UMAP layouts computed earlier for the same points (see umap_points).
     """
     from mindeye.runs import load_run_model
 
@@ -294,7 +296,7 @@ def build_report(
     # -- UMAP ----------------------------------------------------------------------------------------
     umap_fig, umap_notes = None, []
     if umap:
-        points, why = umap_points(emb, embed_samples, seed)
+        points, why = umap_points(emb, embed_samples, seed, cache_dir=umap_cache)
         if points is None:
             umap_notes.append(why)
         else:

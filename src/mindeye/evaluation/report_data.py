@@ -100,7 +100,7 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
     from mindeye.encoders.targets import Targets, target_options
     from mindeye.runs import embed_voxels
 
-    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
+    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode, cfg.data.test_repetitions)
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
                       options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
     backbone = embed_voxels(model, test.voxels, device, which="backbone")
@@ -124,10 +124,14 @@ def test_embeddings(model, cfg, subject, device: str = "cpu", prior_samples: int
                           cfg.targets.encoder)
 
 
-def umap_points(emb: SplitEmbeddings, limit: int, seed: int = 0) -> tuple[list[tuple[str, np.ndarray]] | None, str]:
+def umap_points(emb: SplitEmbeddings, limit: int, seed: int = 0, cache_dir: str | os.PathLike | None = None
+                ) -> tuple[list[tuple[str, np.ndarray]] | None, str]:
     """UMAP (cosine) of targets / backbone / projector / prior samples for the first `limit` test images.
 
-    Returns ([(group label, (n, 2) points)], "") or (None, why there is no UMAP).
+    Returns ([(group label, (n, 2) points)], "") or (None, why there is no UMAP). ``cache_dir``: reuse a
+    layout computed earlier for exactly these points and settings (keyed by their bytes), or store this
+    one there -- `mindeye demo` computes it in its second process while the main one still works, since
+    UMAP's first call spends ~30 s compiling (numba) on a CPU.
     """
     try:
         import umap
@@ -143,13 +147,28 @@ def umap_points(emb: SplitEmbeddings, limit: int, seed: int = 0) -> tuple[list[t
         shapes = ", ".join(f"{label} {g.shape[1]}" for label, g in groups)
         return None, f"UMAP skipped: the embeddings have different sizes ({shapes})."
     data = np.concatenate([g for _, g in groups]).astype(np.float32)
-    import warnings
+    settings = {"n_components": 2, "metric": "cosine", "n_neighbors": min(15, len(data) - 1),
+                "random_state": seed, "init": "random" if len(data) < 20 else "spectral"}
+    cached = None
+    if cache_dir is not None:
+        import hashlib
 
-    with warnings.catch_warnings():  # umap warns that random_state disables parallelism
-        warnings.simplefilter("ignore")
-        reducer = umap.UMAP(n_components=2, metric="cosine", n_neighbors=min(15, len(data) - 1),
-                            random_state=seed, init="random" if len(data) < 20 else "spectral")
-        xy = reducer.fit_transform(data)
+        key = hashlib.sha256(data.tobytes() + json.dumps([settings, data.shape, umap.__version__]).encode())
+        cached = Path(cache_dir) / f"umap-{key.hexdigest()[:24]}.npy"
+    if cached is not None and cached.is_file():
+        xy = np.load(cached)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # umap warns that random_state disables parallelism
+            warnings.simplefilter("ignore")
+            xy = umap.UMAP(**settings).fit_transform(data)
+        if cached is not None:
+            from mindeye.utils.files import atomic_path
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached) as tmp, open(tmp, "wb") as f:
+                np.save(f, xy)
     out, start = [], 0
     for label, g in groups:
         out.append((label, xy[start:start + len(g)]))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mindeye.evaluation.recon_eval import table_row
-from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value, markdown_table
+from mindeye.evaluation.tables import COLUMNS, MISSING, _format, _value, csv_cell, markdown_table
 from mindeye.metrics.retrieval import TABLE1_COLUMNS
 
 
@@ -150,7 +150,7 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
             values.append("" if value is None else repr(float(value)))
             if reason is not None:
                 missing.append(key)
-        w.writerow([row.get("name", "?"), *values, " ".join(missing)])
+        w.writerow([csv_cell(row.get("name", "?")), *values, " ".join(missing)])
     return buf.getvalue()
 
 

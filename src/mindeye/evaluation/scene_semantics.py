@@ -54,7 +54,7 @@ def run_error_semantics(run_dir: str | Path, device: str = "cpu") -> dict[str, A
     from mindeye.runs import embed_voxels, load_run_model
 
     cfg, _, model, subject = load_run_model(run_dir, device)
-    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode)
+    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode, cfg.data.test_repetitions)
     sem = scene_semantics(subject.path, test.image_index)
     if sem is None:
         return None

@@ -49,6 +49,18 @@ def _format(value: float, percent: bool) -> str:
     return text.replace("0.", ".", 1) if text.startswith(("0.", "-0.")) else text
 
 
+def md_cell(text: object) -> str:
+    """A Markdown table cell: ``|`` escaped and line breaks flattened, so a name cannot break the table."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").split())
+
+
+def csv_cell(text: object) -> str:
+    """A CSV text cell that a spreadsheet shows as text: a leading = + - @ (or tab / carriage return) would make
+    it a formula (e.g. ``=HYPERLINK(...)``: formula injection), so such a cell gets a leading apostrophe."""
+    text = str(text)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def markdown_table(rows: list[dict], title: str | None = None, mean_row: bool = True) -> str:
     """Render result rows as a Markdown table in paper Table 1 layout.
 
@@ -61,13 +73,13 @@ def markdown_table(rows: list[dict], title: str | None = None, mean_row: bool = 
     header = ["Method"] + [c[1] for c in COLUMNS]
     lines = []
     if title:
-        lines += [f"### {title}", ""]
+        lines += [f"### {md_cell(title)}", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + [":-:"] * len(COLUMNS)) + "|"]
 
     reasons: dict[str, list[str]] = {}  # reason -> ["Alex(2) (subj01)", ...]
     columns: dict[str, list[float | None]] = {key: [] for key, _, _ in COLUMNS}
     for i, row in enumerate(rows):
-        name = str(row.get("name", f"run {i + 1}"))
+        name = md_cell(row.get("name", f"run {i + 1}"))
         cells = [name]
         for key, label, percent in COLUMNS:
             value, reason = _value(row.get(key))

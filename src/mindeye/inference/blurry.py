@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
-from mindeye.inference.recon_dir import finished, open_index, read_index, write_index
-from mindeye.utils.images import load_png, save_png
+from mindeye.inference.recon_dir import entry_path, finished, open_index, read_index, save_float, write_index
+from mindeye.utils.images import float_to_uint8, is_float_images, load_png, save_png, uint8_to_float
 
 
 def blurry_batch(predict: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
@@ -49,7 +49,9 @@ def decode_latents_to_pngs(
     image_ids: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """``predict`` voxels (b, V) -> latents, ``decode`` latents -> uint8 (b, H, W, 3); one PNG per row."""
+    """``predict`` voxels (b, V) -> latents, ``decode`` latents -> uint8 (b, H, W, 3) or float (b, 3, H, W);
+    one PNG per row (for people) and, for float images, their float16 copy ``floats/IIIII.npy``, which the
+    reconstruction (img2img, unclamped) and the metrics read instead of the 8-bit PNG."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = open_index(out_dir, "blurry", config)
@@ -64,7 +66,11 @@ def decode_latents_to_pngs(
             rec: dict[str, Any] = {"image_index": idx, "file": f"images/{idx:05d}.png"}
             if image_ids is not None:
                 rec["image_id"] = image_ids[idx]
-            save_png(images[j], out_dir / rec["file"])
+            if is_float_images(images):
+                save_png(float_to_uint8(images[j:j + 1])[0], out_dir / rec["file"])
+                rec["float_file"] = save_float(images[j], out_dir, idx)
+            else:
+                save_png(images[j], out_dir / rec["file"])
             index["images"][str(idx)] = rec
         write_index(out_dir, index)
         bar.update(len(rows))
@@ -101,7 +107,8 @@ def reconstruct_blurry(
                            "(trained with model.kind=lowlevel, or a ridge run with model.ridge.target=lowlevel)")
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg),  # checks n_voxels
                                             subject=subject)
-    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
+                            cfg.data.test_repetitions)
     rows = slice(0, limit) if limit else slice(None)
     dec_weights = weights or blurry_decoder_weights(cfg)
     try:
@@ -125,7 +132,9 @@ def reconstruct_blurry(
     config = {"run": str(run_dir.resolve()), "decoder": cfg.targets.lowlevel_encoder,
               "decoder_weights": dec_weights, "decoder_fingerprint": getattr(decoder, "fingerprint", None),
               "test_mode": cfg.data.test_mode}
-    return decode_latents_to_pngs(predict, decoder.decode, split.voxels[rows], split.image_index[rows], out_dir,
+    # float images where the decoder has them (the SD VAE: unclamped, as the authors' blurry images)
+    decode = getattr(decoder, "decode_float", None) or decoder.decode
+    return decode_latents_to_pngs(predict, decode, split.voxels[rows], split.image_index[rows], out_dir,
                                   config, batch_size, store_obj.image_ids, progress)
 
 
@@ -151,7 +160,14 @@ class BlurryImages:
 
     def get(self, image_index: int) -> np.ndarray:
         rec = self.index["images"].get(str(int(image_index)))
-        if rec is None or not (self.dir / rec["file"]).exists():
+        if rec is None or not entry_path(self.dir, rec["file"]).exists():
             raise MindEyeError(f"{self.dir} has no blurry reconstruction of image {image_index}; re-run "
                                "`mindeye reconstruct-blurry` for the same test split")
-        return load_png(self.dir / rec["file"])
+        return load_png(entry_path(self.dir, rec["file"]))
+
+    def get_float(self, image_index: int) -> torch.Tensor:
+        """float (3, H, W) of the blurry image: its float copy (unclamped) when written, else its PNG."""
+        rec = self.index["images"].get(str(int(image_index)))
+        if rec is not None and rec.get("float_file") and entry_path(self.dir, rec["float_file"]).exists():
+            return torch.from_numpy(np.load(entry_path(self.dir, rec["float_file"]))).float()
+        return uint8_to_float(self.get(image_index)[None])[0]

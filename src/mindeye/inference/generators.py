@@ -30,14 +30,16 @@ from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepSchedul
 from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFIG
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.img2img import img2img_start
-from mindeye.utils.images import float_to_uint8, uint8_to_float
-from mindeye.utils.weights import hf_cache_snapshot
+from mindeye.utils.images import as_float_images, float_to_uint8, uint8_to_float
+from mindeye.utils.weights import hf_cache_snapshot, quiet_diffusers, weight_load_errors
 
 # Stable Diffusion v1's training noise schedule (Versatile Diffusion and SD image variations use it too).
 SD_SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "prediction_type": "epsilon",
 }
+# UniPC's end point (ImageGenerator.final_sigmas): t = 0 as in diffusers 0.13 (the authors'), or sigma = 0.
+FINAL_SIGMAS = ("sigma_min", "zero")
 # Full-size architectures (used with random weights by the benchmark; real weights bring their own configs).
 SD_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -60,6 +62,9 @@ class GeneratorSpec:
     condition_norm: float  # the CLS token of each condition is renormalised to this norm
     description: str
     download_hint: str = ""
+    # UniPC's last step: "sigma_min" ends at t = 0 (sigma ~ 0.029), as the authors' diffusers 0.13 loop did;
+    # "zero" ends at sigma = 0 (diffusers' default since 0.2x).
+    final_sigmas: str = "zero"
 
 
 GENERATORS: dict[str, GeneratorSpec] = {
@@ -67,13 +72,13 @@ GENERATORS: dict[str, GeneratorSpec] = {
         "versatile-diffusion", "shi-labs/versatile-diffusion", "image_unet", "clip-vit-l14-hidden", (257, 768),
         1.0, "Versatile Diffusion image-variation UNet + SD VAE (paper's main generator)",
         "Download it with `huggingface-cli download shi-labs/versatile-diffusion --include 'image_unet/*' "
-        "'vae/*' 'scheduler/*'` on a machine with network access.",
+        "'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
     "sd-image-variations": GeneratorSpec(
         "sd-image-variations", "lambdalabs/sd-image-variations-diffusers", "unet", "clip-vit-l14-final",
         (1, 768), 1.0, "Stable Diffusion Image Variations (final-layer 1x768 CLIP embedding; paper A.7)",
         "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include "
-        "'unet/*' 'vae/*' 'scheduler/*'` on a machine with network access.",
+        "'unet/*' 'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
@@ -106,6 +111,8 @@ class LatentCodec(Protocol):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor: ...
+
 
 # CLIP's image normalisation: the authors feed the blurry image to the VAE normalised this way.
 _CLIP_MEAN, _CLIP_STD = CLIP_MEAN, CLIP_STD
@@ -122,7 +129,7 @@ class DiffusersVaeCodec:
     @torch.no_grad()
     def encode(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         p = next(self.vae.parameters())
-        x = uint8_to_float(images, self.image_size, p.device) * 2 - 1
+        x = as_float_images(images, self.image_size, p.device) * 2 - 1
         return self.vae.encode(x.to(p.dtype)).latent_dist.mode().float() * self.scaling_factor
 
     @torch.no_grad()
@@ -139,17 +146,22 @@ class DiffusersVaeCodec:
         if encoding != "reference":
             raise MindEyeError(f"unknown init encoding {encoding!r}; use 'reference' or 'vae'")
         p = next(self.vae.parameters())
-        x = uint8_to_float(images, self.image_size, p.device)
+        x = as_float_images(images, self.image_size, p.device)  # a float blurry image goes in unclamped
         mean = torch.tensor(_CLIP_MEAN, device=p.device).view(1, 3, 1, 1)
         std = torch.tensor(_CLIP_STD, device=p.device).view(1, 3, 1, 1)
         posterior = self.vae.encode(((x - mean) / std).to(p.dtype)).latent_dist
         return posterior.sample(generator=generator).float() * self.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """float (N, 3, H, W) ``decoded / 2 + 0.5``, not clamped, not quantised."""
         p = next(self.vae.parameters())
         img = self.vae.decode((latents / self.scaling_factor).to(p.device, p.dtype)).sample
-        return float_to_uint8((img.float() + 1) / 2)
+        return (img.float() + 1) / 2
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return float_to_uint8(self.decode_float(latents))
 
 
 class EncoderCodec:
@@ -174,6 +186,11 @@ class EncoderCodec:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(self.encoder.decode(latents / self.scale))
 
+    @torch.no_grad()
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """A registry codec decodes to 8 bits (the stand-in's own output): those values as floats."""
+        return uint8_to_float(self.decode(latents))
+
 
 # ------------------------------------------------------------------------------------------------
 # The generator
@@ -189,6 +206,7 @@ class ImageGenerator:
     scheduler_config: dict[str, Any] = field(default_factory=lambda: dict(SD_SCHEDULER_CONFIG))
     condition_norm: float = 1.0
     weights_id: str = "random-init"
+    final_sigmas: str = "zero"  # UniPC end point: "sigma_min" (t = 0, diffusers 0.13, the authors') or "zero"
 
     @property
     def device(self) -> torch.device:
@@ -223,15 +241,21 @@ class ImageGenerator:
         strength: float = 0.0,
         steps: int = 20,
         guidance: float = 3.5,
+        final_sigmas: str | None = None,
     ) -> torch.Tensor:
         """Sample latents (B, C, h, w) from ``noise`` with UniPC, conditioned on ``condition`` (B, T, D).
 
         ``strength`` (paper Table 5): the fraction of the schedule skipped when starting from the noised
         ``init_latents`` (img2img). 0 or no init latents: pure-noise start over the full schedule.
         Strength 1 (nothing left to denoise) is handled by the caller, which returns the init image.
+        ``final_sigmas`` (None: the generator's own, ``sigma_min`` for Versatile Diffusion): where UniPC's
+        last step ends, t = 0 (``sigma_min``, the authors' diffusers 0.13) or sigma = 0 (``zero``).
         """
         device, dtype = self.device, self.dtype
-        scheduler = UniPCMultistepScheduler.from_config(self.scheduler_config)
+        final_sigmas = final_sigmas or self.final_sigmas
+        if final_sigmas not in FINAL_SIGMAS:
+            raise MindEyeError(f"final sigmas must be one of {', '.join(FINAL_SIGMAS)}, got {final_sigmas!r}")
+        scheduler = UniPCMultistepScheduler.from_config({**self.scheduler_config, "final_sigmas_type": final_sigmas})
         scheduler.set_timesteps(steps, device=device)
         timesteps = scheduler.timesteps
         start = img2img_start(strength, steps) if init_latents is not None else 0
@@ -306,11 +330,13 @@ def load_generator(
     else:
         root = resolve_pipeline_dir(spec, weights)
         try:
-            unet = UNet2DConditionModel.from_pretrained(root, subfolder=spec.unet_subfolder, torch_dtype=dtype)
-            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
-        except (OSError, ValueError) as exc:
+            with quiet_diffusers():
+                unet = UNet2DConditionModel.from_pretrained(root, subfolder=spec.unet_subfolder, torch_dtype=dtype)
+                vae = AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=dtype)
+        except weight_load_errors() as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise WeightsUnavailableError(
-                f"could not load generator '{spec.name}' from {root}: {exc}. {spec.download_hint} "
+                f"could not load generator '{spec.name}' from {root}: {first}. {spec.download_hint} "
                 f"--weights must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
             ) from None
         sched = dict(SD_SCHEDULER_CONFIG)
@@ -325,7 +351,7 @@ def load_generator(
     scale = getattr(vae.config, "scaling_factor", SD_LATENT_SCALE) or SD_LATENT_SCALE
     codec = DiffusersVaeCodec(vae, scale, image_size=8 * unet.config.sample_size)
     gen = ImageGenerator(spec.name, unet.eval().requires_grad_(False), codec, spec.condition_shape, sched,
-                         spec.condition_norm, weights_id)
+                         spec.condition_norm, weights_id, final_sigmas=spec.final_sigmas)
     return gen.to(device, dtype)
 
 

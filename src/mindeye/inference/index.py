@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -37,15 +36,28 @@ from tqdm import tqdm
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
 from mindeye.errors import MindEyeError
-from mindeye.inference.sources import IDS, ImageSource, open_source
+from mindeye.inference import ann
+from mindeye.inference.ann import (
+    DEFAULT_MEMORY,
+    FAISS_FILE,
+    FLAT_MAX,  # noqa: F401 - re-exported (tests monkeypatch index.FLAT_MAX)
+    Embeddings,
+    choose_index,
+    empty_index,
+    search_refined,
+    set_nprobe,
+    train_size,
+)
+from mindeye.inference.ann import normalised as _normalised
+from mindeye.inference.sources import IDS, ImageSource, UrlSource, open_source, read_source
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
-from mindeye.utils.files import atomic_path, replace_dir, write_json_atomic
+from mindeye.utils.files import replace_dir, write_json_atomic
 from mindeye.utils.images import square
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
-FAISS_FILE = "index.faiss"
-FLAT_MAX = 100_000  # auto: exact search below this many vectors, IVF-PQ above
+EMBEDDINGS_DIR = "embeddings"  # embeddings/part-NNNNN.npy: the distributed build's parts
+TUNE_MAX = 20_000_000  # nprobe is tuned for recall at build time up to this many vectors (exact ground truth)
 FORMAT = 1
 
 
@@ -65,61 +77,55 @@ def encoder_input_size(preprocessing: dict[str, Any]) -> int:
 
 
 def ivfpq_params(n: int, dim: int, nlist: int | None = None, m: int | None = None) -> dict[str, int]:
-    """Sensible IVF-PQ sizes: ~4 sqrt(n) lists (>= 39 training points each), d/4 sub-quantisers of <= 8 bits."""
-    if nlist is None:
-        nlist = int(min(4 * math.sqrt(n), n // 39))
-    nlist = max(1, int(nlist))
-    if m is None:
-        m = max(d for d in range(1, max(1, dim // 4) + 1) if dim % d == 0)
-    if dim % m:
-        raise MindEyeError(f"--pq-m {m} must divide the embedding dimension {dim}")
-    nbits = int(max(1, min(8, math.floor(math.log2(max(2, n // 39))))))  # PQ codebooks need ~39 points per code
-    nprobe = int(min(nlist, max(32, nlist // 16)))
-    return {"nlist": nlist, "m": int(m), "nbits": nbits, "nprobe": nprobe}
+    """IVF-PQ sizes for ``n`` vectors (no memory limit): see :func:`mindeye.inference.ann.choose_index`."""
+    spec = choose_index(n, dim, index_type="ivfpq", max_memory=2**62, nlist=nlist, m=m)
+    return {"nlist": spec["nlist"], "m": spec["m"], "nbits": spec["nbits"], "nprobe": default_nprobe(spec["nlist"])}
 
 
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+def default_nprobe(nlist: int) -> int:
+    """nprobe when it is not tuned (indexes above TUNE_MAX vectors): 1/64 of the lists, at least 16."""
+    return int(min(nlist, max(16, nlist // 64)))
 
 
 def require_faiss() -> None:
     try:
         import faiss  # noqa: F401
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name not in (None, "faiss"):  # faiss is there but one of its own modules is not: broken
+            raise MindEyeError(f"faiss is installed but broken (its module {exc.name} is missing); reinstall it "
+                               "with: pip install --force-reinstall 'mindeye[index]'") from None
         raise MindEyeError("building or searching an index needs faiss, which is not installed; "
                            "install it with: pip install 'mindeye[index]'") from None
+    except Exception as exc:  # a broken install fails in many ways (ImportError, OSError, AttributeError ...)
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise MindEyeError(f"faiss is installed but cannot be imported ({type(exc).__name__}: {first}); reinstall "
+                           "it with: pip install --force-reinstall 'mindeye[index]'") from None
 
 
 def make_faiss_index(vectors: np.ndarray, index_type: str = "auto", *, nlist: int | None = None,
-                     m: int | None = None, seed: int = 0, chunk: int = 65536,
-                     progress: bool = False) -> tuple[Any, dict[str, Any]]:
-    """A FAISS inner-product index over unit-norm rows of ``vectors`` (may be a float16 memory map).
+                     m: int | None = None, seed: int = 0, chunk: int = 65536, progress: bool = False,
+                     max_memory: str | int = DEFAULT_MEMORY) -> tuple[Any, dict[str, Any]]:
+    """An in-RAM FAISS inner-product index over unit-norm rows of ``vectors`` (may be a float16 memory map).
 
-    Returns (index, description). ``flat``: exact (IndexFlatIP). ``ivfpq``: IndexIVFPQ trained on a random
-    sample of at most max(100k, 64 x nlist) vectors. ``auto``: flat below FLAT_MAX vectors.
+    Returns (index, description); the index is chosen by :func:`mindeye.inference.ann.choose_index`
+    (``auto``: flat below FLAT_MAX vectors). :func:`build_index` writes the same index sharded on disk.
     """
     import faiss
 
     n, dim = vectors.shape
-    if index_type == "auto":
-        index_type = "flat" if n < FLAT_MAX else "ivfpq"
-    desc: dict[str, Any] = {"type": index_type, "metric": "inner_product", "normalised": True}
-    if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif index_type == "ivfpq":
-        if n < 39:
-            raise MindEyeError(f"an IVF-PQ index needs at least 39 vectors to train (got {n}); use --index-type flat")
-        p = ivfpq_params(n, dim, nlist, m)
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        n_train = min(n, max(100_000, 64 * p["nlist"]))
-        sample = np.sort(rng.choice(n, n_train, replace=False))
+    spec = choose_index(n, dim, index_type=index_type, max_memory=max_memory, nlist=nlist, m=m,
+                        flat_max=FLAT_MAX)
+    desc: dict[str, Any] = {**spec, "metric": "inner_product", "normalised": True}
+    index = empty_index(spec, dim)
+    if spec["type"] == "ivfpq":
+        n_train = train_size(n, dim, spec)
+        sample = np.sort(np.random.default_rng(seed).choice(n, n_train, replace=False))
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter, ivf.cp.seed = 10, seed
+        faiss.downcast_index(ivf).do_polysemous_training = False
         index.train(_normalised(vectors[sample]))
-        index.nprobe = p["nprobe"]
-        desc.update(p, n_train=int(n_train))
-    else:
-        raise MindEyeError(f"unknown --index-type {index_type!r}; choose auto, flat or ivfpq")
+        desc.update(n_train=int(n_train), nprobe=default_nprobe(spec["nlist"]))
+        set_nprobe(index, desc["nprobe"])
     for s in tqdm(range(0, n, chunk), desc="index", unit="chunk", disable=not progress):
         index.add(_normalised(vectors[s:s + chunk]))
     return index, desc
@@ -143,6 +149,9 @@ def build_index(
     random_init: bool = False,
     encoder: Any = None,
     seed: int = 0,
+    max_index_memory: str | int = DEFAULT_MEMORY,
+    shard_size: int = 1_000_000,
+    nprobe: int | None = None,
 ) -> Path:
     """Embed every image of ``images`` with ``encoder_name`` and write a FAISS index directory at ``out``.
 
@@ -150,6 +159,9 @@ def build_index(
     (default: the encoder's input size, so its own resize is a no-op); store images are used as stored.
     An interrupted build re-run with the same arguments resumes at the first unfinished chunk.
     ``encoder``: an already built encoder to use (tests). ``random_init``: tests/benchmarks only.
+    ``max_index_memory``: budget the index type and PQ code size are chosen by (:func:`ann.choose_index`);
+    an IVF-PQ index is trained once, filled ``shard_size`` vectors per shard file and merged into on-disk
+    inverted lists, each step resumable; its ``nprobe`` is tuned for recall@16 >= 0.95 unless given.
     """
     from mindeye.encoders.registry import get_encoder
 
@@ -211,17 +223,47 @@ def build_index(
         bar.close()
 
     t0 = time.perf_counter()
-    index, desc = make_faiss_index(vectors, index_type, nlist=nlist, m=pq_m, seed=seed, progress=progress)
-    import faiss
-
-    with atomic_path(tmp / FAISS_FILE) as faiss_tmp:
-        faiss.write_index(index, str(faiss_tmp))
-    state.update(complete=True, index=desc, index_build_s=round(time.perf_counter() - t0, 3),
-                 mindeye_version=__version__, normalised=True)
+    finish_ann(tmp, vectors, state, index_type=index_type, nlist=nlist, pq_m=pq_m, seed=seed,
+               max_index_memory=max_index_memory, shard_size=shard_size, nprobe=nprobe, progress=progress)
+    state.update(complete=True, index_build_s=round(time.perf_counter() - t0, 3), mindeye_version=__version__,
+                 normalised=True)
     write_json_atomic(tmp / MANIFEST, state, indent=1)
     del vectors
     replace_dir(tmp, out)  # --overwrite: the old index goes only once the new one is in place
     return out
+
+
+def finish_ann(tmp: Path, vectors: np.ndarray, state: dict[str, Any], *, index_type: str = "auto",
+               nlist: int | None = None, pq_m: int | None = None, seed: int = 0,
+               max_index_memory: str | int = DEFAULT_MEMORY, shard_size: int = 1_000_000, nprobe: int | None = None,
+               progress: bool = False, run_shards: Any = None) -> None:
+    """Build (or resume building) the FAISS index of a finished set of embeddings in ``tmp`` and record it
+    in ``state["index"]`` (type, factory key, sizes, nprobe and the recall it was tuned to)."""
+    if shard_size <= 0:
+        raise MindEyeError("--shard-size must be positive")
+    n, dim = vectors.shape
+    spec = choose_index(n, dim, index_type=index_type, max_memory=max_index_memory, nlist=nlist, m=pq_m,
+                        flat_max=FLAT_MAX)
+    if state.get("index_spec") != spec:  # another budget or type than the interrupted build: start the index over
+        for stale in (ann.TRAINED, FAISS_FILE, ann.IVFDATA):
+            (tmp / stale).unlink(missing_ok=True)
+        shutil.rmtree(tmp / ann.SHARDS, ignore_errors=True)
+        state["index_spec"] = dict(spec)
+        write_json_atomic(tmp / MANIFEST, state, indent=1)
+    ann.build_ann(vectors, tmp, spec, shard_size=shard_size, seed=seed, progress=progress, run_shards=run_shards)
+    desc: dict[str, Any] = {**spec, "metric": "inner_product", "normalised": True, "shard_size": shard_size}
+    if spec["type"] == "ivfpq":
+        desc["n_train"] = train_size(n, dim, spec)
+        index = ann.open_index(tmp / FAISS_FILE)
+        if nprobe is not None:
+            desc.update(nprobe=int(nprobe))
+        elif n <= TUNE_MAX:
+            desc.update(ann.tune_nprobe(index, vectors, embeddings_of(tmp), seed=seed))
+        else:
+            desc.update(nprobe=default_nprobe(spec["nlist"]))
+        del index
+        (tmp / ann.TRAINED).unlink(missing_ok=True)
+    state["index"] = desc
 
 
 def _embed_batch(enc: Any, images: list[np.ndarray], size: int | None) -> np.ndarray:
@@ -233,33 +275,59 @@ def _embed_batch(enc: Any, images: list[np.ndarray], size: int | None) -> np.nda
     return torch.nn.functional.normalize(y, dim=1).cpu().numpy().astype(np.float16)
 
 
+def embeddings_of(path: Path, manifest: dict[str, Any] | None = None) -> Embeddings | None:
+    """The stored embeddings of an index directory: ``embeddings.npy``, the distributed build's
+    ``embeddings/*.npy`` parts, or the files an attached index names; None if there are none."""
+    if manifest and manifest.get("embeddings_files"):
+        return Embeddings(manifest["embeddings_files"])
+    if (path / EMBEDDINGS).exists():
+        return Embeddings([path / EMBEDDINGS])
+    parts = sorted((path / EMBEDDINGS_DIR).glob("*.npy")) if (path / EMBEDDINGS_DIR).is_dir() else []
+    return Embeddings(parts) if parts else None
+
+
 @dataclass
 class DatabaseIndex:
-    """A finished index directory: manifest, FAISS index, id -> image map, stored embeddings."""
+    """A finished index directory: manifest, FAISS index (memory-mapped), id -> image map, stored embeddings.
+
+    Built by :func:`build_index` (or the distributed build) or attached to an existing LAION /
+    clip-retrieval index by :func:`mindeye.inference.attach.attach_index` (``manifest["kind"] == "attached"``:
+    the FAISS file, metadata and embeddings stay where they are).
+    """
 
     path: Path
     manifest: dict[str, Any]
     index: Any
-    source: ImageSource
+    source: ImageSource | UrlSource
+    stored: Embeddings | None = None
 
     @classmethod
     def open(cls, path: str | Path, images_root: str | None = None) -> DatabaseIndex:
-        import faiss
-
+        require_faiss()
         path = Path(path)
         manifest = _read_json(path / MANIFEST)
-        if not (path / FAISS_FILE).exists() or manifest is None or not manifest.get("complete"):
+        faiss_file = Path(manifest.get("faiss_file") or path / FAISS_FILE) if manifest else path / FAISS_FILE
+        if manifest is None or not manifest.get("complete") or not faiss_file.exists():
             partial = path.with_name(path.name + ".partial")
             hint = (f" ({partial} exists: that build was interrupted; re-run the same `mindeye index build` "
                     "command to finish it)") if partial.exists() else ""
-            raise MindEyeError(f"no finished database index at {path} ({FAISS_FILE} or {MANIFEST} missing){hint}; "
-                               "build one with `mindeye index build --images DIR --encoder NAME --out INDEX`")
-        index = faiss.read_index(str(path / FAISS_FILE))
-        source = ImageSource.read(path, manifest["source"], images_root)
-        if index.ntotal != manifest["count"] or len(source) != manifest["count"]:
-            raise MindEyeError(f"{path} is inconsistent ({index.ntotal} vectors, {len(source)} ids, manifest "
-                               f"{manifest['count']}); rebuild it with --overwrite")
-        return cls(path, manifest, index, source)
+            what = f"{faiss_file} is missing" if manifest and manifest.get("complete") else \
+                f"{FAISS_FILE} or {MANIFEST} missing"
+            raise MindEyeError(f"no finished database index at {path} ({what}){hint}; build one with "
+                               "`mindeye index build --images DIR --encoder NAME --out INDEX` or attach one with "
+                               "`mindeye index attach`")
+        index = ann.open_index(faiss_file)
+        source = read_source(path, manifest["source"], images_root)
+        stored = embeddings_of(path, manifest)
+        counts = {"vectors": index.ntotal, "ids": len(source), "manifest": manifest["count"]}
+        if stored is not None:
+            counts["embeddings"] = len(stored)
+        if len(set(counts.values())) != 1:
+            raise MindEyeError(f"{path} is inconsistent ({', '.join(f'{v} {k}' for k, v in counts.items())}); "
+                               "rebuild it with --overwrite (or attach matching files again)")
+        if index.d != manifest["dim"] or (stored is not None and stored.dim != manifest["dim"]):
+            raise MindEyeError(f"{faiss_file} holds {index.d}-d vectors but {path} says {manifest['dim']}-d; rebuild it")
+        return cls(path, manifest, index, source, stored)
 
     @property
     def dim(self) -> int:
@@ -269,45 +337,33 @@ class DatabaseIndex:
     def encoder(self) -> str:
         return str(self.manifest["encoder"])
 
+    @property
+    def has_embeddings(self) -> bool:
+        return self.stored is not None
+
     def embeddings(self, ids: np.ndarray) -> np.ndarray | None:
-        """Stored unit-norm embeddings (float32) of ``ids``, or None if embeddings.npy was deleted."""
-        path = self.path / EMBEDDINGS
-        if not path.exists():
-            return None
-        arr = np.load(path, mmap_mode="r")
-        flat = np.asarray(ids).reshape(-1)
-        order = np.argsort(flat)
-        rows = np.empty((len(flat), arr.shape[1]), dtype=np.float32)
-        rows[order] = arr[flat[order]]
-        return _normalised(rows).reshape(*np.shape(ids), -1)
+        """Stored unit-norm embeddings (float32) of ``ids`` (any shape), or None if there are none."""
+        return None if self.stored is None else self.stored.rows(np.asarray(ids))
 
     def search(self, queries: np.ndarray, k: int, nprobe: int | None = None,
                refine: int = 4) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (M, k), best first, for float32 queries (M, dim) (normalised here).
+        """(scores, ids), each (M, k), best first, for float32 queries (M, dim) (normalised here), all at once.
 
-        For an approximate (IVF-PQ) index with stored embeddings, ``refine`` x k candidates are fetched and
-        re-scored with the exact stored embeddings (faiss' IndexRefine idea), which recovers most of what
-        product quantisation loses; ids are -1 where fewer than k were found.
+        For an approximate (IVF) index with stored embeddings, ``refine`` x k candidates are fetched and
+        re-scored exactly with the stored embeddings, vectorised over the batch (faiss' IndexRefine idea,
+        with the exact vectors read from disk instead of a second copy in RAM); ids are -1 where fewer
+        than k were found.
         """
         queries = _normalised(queries)
         if queries.shape[1] != self.dim:
             raise MindEyeError(f"query embeddings have dimension {queries.shape[1]} but the index {self.path} holds "
                                f"{self.dim}-d {self.encoder} embeddings; query it with embeddings of the same encoder")
-        k = min(k, self.index.ntotal)
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = int(nprobe or self.manifest["index"].get("nprobe", 1))
-        exact = self.manifest["index"]["type"] == "flat" or refine <= 1 or not (self.path / EMBEDDINGS).exists()
-        if exact:
-            return self.index.search(queries, k)
-        _, short = self.index.search(queries, min(self.index.ntotal, refine * k))
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(queries), k), -1, dtype=np.int64)
-        for m, row in enumerate(short):
-            row = row[row >= 0]
-            s = self.embeddings(row) @ queries[m]
-            top = np.argsort(-s, kind="stable")[:k]
-            scores[m, :len(top)], ids[m, :len(top)] = s[top], row[top]
-        return scores, ids
+        if k < 1:
+            raise MindEyeError(f"-k must be at least 1, got {k}")
+        exact = self.manifest["index"]["type"] == "flat"
+        probe = int(nprobe or self.manifest["index"].get("nprobe") or 1)
+        return search_refined(self.index, queries, k, embeddings=None if exact else self.stored,
+                              refine=refine, nprobe=None if exact else probe)
 
 
 def search_exact(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ Output::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,8 +31,8 @@ from tqdm import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.inference.img2img import check_strength, img2img_start
-from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, write_index  # noqa: F401
-from mindeye.utils.images import fit_bilinear, load_png, save_png  # noqa: F401
+from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
+from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
@@ -48,6 +49,7 @@ class ReconstructSettings:
     prior_steps: int | None = None  # None = the prior's full schedule (reference: 100)
     prior_guidance: float | None = None  # None = the run's model.prior.guidance (paper: 1.0, no guidance)
     init_encoding: str = "reference"  # img2img start latent: "reference" (authors) or "vae" ([-1, 1], mode)
+    final_sigmas: str | None = None  # UniPC end point; None = the generator's ("sigma_min" for VD: t = 0, authors)
     seed: int = 0
     batch_brains: int = 1  # brain samples per generator batch (batch = batch_brains x samples x 2 for CFG)
     save_all: bool = False
@@ -55,9 +57,15 @@ class ReconstructSettings:
     def validate(self) -> None:
         if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
             raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
+        for name, value in (("guidance", self.guidance), ("prior guidance", self.prior_guidance)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value)):
+                raise MindEyeError(f"{name} must be a finite number (e.g. 3.5; 1 = no guidance), got {value!r}")
         check_strength(self.img2img_strength)
         if self.init_encoding not in INIT_ENCODINGS:
             raise MindEyeError(f"--init-encoding must be one of {', '.join(INIT_ENCODINGS)}, got {self.init_encoding!r}")
+        if self.final_sigmas not in (None, "sigma_min", "zero"):
+            raise MindEyeError(f"--final-sigmas must be sigma_min or zero, got {self.final_sigmas!r}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the images (batching and save_all do not)."""
@@ -69,11 +77,13 @@ class ReconstructSettings:
 
 class BlurrySource(Protocol):
     def get(self, image_index: int) -> np.ndarray: ...  # uint8 (H, W, 3)
+    # optional: def get_float(self, image_index: int) -> torch.Tensor  # float (3, H, W), the in-memory path
 
 
 class Prior(Protocol):
+    # generator: one, or a list of k for a batch of k equal groups (group j draws its noise from generator j)
     def sample(self, brain_embed: torch.Tensor, cond_scale: float = 1.0, timesteps: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor: ...
+               generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor: ...
 
 
 def item_seed(seed: int, image_index: int) -> int:
@@ -120,6 +130,7 @@ def reconstruct(
     start = img2img_start(strength, settings.steps)
     full_config = {"generator": generator.name, "generator_weights": generator.weights_id,
                    "settings": settings.identity(), "img2img": blurry is not None, "img2img_start_step": start,
+                   "final_sigmas": settings.final_sigmas or getattr(generator, "final_sigmas", None),
                    **(config or {})}
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
@@ -140,8 +151,14 @@ def reconstruct(
             if settings.save_all:
                 rec["samples"] = [f"samples/{idx:05d}_{k:02d}.png" for k in range(n)]
                 for k in range(n):
-                    save_png(cand[k], out_dir / rec["samples"][k])
-            save_png(cand[best], out_dir / rec["file"])
+                    save_png(float_to_uint8(cand[k:k + 1])[0], out_dir / rec["samples"][k])
+            chosen_img = cand[best:best + 1]
+            png = float_to_uint8(chosen_img)
+            save_png(png[0], out_dir / rec["file"])  # for people
+            if (png.permute(0, 3, 1, 2).float() / 255 - chosen_img).abs().max() > 1e-6:
+                # for the metrics: the float image, no 8-bit step (a codec that decodes to 8 bits, like the
+                # demo's stand-in, has nothing to add to its PNG)
+                rec["float_file"] = save_float(cand[best], out_dir, idx)
             index["images"][str(idx)] = rec
         write_index(out_dir, index)
         bar.update(len(rows))
@@ -153,8 +170,9 @@ def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.
                       prior: Prior, generator: ImageGenerator, judge: Callable[[torch.Tensor], torch.Tensor],
                       settings: ReconstructSettings, blurry: BlurrySource | None,
                       start: int) -> tuple[torch.Tensor, list[int], list[list[float]]]:
-    """One batch of brain samples (``rows``) -> (uint8 candidates (len(rows) x n, H, W, 3), the best-of-n
-    candidate of each row, every candidate's judge score). The one reconstruction step: `mindeye
+    """One batch of brain samples (``rows``) -> (float candidates (len(rows) x n, 3, H, W) in [0, 1], the
+    best-of-n candidate of each row, every candidate's judge score). The candidates stay floats, as the
+    authors' (``utils.decode_latents``: clamped to [0, 1], not quantised) for the judge and the metrics. The one reconstruction step: `mindeye
     reconstruct` (:func:`reconstruct`) and :meth:`mindeye.MindEyePipeline.reconstruct` both call it."""
     n = settings.samples
     images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device)
@@ -171,27 +189,41 @@ def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.
 def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,
               generator: ImageGenerator, settings: ReconstructSettings, blurry: BlurrySource | None,
               start: int, n: int, device: torch.device) -> torch.Tensor:
-    """uint8 images (len(rows) x n, H, W, 3): n candidates per brain sample, in row order."""
+    """float images (len(rows) x n, 3, H, W): n candidates per brain sample, in row order."""
     size = generator.image_size
     if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
-        return torch.cat([fit_bilinear(blurry.get(int(image_index[m])), size)[None].repeat(n, 1, 1, 1) for m in rows])
-    conds, noises, inits = [], [], []
-    for m in rows:
-        g = torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m])))
-        brain = backbone[m:m + 1].to(device, torch.float32).repeat(n, *([1] * (backbone.ndim - 1)))
-        emb = prior.sample(brain, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps, generator=g)
-        conds.append(generator.prepare_condition(emb))
+        return torch.cat([_blurry_float(blurry, int(image_index[m]), size).clamp(0, 1).repeat(n, 1, 1, 1)
+                          for m in rows])
+    gens = [torch.Generator(device=device).manual_seed(item_seed(settings.seed, int(image_index[m]))) for m in rows]
+    brains = torch.cat([backbone[m:m + 1].to(device, torch.float32).repeat(n, *([1] * (backbone.ndim - 1)))
+                        for m in rows])
+    # One prior call for the batch, each brain sample's noise from its own generator (Prior protocol).
+    embs = prior.sample(brains, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps,
+                        generator=gens if len(gens) > 1 else gens[0])
+    conds, noises, inits = [generator.prepare_condition(embs)], [], []
+    for m, g in zip(rows, gens):  # then each generator's next draws, as one brain sample at a time
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
         if start > 0:
-            init = generator.codec.encode_init(fit_bilinear(blurry.get(int(image_index[m])), size)[None],
+            # the blurry image as the low-level stage left it: float, unclamped (the authors')
+            init = generator.codec.encode_init(_blurry_float(blurry, int(image_index[m]), size),
                                                settings.init_encoding, g)
             inits.append(init.to(device).repeat(n, 1, 1, 1))
     latents = generator.denoise(torch.cat(conds), torch.cat(noises), torch.cat(inits) if inits else None,
-                                settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance)
+                                settings.img2img_strength if inits else 0.0, settings.steps, settings.guidance,
+                                settings.final_sigmas)
     if not torch.isfinite(latents).all():
         raise MindEyeError("the generator produced non-finite latents (NaN/inf); nothing was written for this "
                            "batch. Try --dtype float32 or check the generator weights")
-    return generator.codec.decode(latents).cpu()
+    return generator.codec.decode_float(latents).clamp(0, 1).cpu()
+
+
+def _blurry_float(blurry: BlurrySource, image_index: int, size: int) -> torch.Tensor:
+    """(1, 3, size, size) float blurry image: its float copy when the source keeps one, else its PNG."""
+    get_float = getattr(blurry, "get_float", None)
+    x = get_float(image_index) if get_float is not None else None
+    if x is None:
+        return as_float_images(fit_bilinear(blurry.get(image_index), size)[None])
+    return as_float_images(torch.as_tensor(x).float()[None], size)
 
 
 def reconstruct_run(
@@ -243,7 +275,8 @@ def reconstruct_run(
     generator = load_generator(spec.name, weights, device=device, dtype=dtype)
     # load_run_model also checks the store's voxel count against the run's (else a matmul traceback)
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg), subject=subject)
-    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode)
+    split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
+                            cfg.data.test_repetitions)
     rows = slice(0, limit) if limit else slice(None)
     voxels, image_index = split.voxels[rows], split.image_index[rows]
     backbone = embed_voxels(model, voxels, device, which="backbone").half()

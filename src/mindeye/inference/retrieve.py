@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mindeye.errors import MindEyeError
-from mindeye.inference.index import EMBEDDINGS, DatabaseIndex, rerank
+from mindeye.inference.index import DatabaseIndex, rerank
 from mindeye.inference.recon_dir import new_index, write_index
 from mindeye.utils.files import replace_dir, write_json_atomic
 from mindeye.utils.images import save_png, square
@@ -70,6 +70,8 @@ def _check_encoders(run_encoder: str, index: DatabaseIndex, query: str, store: P
             cache = read_manifest(find_cache(store, run_encoder, weights)) or {}
         except MindEyeError:
             return  # no cache to compare with (targets computed elsewhere): nothing more to check
+        if index.manifest["fingerprint"] == "external":  # an attached index: its weights are the user's word
+            return
         if cache.get("fingerprint") and cache["fingerprint"] != index.manifest["fingerprint"]:
             raise MindEyeError(f"the run's {run_encoder} targets (fingerprint {cache['fingerprint'][:12]}) and the "
                                f"index {index.path} (fingerprint {index.manifest['fingerprint'][:12]}) come from "
@@ -125,7 +127,7 @@ def retrieve(
     if cfg.model.kind == "lowlevel":
         raise MindEyeError(f"{run_dir} is a low-level run; database retrieval needs a high-level (mindeye or ridge) "
                            "run that predicts CLIP embeddings")
-    test = load_eval_split(subject, subject.image_indices("test"), "averaged")
+    test = load_eval_split(subject, subject.image_indices("test"), "averaged", cfg.data.test_repetitions)
     if len(test) == 0:
         raise MindEyeError(f"{subject.path} has no test images")
     rows = slice(0, limit) if limit else slice(None)
@@ -140,7 +142,7 @@ def retrieve(
     db.source.check(ids[ids >= 0].ravel())  # every candidate on disk before anything is written
 
     brain_flat = brain.float().flatten(1).numpy()
-    use_stored = db.encoder == cfg.targets.encoder and (db.path / EMBEDDINGS).exists()
+    use_stored = db.encoder == cfg.targets.encoder and db.has_embeddings
     enc = None
     if not use_stored:
         from mindeye.encoders.registry import get_encoder

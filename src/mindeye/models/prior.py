@@ -22,6 +22,7 @@ would lose the one-to-one reading against dalle2-pytorch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -378,9 +379,13 @@ class DiffusionPrior(nn.Module):
         cond_scale: float = 1.0,
         timesteps: int | None = None,
         eta: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Sample image tokens (B, num_tokens, dim), in the target's units (divided by the scale).
+
+        ``generator`` may be a list of k generators: the batch is then k equal groups, group j drawing all
+        its noise from generator j, so a group gets the same draws as a call on that group alone (batched
+        reconstructions equal one-brain-at-a-time ones, to float rounding).
 
         ``timesteps=None`` (or the full count) runs the reference's DDPM ancestral sampler: x_{t-1} =
         posterior mean(x0_hat, x_t) + exp(log_var / 2) z, with no noise at t = 0. Fewer steps use DDIM
@@ -396,14 +401,24 @@ class DiffusionPrior(nn.Module):
         b, device = brain_embed.shape[0], brain_embed.device
         shape = (b, self.net.num_tokens, self.net.dim)
         sch = self.schedule
-        x = torch.randn(shape, device=device, dtype=brain_embed.dtype, generator=generator)
+        gens = list(generator) if isinstance(generator, list | tuple) else [generator]
+        if b % len(gens):
+            raise ValueError(f"a batch of {b} cannot be split into {len(gens)} equal generator groups")
+
+        def randn(dtype: torch.dtype) -> Tensor:
+            if len(gens) == 1:
+                return torch.randn(shape, device=device, dtype=dtype, generator=gens[0])
+            part = (b // len(gens), *shape[1:])
+            return torch.cat([torch.randn(part, device=device, dtype=dtype, generator=g) for g in gens])
+
+        x = randn(brain_embed.dtype)
 
         if steps == n_total:  # DDPM, exactly as the reference
             for i in reversed(range(n_total)):
                 t = torch.full((b,), i, device=device, dtype=torch.long)
                 x0 = self.net.forward_with_cond_scale(x, t, brain_embed, cond_scale)
                 mean, log_var = sch.q_posterior(x0, x, t)
-                z = torch.randn(shape, device=device, dtype=x.dtype, generator=generator)
+                z = randn(x.dtype)
                 x = mean + (0.5 * log_var).exp() * z if i > 0 else mean
             return x / self.image_embed_scale
 
@@ -417,6 +432,6 @@ class DiffusionPrior(nn.Module):
             a, a_prev = sch.alphas_cumprod[t_now], sch.alphas_cumprod[ts[i + 1]]
             eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()
-            z = torch.randn(shape, device=device, dtype=x.dtype, generator=generator)
+            z = randn(x.dtype)
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps + sigma * z
         return x / self.image_embed_scale

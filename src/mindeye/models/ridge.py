@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mindeye.errors import MindEyeError
+from mindeye.finite import require_finite
 
 
 class RidgeRegression(nn.Module):
@@ -81,6 +82,10 @@ class RidgeRegression(nn.Module):
         when choosing alpha, so the held-out fold never has a repetition of a training image in the fit
         (with them, the fold rewards memorising images and picks too small an alpha)."""
         self._check(x, y)
+        # A NaN voxel would surface as a "singular" system (no alpha helps): name it instead.
+        require_finite(x, "ridge training voxels", "the store is damaged or holds NaN voxels: re-prepare it "
+                       "(check it with `mindeye info`)")
+        require_finite(y, "ridge training targets", "recompute the target cache with `mindeye embed --overwrite`")
         alphas = [float(alpha)] if isinstance(alpha, int | float) else [float(a) for a in alpha]
         if not alphas or min(alphas) <= 0:
             raise MindEyeError(f"ridge alpha must be one or more positive numbers, got {alpha!r}")

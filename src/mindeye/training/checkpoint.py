@@ -19,9 +19,12 @@ and inference refuse it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from mindeye.runs import (  # noqa: F401  (the run-directory readers' home is mi
     _load_state_dict,
     load_weights,
     read_run,
+    read_run_json,
     read_safetensors,
     refuse_diverged,
 )
@@ -46,9 +50,31 @@ def _contiguous_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
 
+def _write_error(exc: BaseException, run_dir: Path, what: Path) -> BaseException:
+    """A failed checkpoint / weights write as one line (safetensors and torch.save report a full disk as their own
+    exception types); the previous checkpoint is intact, so the run resumes exactly once there is room."""
+    if isinstance(exc, KeyboardInterrupt | SystemExit | MindEyeError) or not isinstance(exc, Exception):
+        return exc
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+        k in text for k in ("No space left", "StorageFull", "Disk quota", "QuotaExceeded", "os error 28"))
+    if not full and not isinstance(exc, OSError) and "safetensor" not in type(exc).__name__.lower() \
+            and "PytorchStreamWriter" not in text:
+        return exc  # not a write failure: a bug to report as it is
+    why = "no space left on the device" if full else f"{type(exc).__name__}: {text}"
+    kept = ("the previous checkpoint is intact; free some space, then continue with `mindeye train --resume`"
+            if (run_dir / "checkpoint").exists() else
+            "no checkpoint was written yet; free some space, then `mindeye train --resume` starts the run over")
+    return MindEyeError(f"could not write {what} ({why}); {kept}")
+
+
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    with atomic_path(path) as tmp:
-        save_file(_contiguous_state(model), str(tmp), metadata={"mindeye_version": __version__, **(metadata or {})})
+    try:
+        with atomic_path(path) as tmp:
+            save_file(_contiguous_state(model), str(tmp),
+                      metadata={"mindeye_version": __version__, **(metadata or {})})
+    except BaseException as exc:
+        raise _write_error(exc, path.parent, path) from None
 
 
 def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
@@ -61,7 +87,7 @@ def write_run_files(run_dir: Path, cfg: Config, info: dict[str, Any]) -> None:
 def mark_diverged(run_dir: Path, step: int, epoch: int) -> None:
     """Record in run.json that training diverged (evaluation and inference then refuse the run)."""
     path = run_dir / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {"mindeye_version": __version__}
+    info = read_run_json(run_dir) if path.exists() else {"mindeye_version": __version__}
     info["diverged"] = {"step": step, "epoch": epoch}
     write_text_atomic(path, json.dumps(info, indent=2))
 
@@ -77,9 +103,9 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
         save_file(_contiguous_state(model), str(tmp / "model.safetensors"),
                   metadata={"mindeye_version": __version__})
         torch.save({"mindeye_version": __version__, **state}, tmp / "state.pt")
-    except BaseException:  # e.g. a full disk: the previous checkpoint stays, the torn one goes
+    except BaseException as exc:  # e.g. a full disk: the previous checkpoint stays, the torn one goes
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise _write_error(exc, run_dir, final) from None
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
@@ -124,4 +150,49 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module, map_location: str | t
     if not isinstance(state, dict) or not {"epoch", "step", "optimizer", "scheduler", "rng_cpu"} <= set(state):
         raise MindEyeError(f"{ckpt / 'state.pt'} is not a mindeye training state (keys missing); "
                            "restore it or start a new run")
+    check_state_values(ckpt / "state.pt", state)
     return state
+
+
+def _bad_state(path: Path, problem: str) -> MindEyeError:
+    return MindEyeError(f"{path} is not a valid mindeye training state ({problem}); restore the run's own "
+                        "checkpoint or start a new run")
+
+
+def check_state_values(path: Path, state: dict[str, Any]) -> None:
+    """The values of a loaded state.pt have the types a checkpoint writes (before anything is restored)."""
+    for key in ("epoch", "step"):
+        value = state[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad_state(path, f"{key} is {value!r}, not a count")
+    for key in ("rng_cpu", "rng_cuda"):
+        value = state.get(key)
+        if key in state and not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 1):
+            shown = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise _bad_state(path, f"{key} is {shown}, not a uint8 random-generator state")
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in opt["param_groups"])):
+        raise _bad_state(path, "the optimizer state is not an optimizer's state_dict")
+    if not isinstance(state["scheduler"], dict):
+        raise _bad_state(path, "the scheduler state is not a scheduler's state_dict")
+
+
+@contextmanager
+def restoring_state(run_dir: Path, scheduler: Any = None, saved_scheduler: Any = None) -> Iterator[None]:
+    """Restore optimizer / scheduler / RNG states inside this block: a state that does not fit this run (other
+    optimizer groups, a foreign scheduler) is one MindEyeError, never a traceback or a silently other run."""
+    path = Path(run_dir) / "checkpoint" / "state.pt"
+    if scheduler is not None:
+        expected = scheduler.state_dict()
+        if set(saved_scheduler) != set(expected) or any(
+                type(saved_scheduler[k]) is not type(v) for k, v in expected.items() if v is not None):
+            odd = sorted(set(saved_scheduler) ^ set(expected)) or [
+                k for k, v in expected.items() if v is not None and type(saved_scheduler[k]) is not type(v)]
+            raise _bad_state(path, f"its scheduler state does not fit this run's scheduler (differs in "
+                                   f"{', '.join(map(str, odd[:5]))})")
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise _bad_state(path, f"it does not fit this run: {first}") from None

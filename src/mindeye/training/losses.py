@@ -147,6 +147,29 @@ def token_soft_clip_loss(student: torch.Tensor, teacher: torch.Tensor, temperatu
     return soft_clip_loss(student.reshape(-1, dim), teacher.reshape(-1, dim), temperature)
 
 
+def token_soft_cont_loss(student: torch.Tensor, teacher: torch.Tensor, teacher_aug: torch.Tensor,
+                         temperature: float) -> torch.Tensor:
+    """The authors' two-view low-level contrastive loss (``utils.soft_cont_loss`` as ``train_autoencoder.py``
+    calls it), on tokens.
+
+    student, teacher (the clean image's teacher tokens) and teacher_aug (the augmented image's) are
+    (B, T, D), flattened to (B*T, D) and L2-normalised per token. Rows: soft labels
+    softmax(teacher . teacher_aug^T / tau), logits student . teacher_aug^T / tau; columns: soft labels
+    softmax(teacher_aug . teacher^T / tau), logits teacher_aug . student^T / tau; the mean of the two
+    cross-entropies. With teacher_aug = teacher it is :func:`token_soft_clip_loss`.
+    """
+    if not (student.shape[-1] == teacher.shape[-1] == teacher_aug.shape[-1]
+            and student.numel() == teacher.numel() == teacher_aug.numel()):
+        raise ValueError(f"student tokens {tuple(student.shape)}, teacher {tuple(teacher.shape)} and augmented "
+                         f"teacher {tuple(teacher_aug.shape)} differ")
+    dim = student.shape[-1]
+    s, t, a = (F.normalize(x.reshape(-1, dim).float(), dim=-1) for x in (student, teacher, teacher_aug))
+    labels = (t @ a.T / temperature).softmax(dim=-1)
+    labels_t = (a @ t.T / temperature).softmax(dim=-1)
+    logits = s @ a.T / temperature
+    return 0.5 * (_soft_ce(logits, labels) + _soft_ce(logits.T, labels_t))
+
+
 def soft_clip_temperature(
     epoch_fraction: float, start: float = SOFTCLIP_TEMPERATURE_START, end: float = SOFTCLIP_TEMPERATURE_END
 ) -> float:

@@ -36,13 +36,14 @@ from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
-from mindeye.runs import embed_voxels
+from mindeye.runs import embed_voxels, read_run_json
 from mindeye.training import losses
 from mindeye.training.batches import BatchLoader, Request, TargetTable
 from mindeye.training.checkpoint import (
     load_checkpoint,
     mark_diverged,
     recover_interrupted_swap,
+    restoring_state,
     save_checkpoint,
     save_weights,
     write_run_files,
@@ -69,7 +70,7 @@ from mindeye.training.distributed import (
     shard_model,
 )
 from mindeye.training.divergence import DivergenceGuard
-from mindeye.training.resume_check import check_resume_config, flat_keys
+from mindeye.training.resume_check import check_resume_config, check_resume_stores, flat_keys
 from mindeye.training.ridge_first import (
     SCORE_NAMES,
     BestEpoch,
@@ -110,8 +111,28 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias") 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay_params, "weight_decay": 0.0}]
 
 
+def adamw_implementation(device: str, sharded: bool = False) -> dict[str, bool]:
+    """The fastest correct AdamW kernel for the device: ``fused`` on CUDA and on the CPU (one pass over
+    each tensor; torch's CPU default is the for-loop implementation, 6-15x the memory-traffic floor with
+    a full-size temporary per tensor: benchmarks/cpu_optimizer.py). FSDP shards are DTensors, which the
+    CPU fused kernel does not take, so sharded CPU runs use ``foreach``. The update is the same AdamW
+    (equal to the for-loop result to float rounding: tests/test_trainer.py)."""
+    if sharded and not device.startswith("cuda"):
+        return {"foreach": True}
+    return {"fused": True}
+
+
 def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.flatten(1).float(), dim=-1)
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl record; None for a blank or torn line (a power loss mid-write leaves one)."""
+    try:
+        record = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step", 0), int | float) else None
 
 
 class Trainer:
@@ -141,7 +162,7 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         info_file = self.run_dir / "run.json"
         if resume and self.init_from is None and info_file.exists():
-            recorded = json.loads(info_file.read_text()).get("init_from")
+            recorded = read_run_json(self.run_dir).get("init_from")
             self.init_from = Path(recorded["run"]) if recorded else None  # a resumed fine-tune stays one
         self.device = resolve_device(device)
         self.dist: DistInfo = init_distributed(self.device)
@@ -163,6 +184,7 @@ class Trainer:
                                "model.safetensors); drop --resume to start a new run, or give the run's own --out")
         if resume:
             check_resume_config(self.run_dir, cfg)
+            check_resume_stores(self.run_dir, self.stores)  # the same data, in the same order
         self.resume = resume
         self.shared_layout = len(self.stores) > 1 or self.init_from is not None or self._resumed_shared()
         if self.shared_layout and cfg.model.kind != "mindeye":
@@ -172,7 +194,7 @@ class Trainer:
 
     def _resumed_shared(self) -> bool:
         info = self.run_dir / "run.json"
-        return self.resume and info.exists() and "subjects" in json.loads(info.read_text())
+        return self.resume and info.exists() and "subjects" in read_run_json(self.run_dir)
 
     def _check_init_from(self) -> dict[str, Any]:
         """The pretrained run's config, run.json and weights, checked against this run."""
@@ -274,9 +296,8 @@ class Trainer:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None,
                 find_unused_parameters=self.shared_layout and len(self.stores) > 1)
-        fused = self.device.startswith("cuda")
         optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay), lr=cfg.train.max_lr,
-                                      fused=fused if fused else None)
+                                      **adamw_implementation(self.device, sharded))
         steps_per_epoch = task.steps_per_epoch()
         total_steps = cfg.train.epochs * steps_per_epoch
         pct_start = cfg.train.pct_start if cfg.train.pct_start is not None else min(0.5, 2 / cfg.train.epochs)
@@ -290,14 +311,15 @@ class Trainer:
             if fsdp_written != sharded:
                 raise MindEyeError(f"{self.run_dir} was checkpointed with train.parallel="
                                    f"{'fsdp' if fsdp_written else 'ddp'} under torchrun; resume it with that setting")
-            if sharded:
-                load_full_optimizer_state(model, optimizer, state["optimizer"])
-            else:
-                optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng_cpu"])
-            if self.device.startswith("cuda") and "rng_cuda" in state:
-                torch.cuda.set_rng_state(state["rng_cuda"])
+            with restoring_state(self.run_dir, scheduler, state["scheduler"]):  # checked: one clear error
+                if sharded:
+                    load_full_optimizer_state(model, optimizer, state["optimizer"])
+                else:
+                    optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng_cpu"])
+                if self.device.startswith("cuda") and "rng_cuda" in state:
+                    torch.cuda.set_rng_state(state["rng_cuda"])
             start_epoch, step = int(state["epoch"]), int(state["step"])
             if self.dist.is_main:
                 self._drop_records_after(self.run_dir / "metrics.jsonl", step)
@@ -461,8 +483,8 @@ class Trainer:
         """On resume, forget log records written after the checkpoint (that work is redone)."""
         if not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        kept = [line for line in path.read_text(errors="replace").splitlines()
+                if (record := _record(line)) is not None and record.get("step", 0) <= step]
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, path)
@@ -689,8 +711,10 @@ class HighLevelLoss:
             contrastive = losses.info_nce(preds, targets_n, cfg.train.mixco_temperature)
         total = contrastive
         parts["contrastive"] = contrastive.detach()
-        # Targets for mixed inputs are mixed in the same ratio (paper, section 2.1).
-        prior_target = (losses.mix_like(tgt, perm, lambdas) if perm is not None else tgt)[sl]
+        # Under MixCo the authors train the prior on the UNmixed targets (Train_MindEye.py: diffusion_prior(...,
+        # image_embed=clip_target)); train.prior_targets=mixed mixes them like the voxels (the paper's text).
+        mixed_prior = perm is not None and cfg.train.prior_targets == "mixed"
+        prior_target = (losses.mix_like(tgt, perm, lambdas) if mixed_prior else tgt)[sl]
         if model.prior is not None:
             prior_loss, _ = model.prior.loss(prior_target.view_as(out["backbone"]), out["backbone"])
             total = total + cfg.train.prior_loss_weight * prior_loss
@@ -757,6 +781,16 @@ class HighLevelTask(HighLevelLoss):
                                  mode=cfg.train.data_path)
             self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
                                               id=store.subject_id, loader=loader))
+        # targets.online: the authors' targets, CLIP of every batch's images augmented with their kornia
+        # pipeline (Train_MindEye.py l.201-211, 591-601); the cache still serves validation and the shape.
+        self.online = None
+        if cfg.targets.online:
+            from mindeye.encoders.online import OnlineTargets
+            from mindeye.encoders.registry import get_encoder
+
+            encoder = get_encoder(cfg.targets.encoder, weights=cfg.targets.weights, device=trainer.device,
+                                  **target_options(cfg, cfg.targets.encoder))
+            self.online = [OnlineTargets(encoder, store.images) for store in trainer.stores]
         first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
         self.targets, self.vox, self.images, self.sampler, self.val, self.loader = (
             first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
@@ -771,7 +805,7 @@ class HighLevelTask(HighLevelLoss):
         steps = self.steps_per_epoch()
         # The whole epoch's data draws are made up front (per subject: sampler order, then the view per
         # step), so every data-path mode sees the same stream; one subject = the single-subject stream.
-        streams = []
+        streams, all_requests = [], []
         for part in self.parts:
             views = part.targets.views
             requests = []
@@ -779,15 +813,25 @@ class HighLevelTask(HighLevelLoss):
                 k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
                 requests.append(Request(pos, part.images[pos], repetition=slots, views=k))
             streams.append(part.loader.batches(requests))
-        for got in zip(*streams):
+            all_requests.append(requests)
+        for step, got in enumerate(zip(*streams)):
             # global batch (sliced per rank in loss()), already float32 on the device
             chunks = [b["voxels"] for b in got]
+            targets = [b["targets"] for b in got]
+            batch = {}
+            if self.online is not None:  # every step's seed from the epoch's stream, after its data draws
+                seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+                targets = [online(reqs[step].image_index, seed + s).view_as(t)
+                           for s, (online, reqs, t) in enumerate(zip(self.online, all_requests, targets))]
+                batch["augment_seed"] = seed
+                batch["image_index"] = np.concatenate([reqs[step].image_index for reqs in all_requests])
             yield {
                 "voxels": chunks if self.subjects is not None else chunks[0],
                 "subjects": self.subjects,
-                "targets": torch.cat([b["targets"] for b in got]) if len(got) > 1 else got[0]["targets"],
+                "targets": torch.cat(targets) if len(got) > 1 else targets[0],
                 "generator": gen,
                 "device": dev,
+                **batch,
             }
 
     @torch.no_grad()
@@ -852,7 +896,14 @@ class LowLevelLoss:
             # Per token: (B*T) x (B*T) logits of per-token normalised tokens (authors; docs/encoders.md).
             preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
             teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
-            contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
+            if cfg.train.lowlevel_contrastive_views == "two":
+                # Two views (train_autoencoder.py, utils.soft_cont_loss): soft labels clean x augmented
+                # teacher, logits student x augmented teacher; without cached views the two coincide.
+                aug = batch.get("teacher_aug")
+                aug = teacher if aug is None else aug.to(dev).view_as(teacher)
+                contrastive = losses.token_soft_cont_loss(preds, teacher, aug, cfg.train.lowlevel_temperature)
+            else:
+                contrastive = losses.token_soft_clip_loss(preds, teacher, cfg.train.lowlevel_temperature)
             total = total + cfg.train.lowlevel_contrastive_weight * contrastive
             parts["contrastive"] = contrastive.detach()
         return total, parts
@@ -880,7 +931,14 @@ class LowLevelTask(LowLevelLoss):
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
         self.ridge_targets = self.latents  # what a ridge map / the ridge reference predicts
         tables = [TargetTable("latents", self.latents.array)]
-        if self.teacher is not None:
+        # two views: the clean teacher tokens plus an augmented view 1..K ("teacher_aug"); one view: a
+        # view 0..K (0 = clean) for both roles.
+        self.two_views = (self.teacher is not None and self.teacher.views is not None
+                          and cfg.train.lowlevel_contrastive_views == "two")
+        if self.two_views:
+            tables += [TargetTable("teacher", self.teacher.array),
+                       TargetTable("teacher_aug", self.teacher.array, self.teacher.views)]
+        elif self.teacher is not None:
             tables.append(TargetTable("teacher", self.teacher.array, self.teacher.views))
         self.loader = BatchLoader(self.vox, tables, self.images, trainer.device, mode=cfg.train.data_path)
 
@@ -900,7 +958,10 @@ class LowLevelTask(LowLevelLoss):
         for s in range(self.steps_per_epoch()):
             idx = perm[s * bs:(s + 1) * bs].numpy()
             w = self.repetition_weights(self.mask[idx], gen)
-            k = torch.randint(0, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
+            # two views: the augmented teacher is always an augmented view (the authors' RandomResizedCrop
+            # is applied with p = 1), 1..K; one view: 0..K, 0 = the clean image.
+            low = 1 if self.two_views else 0
+            k = torch.randint(low, views.shape[1] + 1, (bs,), generator=gen).numpy() if views is not None else None
             requests.append(Request(idx, self.images[idx], mix_weights=w, views=k))
         for b in self.loader.batches(requests):
             yield {**b, "device": self.t.device}

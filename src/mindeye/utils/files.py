@@ -46,3 +46,17 @@ def replace_dir(finished: str | os.PathLike, out: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:  # a regular file (or a link) was in the way (--overwrite)
         old.unlink(missing_ok=True)
+
+
+def path_inside(base: str | os.PathLike, rel: Any, what: str) -> Path:
+    """``base / rel`` for a relative path ``rel`` that stays inside ``base`` (an index entry, an image list);
+    an absolute path or one climbing out with ``..`` is refused (MindEyeError naming ``what``)."""
+    from mindeye.errors import MindEyeError
+
+    text = str(rel) if isinstance(rel, str | os.PathLike) else None
+    norm = os.path.normpath(text) if text else ""
+    if not text or "\0" in text or os.path.isabs(text) or norm == ".." or norm.startswith(".." + os.sep) \
+            or norm.startswith("../"):
+        raise MindEyeError(f"{what} names {rel!r}, which is not a path inside {base}; entries must stay inside "
+                           "their directory: the file was not written by mindeye (or was edited), rebuild it")
+    return Path(base) / norm

@@ -37,7 +37,10 @@ def decode_image(data: bytes, where: str, hint: str = "remove or replace it and 
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
     except Exception as exc:  # noqa: BLE001
-        raise MindEyeError(f"{where}: cannot decode the image ({exc}); {hint}") from None
+        from mindeye.safe_load import npy_error
+
+        why = npy_error(exc) if data[:6] == b"\x93NUMPY" else exc  # never numpy's allow_pickle=True advice
+        raise MindEyeError(f"{where}: cannot decode the image ({why}); {hint}") from None
 
 
 def uint8_to_float(images: torch.Tensor | np.ndarray, size: int | None = None,
@@ -55,6 +58,25 @@ def uint8_to_float(images: torch.Tensor | np.ndarray, size: int | None = None,
 def float_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """float (N, 3, H, W) in [0, 1] -> uint8 (N, H, W, 3)."""
     return x.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def is_float_images(images: object) -> bool:
+    """True for a float tensor batch (N, 3, H, W) (the in-memory path between stages), False for uint8."""
+    return isinstance(images, torch.Tensor) and images.is_floating_point()
+
+
+def as_float_images(images: torch.Tensor | np.ndarray, size: int | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, 3) or float (N, 3, H, W) -> float (N, 3, size, size), float values kept as they are
+    (not clamped, not quantised); resized bilinearly (antialiased) when the size differs."""
+    if not is_float_images(images):
+        return uint8_to_float(images, size, device)
+    x = images.to(device).float()
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise MindEyeError(f"float images must be (N, 3, H, W); got {tuple(x.shape)}")
+    if size is not None and (x.shape[-1] != size or x.shape[-2] != size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
 
 
 def fit_bilinear(image: np.ndarray, size: int) -> torch.Tensor:

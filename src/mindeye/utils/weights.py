@@ -4,6 +4,8 @@ HF cache. Nothing here downloads; callers turn a miss into a WeightsUnavailableE
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -21,3 +23,36 @@ def hf_cache_snapshot(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and friends: not in the local cache
         return None
+
+
+@contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """diffusers' own log lines while weights load (e.g. "Defaulting to unsafe serialization" when a
+    model.safetensors is missing) are not shown: a refusal is mindeye's one line."""
+    try:
+        from diffusers.utils import logging as dlog
+    except ImportError:
+        yield
+        return
+    level = dlog.get_verbosity()
+    dlog.set_verbosity(dlog.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
+def weight_load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged, pickled or foreign weights file raises (to turn into one MindEyeError)."""
+    import pickle
+    import zipfile
+
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, EOFError,
+                                               pickle.UnpicklingError, zipfile.BadZipFile)
+    try:
+        from safetensors import SafetensorError
+
+        errors += (SafetensorError,)
+    except ImportError:
+        pass
+    return errors
