@@ -75,6 +75,8 @@ def test_user_keys_and_size_settings(tmp_path):
     ridge = load_config("demo-ridge")
     assert size_settings(ridge, 300, has_val_split=False)[0] == {"data.val_images": 60}
     assert "data.val_images" not in size_settings(Config(), 300, has_val_split=True)[0]
+    big, why = size_settings(Config(), 300, has_val_split=False, n_voxels=15724)  # NSD voxels -> 257 x 768
+    assert "model.ridge_residual" not in big and big["train.select_best"] and "no ridge-first network" in why
 
 
 def test_sized_config_applies_defaults_but_explicit_settings_win(tiny_store, tmp_path):

@@ -73,7 +73,21 @@ def store_train_images(store: SubjectStore, cfg: Config) -> int:
     return min(n, cfg.data.train_images) if cfg.data.train_images is not None else n
 
 
-def size_settings(cfg: Config, n_images: int, has_val_split: bool) -> tuple[dict[str, Any], str]:
+# The ridge-first layout keeps a full (outputs x voxels) float32 ridge weight in the model: above this many
+# values (1 GB; NSD voxels to CLIP ViT-L/14 tokens would be 3.1e9) the small-data settings leave it off.
+RIDGE_MAP_MAX_VALUES = 250_000_000
+
+
+def ridge_map_values(cfg: Config, n_voxels: int) -> int:
+    """Values of the ridge weight a ridge-first model of ``cfg`` would hold for ``n_voxels`` voxels."""
+    from mindeye.models.factory import lowlevel_latent_size
+
+    outputs = (lowlevel_latent_size(cfg.model) if cfg.model.kind == "lowlevel"
+               else cfg.model.backbone.tokens * cfg.model.backbone.dim)
+    return outputs * n_voxels
+
+
+def size_settings(cfg: Config, n_images: int, has_val_split: bool, n_voxels: int = 0) -> tuple[dict[str, Any], str]:
     """(settings, why) for a run of ``cfg.model.kind`` on ``n_images`` training images ({} when none apply)."""
     limit = SMALL_DATA_IMAGES[cfg.model.kind]
     if n_images >= limit:
@@ -82,11 +96,16 @@ def size_settings(cfg: Config, n_images: int, has_val_split: bool) -> tuple[dict
     if not has_val_split:
         # Held-out images to select the epoch on and to compare with ridge: 20%, 10 to 100 of them.
         settings["data.val_images"] = int(min(100, max(10, round(0.2 * n_images))))
+    too_big = ridge_map_values(cfg, n_voxels) > RIDGE_MAP_MAX_VALUES
     if cfg.model.kind in ("mindeye", "lowlevel"):
-        settings.update({"data.train_on_val": False, "model.ridge_residual": True, "train.select_best": True,
-                         "train.val_every": 1})
-    why = (f"{n_images} training images (< {limit} for a {cfg.model.kind} run): small-data settings"
-           + (" (ridge-first network, best validation epoch kept)" if cfg.model.kind != "ridge" else ""))
+        settings.update({"data.train_on_val": False, "train.select_best": True, "train.val_every": 1})
+        if not too_big:
+            settings["model.ridge_residual"] = True
+    why = f"{n_images} training images (< {limit} for a {cfg.model.kind} run): small-data settings"
+    if cfg.model.kind != "ridge":
+        why += (" (best validation epoch kept; no ridge-first network: its ridge weight would hold "
+                f"{ridge_map_values(cfg, n_voxels):.2g} values)" if too_big
+                else " (ridge-first network, best validation epoch kept)")
     return settings, why
 
 
@@ -104,7 +123,7 @@ def sized_config(config: str | Path, overrides: list[str] | None, store: str | P
     if not cfg.train.size_defaults or store is None or not (Path(store) / "meta.json").exists():
         return cfg, None
     st = SubjectStore(store)
-    settings, why = size_settings(cfg, store_train_images(st, cfg), len(st.image_indices("val")) > 0)
+    settings, why = size_settings(cfg, store_train_images(st, cfg), len(st.image_indices("val")) > 0, st.n_voxels)
     chosen = user_keys(config, overrides)
     applied = {k: v for k, v in settings.items() if not is_user_set(k, chosen)}
     kept = sorted(k for k in settings if k not in applied)
