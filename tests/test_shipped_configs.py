@@ -22,7 +22,11 @@ def test_model_config_builds(path):
     n_voxels = cfg.data.n_voxels or 2000
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     if cfg.model.kind == "ridge":  # closed-form: its weights are buffers, not trained parameters
-        assert sum(b.numel() for b in model.buffers()) >= n_voxels * cfg.model.backbone.tokens * cfg.model.backbone.dim
+        from mindeye.models.factory import lowlevel_latent_size
+
+        outputs = (lowlevel_latent_size(cfg.model) if cfg.model.ridge.target == "lowlevel"
+                   else cfg.model.backbone.tokens * cfg.model.backbone.dim)
+        assert sum(b.numel() for b in model.buffers()) >= n_voxels * outputs
     else:
         assert parameter_counts(model)["total"] > 0
     if cfg.model.kind == "mindeye":
@@ -33,7 +37,7 @@ def test_model_config_builds(path):
 @pytest.mark.parametrize("name", sorted(DEMO_CONFIGS))
 def test_demo_configs_load_and_point_at_shipped_model_configs(name):
     demo = load_config(CONFIGS / name, cls=DemoConfig)
-    for ref in (demo.highlevel_config, demo.lowlevel_config, demo.ridge_config):
+    for ref in (demo.highlevel_config, demo.lowlevel_config, demo.ridge_config, demo.ridge_lowlevel_config):
         assert ref is None or (CONFIGS / ref).exists(), ref
 
 

@@ -37,6 +37,7 @@ class DataConfig:
     test_mode: Literal["averaged", "single"] = "averaged"  # repetition-averaged test (paper) or single-trial
     test_repetitions: Literal["pad3", "available"] = "pad3"  # averaged test of an image seen < 3 times: padded to three, [a, b, a] (authors' data) or its available repetitions equally
     val_images: int = 0  # train images held out for validation when the store has no val split
+    train_images: int | None = None  # use a seeded random subset of N of the store's train images (learning curves); null = all
     train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
     n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)
 
@@ -113,6 +114,7 @@ class RidgeConfig:
     """Ridge-regression baseline."""
 
     alphas: list[float] = field(default_factory=lambda: [1e2, 1e3, 1e4, 1e5])  # penalties tried; best on val
+    target: Literal["highlevel", "lowlevel"] = "highlevel"  # a ridge run maps to targets.encoder (retrieval) or targets.lowlevel_encoder (blurry images)
 
 
 @dataclass
@@ -120,6 +122,7 @@ class ModelConfig:
     """Which model to train and the sizes of its parts."""
 
     kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # pipeline: high-level, low-level or ridge
+    ridge_residual: bool = False  # ridge-first: a closed-form ridge map voxels -> targets, the network learns a residual over it (docs/small-data.md)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # high-level backbone
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # contrastive projector
     prior: PriorConfig = field(default_factory=PriorConfig)  # diffusion prior
@@ -166,6 +169,8 @@ class TrainConfig:
     data_path: Literal["auto", "resident", "prefetch", "simple"] = "auto"  # batch feeding (docs/performance.md)
     activation_checkpointing: bool = False  # lean mode: recompute backbone blocks / prior layers in backward
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas or FSDP2 sharded parameters
+    select_best: bool = False  # keep the epoch with the best validation score (epoch 0 included), not the last (needs held-out val images; docs/small-data.md)
+    size_defaults: bool = True  # mindeye train / demo: adapt settings to the store's size (docs/small-data.md); explicit settings always win
     finetune_input_epochs: int = 0  # --init-from: epochs training only the new subject layers before all (0: whole model from the start, MindEye2)
 
 
@@ -235,6 +240,8 @@ class Config:
             ("model.prior.dim_head", m.prior.dim_head, m.prior.dim_head % 2 == 0, "even"),
             ("train.pct_start", t.pct_start, t.pct_start is None or 0 < t.pct_start < 1, "in (0, 1) or null"),
             ("train.max_steps", t.max_steps, t.max_steps is None or t.max_steps > 0, "positive or null"),
+            ("data.train_images", self.data.train_images,
+             self.data.train_images is None or self.data.train_images > 0, "positive or null"),
             ("model.lowlevel.upsampler_channels", m.lowlevel.upsampler_channels,
              len(m.lowlevel.upsampler_channels) > 0 and all(c > 0 for c in m.lowlevel.upsampler_channels),
              "a non-empty list of positive integers"),

@@ -30,6 +30,9 @@ class DemoConfig:
     highlevel_config: str = "demo-highlevel.yaml"  # high-level model config (relative to this file)
     lowlevel_config: str = "demo-lowlevel.yaml"  # low-level model config
     ridge_config: str | None = "demo-ridge.yaml"  # ridge baseline config; null = skip the baseline
+    # The low-level ridge baseline (voxels -> VAE latent, closed form), decoded like the low-level run's
+    # latents; its blurry images get their own row in every blurry table. null = skip it.
+    ridge_lowlevel_config: str | None = "demo-ridge-lowlevel.yaml"
     # A second high-level run on EfficientNet-Lite0 targets (retrieval only; extra mindeye[offline], skipped
     # without it); null = skip. Its errors are scored for semantic closeness on simulated stores.
     offline_target_config: str | None = "demo-highlevel-effnet.yaml"
@@ -75,15 +78,23 @@ def _done(t0: float) -> None:
     print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def _model_config(config_path: Path, demo: DemoConfig) -> Any:
-    """A model config as the demo trains it: the file, then the demo's seed and overrides."""
-    return load_config(config_path, [f"seed={demo.seed}", *demo.overrides])
+def _model_config(config_path: Path, demo: DemoConfig, store: Path | None = None) -> Any:
+    """A model config as the demo trains it: the file, then the demo's seed and overrides; with ``store``,
+    the size-aware defaults for that store (printed; docs/small-data.md)."""
+    if store is None:
+        return load_config(config_path, [f"seed={demo.seed}", *demo.overrides])
+    from mindeye.training.size_defaults import sized_config
+
+    cfg, line = sized_config(config_path, [f"seed={demo.seed}", *demo.overrides], store)
+    if line:
+        print(f"   {line}")
+    return cfg
 
 
 def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig, progress: bool = True) -> dict[str, Any]:
     from mindeye.training.trainer import Trainer
 
-    cfg = _model_config(config_path, demo)
+    cfg = _model_config(config_path, demo, store)
     if (run / "model.safetensors").exists() and cfg.model.kind == "ridge":
         print(f"   {run} already trained")
         return {}
@@ -197,7 +208,7 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
 
     if lane is None:
         _stage_offline_target(demo, out, store, runs, results, device)
-    for stage in (_stage_reconstruct, _stage_metrics):
+    for stage in (_stage_reconstruct, _stage_ridge_lowlevel, _stage_metrics):
         stage(demo, out, store, runs, results, device)
     if lane is not None:
         _join_offline_lane(lane, demo, out, runs, results, device)
@@ -401,13 +412,30 @@ def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, res
     _done(t0)
 
 
+def _stage_ridge_lowlevel(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    """The low-level ridge baseline (seconds): voxels -> VAE latent in closed form -> blurry images."""
+    from mindeye.inference.blurry import reconstruct_blurry
+
+    if not demo.ridge_lowlevel_config:
+        return
+    t0 = _step("low-level ridge baseline (voxels -> VAE latent, closed form) and its blurry images")
+    _train(_resolve(demo.ridge_lowlevel_config, SHIPPED_CONFIG_DIR), runs / "ridge-lowlevel", store, demo)
+    reconstruct_blurry(runs / "ridge-lowlevel", out / "recons" / "blurry-ridge", store=store, device=device,
+                       limit=demo.recon_limit)
+    results.setdefault("reconstructions", {})["blurry_ridge"] = str(out / "recons" / "blurry-ridge")
+    _done(t0)
+
+
 def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
 
     offline = demo.metrics_weights_dir is None and demo.clip_weights is None
     t0 = _step("reconstruction metrics" + (" (PixCorr, SSIM: no metric-network weights configured)" if offline else ""))
+    dirs, names = [out / "recons" / "final", out / "recons" / "blurry"], ["MindEye", "MindEye (low-level)"]
+    if (out / "recons" / "blurry-ridge" / "index.json").exists():  # every blurry table shows the ridge baseline
+        dirs, names = [*dirs, out / "recons" / "blurry-ridge"], [*names, "ridge regression (low-level baseline)"]
     res = evaluate_recon_dirs(
-        [out / "recons" / "final", out / "recons" / "blurry"], names=["MindEye", "MindEye (low-level)"],
+        dirs, names=names,
         store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
         pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
         mean_row=False,  # the rows are two methods, not subjects of one

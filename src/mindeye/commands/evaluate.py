@@ -33,12 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table
+    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table, ridge_warnings
 
     results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
                                   subject=args.subject)
                for run in args.run]
     print(retrieval_table(results))
+    for line in ridge_warnings(results):
+        print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

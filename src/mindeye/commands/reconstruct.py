@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "reconstruct-blurry", help="decode a low-level run's predicted VAE latents into blurry images",
         description="Run a low-level model on the test split and decode its latents with the VAE its targets "
                     "came from. Writes OUT/images/*.png and OUT/index.json; re-running resumes.")
-    b.add_argument("--run", required=True, help="low-level run directory")
+    b.add_argument("--run", required=True, help="low-level run directory (or a low-level ridge run: model.ridge.target=lowlevel)")
     b.add_argument("--weights", default=None, help="VAE weights (default: the run's targets.lowlevel_weights)")
     b.add_argument("--limit", type=int, default=None, help="only the first N test images")
     b.add_argument("--batch-size", type=int, default=32, help="test samples per forward pass (default 32)")

@@ -45,11 +45,23 @@ def run(args: argparse.Namespace) -> int:
         config = Path(args.init_from) / "config.yaml"
         if not config.exists():
             raise MindEyeError(f"--init-from {args.init_from} is not a mindeye run directory (no config.yaml)")
-    cfg = load_config(config, args.overrides)
     stores = args.data if args.data and len(args.data) > 1 else (args.data[0] if args.data else None)
+    if isinstance(stores, list) or args.init_from:  # several subjects / fine-tuning: the config as written
+        cfg = load_config(config, args.overrides)
+    else:  # one store: settings suited to its size, unless the user chose them (docs/small-data.md)
+        from mindeye.training.size_defaults import sized_config
+
+        cfg, line = sized_config(config, args.overrides, stores)
+        if line:
+            print(line, flush=True)
     trainer = Trainer(cfg, args.out, store=stores, device=args.device, resume=args.resume,
                       progress=not args.no_progress, init_from=args.init_from)
     result = trainer.fit()
     if trainer.dist.is_main:
         print(json.dumps({"run": str(args.out), **result}, indent=2))
+        from mindeye.training.ridge_first import ridge_check_line
+
+        line = ridge_check_line(result.get("ridge_check"), f"this {cfg.model.kind} model")
+        if line:  # the last thing printed, so it is not missed
+            print(line)
     return 0

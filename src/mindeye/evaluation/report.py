@@ -55,6 +55,7 @@ from mindeye.evaluation.report_tables import (
 )
 from mindeye.evaluation.tables import COLUMNS, MISSING, markdown_table
 from mindeye.metrics.retrieval import TABLE1_FOOTNOTE
+from mindeye.training.ridge_first import ridge_check_line
 
 # What known image makers are, so the page can say it plainly.
 GENERATOR_NOTES = {
@@ -193,6 +194,9 @@ def build_report(
     rows = assemble_rows(runs, metric_files)
     table, footnotes = html_table(rows)
     table_notes = [TABLE1_FOOTNOTE]
+    # A network that lost to ridge on its validation images is said so first, plainly (docs/small-data.md).
+    ridge_warnings = [line for r in runs if r.role != "ridge"
+                      if (line := ridge_check_line(r.info.get("ridge_check"), f"the {r.role} run '{r.name}'"))]
     if not metric_files:
         table_notes.append("No reconstruction metrics given: compute them with `mindeye evaluate recon --recons DIR "
                            "--out metrics.json` and pass `--metrics metrics.json`.")
@@ -330,7 +334,7 @@ def build_report(
     context = {
         "version": __version__, "heading": heading, "written": time.strftime("%Y-%m-%d %H:%M"),
         "files_note": "figures/, tables/, grids/", "provenance": prov, "table": table, "footnotes": footnotes,
-        "table_notes": table_notes, "offline": offline, "retrieval_details": retrieval_details(runs),
+        "table_notes": table_notes, "ridge_warnings": ridge_warnings, "offline": offline, "retrieval_details": retrieval_details(runs),
         "table_md": markdown_table(rows), "missing": MISSING,
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),

@@ -40,6 +40,8 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     result = {"run": str(run_dir), "kind": cfg.model.kind, "name": cfg.name, "test_mode": mode,
               **({"subject": info["subject_id"]} if info.get("subjects") else {}),
               "n_test": len(test), **_jsonable(among), "full_test_set": _jsonable(full)}
+    if info.get("ridge_check"):  # the trainer's comparison with ridge on validation (docs/small-data.md)
+        result["ridge_check"] = info["ridge_check"]
     if write:
         out = Path(run_dir) / "eval"
         out.mkdir(exist_ok=True)
@@ -81,3 +83,25 @@ def retrieval_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"{'':<24} (chance {100 / pool:.2f}%, {r.get('draws', 30)} draws of {pool})")
     lines.append(TABLE1_FOOTNOTE)
     return "\n".join(lines)
+
+
+def ridge_warnings(results: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences for every network that loses to ridge regression: on its validation images (the
+    trainer's ``ridge_check``) and, when a ridge run was evaluated beside it, on this test set."""
+    from mindeye.metrics.retrieval import DIRECTIONS
+    from mindeye.training.ridge_first import ridge_check_line
+
+    lines = [line for r in results if r.get("kind") != "ridge"
+             if (line := ridge_check_line(r.get("ridge_check"), f"run {r.get('name', r['run'])}"))]
+    ridges = [r for r in results if r.get("kind") == "ridge"]
+    for r in results:
+        if r.get("kind") == "ridge" or not ridges:
+            continue
+        mean = sum(r[d] for d in DIRECTIONS) / len(DIRECTIONS)
+        for ridge in ridges:
+            ridge_mean = sum(ridge[d] for d in DIRECTIONS) / len(DIRECTIONS)
+            if ridge_mean > mean and ridge.get("n_test") == r.get("n_test"):
+                lines.append(f"WARNING: run {r.get('name', r['run'])} retrieves worse than the ridge baseline "
+                             f"{ridge.get('name', ridge['run'])} on this test set (mean top-1 of both directions "
+                             f"{100 * mean:.1f}% vs {100 * ridge_mean:.1f}%)")
+    return lines

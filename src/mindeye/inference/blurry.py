@@ -101,9 +101,10 @@ def reconstruct_blurry(
 
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
-    if cfg.model.kind != "lowlevel":
+    ridge = cfg.model.kind == "ridge" and cfg.model.ridge.target == "lowlevel"  # the low-level ridge baseline
+    if cfg.model.kind != "lowlevel" and not ridge:
         raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run; blurry reconstructions need a low-level run "
-                           "(trained with model.kind=lowlevel)")
+                           "(trained with model.kind=lowlevel, or a ridge run with model.ridge.target=lowlevel)")
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg),  # checks n_voxels
                                             subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
@@ -117,8 +118,16 @@ def reconstruct_blurry(
             f"the blurry-image decoder ({cfg.targets.lowlevel_encoder}, weights {dec_weights}) is not available: "
             f"{exc} (set targets.blurry_decoder_weights, or pass --weights, to use another VAE)") from None
 
-    def predict(v: torch.Tensor) -> torch.Tensor:
-        return model(v.float().to(device))[0]
+    if ridge:
+        from mindeye.models.factory import lowlevel_latent_shape
+
+        shape = lowlevel_latent_shape(cfg.model)
+
+        def predict(v: torch.Tensor) -> torch.Tensor:
+            return model(v.float().to(device)).view(len(v), *shape)
+    else:
+        def predict(v: torch.Tensor) -> torch.Tensor:
+            return model(v.float().to(device))[0]
 
     config = {"run": str(run_dir.resolve()), "decoder": cfg.targets.lowlevel_encoder,
               "decoder_weights": dec_weights, "decoder_fingerprint": getattr(decoder, "fingerprint", None),

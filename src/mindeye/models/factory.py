@@ -34,7 +34,8 @@ def build_model(cfg: ModelConfig, n_voxels: int | dict[str, int], device: str | 
         if cfg.kind == "ridge":
             from mindeye.models.ridge import RidgeRegression
 
-            return RidgeRegression(n_voxels, cfg.backbone.tokens * cfg.backbone.dim)
+            outputs = lowlevel_latent_size(cfg) if cfg.ridge.target == "lowlevel" else cfg.backbone.tokens * cfg.backbone.dim
+            return RidgeRegression(n_voxels, outputs)
     raise MindEyeError(f"unknown model kind {cfg.kind!r}")
 
 
@@ -54,7 +55,11 @@ def build_mindeye(cfg: ModelConfig, n_voxels: int | dict[str, int]) -> nn.Module
     backbone = ResidualMLPBackbone(b.hidden if shared else n_voxels, hidden=b.hidden, n_blocks=b.n_blocks,
                                    out_tokens=b.tokens, out_dim=b.dim, skip=b.skip, dropout_in=b.dropout_in,
                                    dropout_block=b.dropout_block, input_layer=not shared)
-    projector = Projector(b.dim, cfg.projector.hidden) if cfg.projector.enabled else None
+    ridge = cfg.ridge_residual
+    if ridge and shared:
+        raise MindEyeError("model.ridge_residual (the ridge-first layout) is single-subject only; set it to false "
+                           "for a shared-subject run")
+    projector = Projector(b.dim, cfg.projector.hidden, residual=ridge) if cfg.projector.enabled else None
     prior = None
     if cfg.prior.enabled:
         from mindeye.models.prior import DiffusionPrior, PriorNetwork
@@ -63,7 +68,35 @@ def build_mindeye(cfg: ModelConfig, n_voxels: int | dict[str, int]) -> nn.Module
         net = PriorNetwork(dim=b.dim, depth=p.depth, heads=p.heads, dim_head=p.dim_head, num_tokens=b.tokens,
                            cond_drop_prob=p.cond_drop_prob, rotary_dim=min(32, p.dim_head))
         prior = DiffusionPrior(net, timesteps=p.timesteps)
-    return MindEyeModel(backbone, projector, prior, subject_layers)
+    if not ridge:
+        return MindEyeModel(backbone, projector, prior, subject_layers)
+    from mindeye.models.ridge import RidgeRegression
+
+    # Ridge-first: the residual branches start at zero, so the untrained model is the ridge map.
+    zero_(backbone.head)
+    if projector is not None:
+        zero_(projector.net[-1])
+    return MindEyeModel(backbone, projector, prior, subject_layers, ridge=RidgeRegression(n_voxels, b.tokens * b.dim))
+
+
+def zero_(layer: nn.Module) -> None:
+    """Zero a layer's weight and bias (the start of a residual branch over the ridge map)."""
+    with torch.no_grad():
+        for p in layer.parameters(recurse=False):
+            p.zero_()
+
+
+def lowlevel_latent_shape(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(channels, side, side) of one predicted latent: each up block but the last doubles the side."""
+    c = cfg.lowlevel
+    side = c.spatial_size * 2 ** (len(c.upsampler_channels) - 1)
+    return c.latent_channels, side, side
+
+
+def lowlevel_latent_size(cfg: ModelConfig) -> int:
+    """Values in one predicted latent (a ridge map's outputs)."""
+    c, h, w = lowlevel_latent_shape(cfg)
+    return c * h * w
 
 
 def build_lowlevel(cfg: ModelConfig, n_voxels: int) -> nn.Module:
@@ -73,7 +106,12 @@ def build_lowlevel(cfg: ModelConfig, n_voxels: int) -> nn.Module:
     if any(ch % c.norm_groups for ch in c.upsampler_channels):
         raise MindEyeError(f"model.lowlevel.norm_groups={c.norm_groups} must divide every "
                            f"model.lowlevel.upsampler_channels entry {c.upsampler_channels}; change one of them")
-    return LowLevelModel(
+    ridge = None
+    if cfg.ridge_residual:
+        from mindeye.models.ridge import RidgeRegression
+
+        ridge = RidgeRegression(n_voxels, lowlevel_latent_size(cfg))
+    model = LowLevelModel(
         n_voxels,
         hidden=c.hidden,
         n_blocks=c.n_blocks,
@@ -84,7 +122,11 @@ def build_lowlevel(cfg: ModelConfig, n_voxels: int) -> nn.Module:
         norm_num_groups=c.norm_groups,
         dropout_in=c.dropout_in,
         dropout_block=c.dropout_block,
+        ridge=ridge,
     )
+    if ridge is not None:
+        zero_(model.upsampler.conv_out)  # the untrained model's latent is the ridge map's
+    return model
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

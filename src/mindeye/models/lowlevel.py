@@ -52,7 +52,10 @@ class LowLevelModel(ResidualMLPBackbone):
         use_projector: bool = True,
         dropout_in: float = 0.5,
         dropout_block: float = 0.25,
+        ridge: nn.Module | None = None,
     ) -> None:
+        """``ridge``: the ridge-first layout (docs/small-data.md): a closed-form ridge map voxels ->
+        flattened latent, added to the upsampler's output."""
         channels, height, width = spatial
         for c in block_out_channels:
             if c % norm_num_groups:
@@ -86,10 +89,13 @@ class LowLevelModel(ResidualMLPBackbone):
             if use_projector
             else None
         )
+        self.ridge = ridge
 
     def forward(self, voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, n_voxels) -> (latent (B, latent_channels, 4h, 4w), tokens (B, h*w, projector_dim) or None)."""
         x = self.norm(super().forward(voxels).view(voxels.shape[0], *self.spatial))
         latent = self.upsampler(x)
+        if self.ridge is not None:
+            latent = latent + self.ridge(voxels).view_as(latent).to(latent.dtype)
         tokens = self.projector(x).flatten(2).transpose(1, 2) if self.projector is not None else None
         return latent, tokens

@@ -20,6 +20,12 @@ subject id from that subject's voxels to the backbone's hidden latent (checkpoin
 everything after it (stem norm, blocks, head, projector, prior) is shared. A single-subject model keeps
 the MindEye v1 layout (``backbone.stem.0`` is the input layer), so its parameter counts and the
 authors' checkpoints stay exact. With one subject both layouts have the same parameters.
+
+Ridge-first layout (``model.ridge_residual``, docs/small-data.md): ``ridge`` holds a closed-form ridge
+map from the voxels to the flattened targets (buffers only, fitted by the trainer before the first
+step) and the backbone's output is ``ridge(voxels) + backbone(voxels)``; with the backbone head and the
+projector's last layer zeroed, the untrained model *is* the ridge regression, and training learns a
+residual over it.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ class MindEyeModel(nn.Module):
         projector: Projector | None = None,
         prior: nn.Module | None = None,
         subject_layers: nn.ModuleDict | None = None,
+        ridge: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if ridge is not None and subject_layers is not None:
+            raise MindEyeError("the ridge-first layout (model.ridge_residual) is single-subject only")
         self.subject_layers = subject_layers
         self.backbone = backbone
         self.projector = projector
         self.prior = prior
+        self.ridge = ridge
         # The subject a plain ``model(voxels)`` call means (inference on a shared-subject run).
         self.active_subject: str | None = None
 
@@ -103,6 +113,8 @@ class MindEyeModel(nn.Module):
                 ) -> dict[str, torch.Tensor | None]:
         """(B, n_voxels) -> {'backbone': (B, T, D), 'projector': (B, T, D) or None} (see :meth:`latents`)."""
         tokens = self.backbone(self.latents(voxels, subject))
+        if self.ridge is not None:
+            tokens = tokens + self.ridge(voxels).view_as(tokens).to(tokens.dtype)
         projected = self.projector(tokens) if self.projector is not None else None
         return {"backbone": tokens, "projector": projected}
 

@@ -14,8 +14,11 @@ from torch import nn
 class Projector(nn.Module):
     """Pre-norm 3-layer MLP (LN -> GELU -> Linear, three times) mapping each ``dim`` token to ``dim``."""
 
-    def __init__(self, dim: int = 768, hidden: int = 2048) -> None:
+    def __init__(self, dim: int = 768, hidden: int = 2048, residual: bool = False) -> None:
+        """``residual``: output ``tokens + net(tokens)`` (the ridge-first layout, docs/small-data.md: with
+        the last Linear zeroed the projector starts as the identity)."""
         super().__init__()
+        self.residual = residual
         self.net = nn.Sequential(
             nn.LayerNorm(dim),
             nn.GELU(),
@@ -30,4 +33,5 @@ class Projector(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, dim) -> (B, T, dim); acts on the last axis so any leading shape works."""
-        return self.net(tokens)
+        out = self.net(tokens)
+        return tokens + out if self.residual else out

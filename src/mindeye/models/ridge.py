@@ -74,8 +74,13 @@ class RidgeRegression(nn.Module):
         val_fraction: float = 0.2,
         generator: torch.Generator | None = None,
         chunk_size: int = 8192,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> RidgeRegression:
-        """Fit on x (N, n_inputs), y (N, n_outputs); ``alpha`` a penalty or a list to choose from."""
+        """Fit on x (N, n_inputs), y (N, n_outputs); ``alpha`` a penalty or a list to choose from.
+
+        ``groups`` (N,): rows with the same value (the repetitions of one image) are held out together
+        when choosing alpha, so the held-out fold never has a repetition of a training image in the fit
+        (with them, the fold rewards memorising images and picks too small an alpha)."""
         self._check(x, y)
         # A NaN voxel would surface as a "singular" system (no alpha helps): name it instead.
         require_finite(x, "ridge training voxels", "the store is damaged or holds NaN voxels: re-prepare it "
@@ -89,7 +94,7 @@ class RidgeRegression(nn.Module):
         x64, y64 = x.detach().to("cpu", torch.float64), y.detach().cpu()
         best = alphas[0]
         if len(alphas) > 1:
-            best = self._select_alpha(x64, y64, alphas, val_fraction, generator, chunk_size)
+            best = self._select_alpha(x64, y64, alphas, val_fraction, generator, chunk_size, groups)
         self._solve(x64, y64, best, chunk_size)
         return self
 
@@ -126,16 +131,25 @@ class RidgeRegression(nn.Module):
         val_fraction: float,
         generator: torch.Generator | None,
         chunk_size: int,
+        groups: Sequence[int] | torch.Tensor | None = None,
     ) -> float:
         n = x.shape[0]
-        n_val = int(round(n * val_fraction))
+        if groups is not None:
+            _, group_of = torch.unique(torch.as_tensor(groups), return_inverse=True)
+            n_groups = int(group_of.max()) + 1
+            held = torch.randperm(n_groups, generator=generator)[: int(round(n_groups * val_fraction))]
+            is_val = torch.isin(group_of, held)
+            val_idx, fit_idx = torch.nonzero(is_val).flatten(), torch.nonzero(~is_val).flatten()
+        else:
+            order = torch.randperm(n, generator=generator)
+            n_val = int(round(n * val_fraction))
+            val_idx, fit_idx = order[:n_val], order[n_val:]
+        n_val = len(val_idx)
         if not 0 < n_val < n - 1:
             raise MindEyeError(
                 f"cannot hold out {val_fraction:.0%} of {n} samples to choose alpha; "
                 "use more samples, a val_fraction in (0, 1), or a single alpha"
             )
-        order = torch.randperm(n, generator=generator)
-        val_idx, fit_idx = order[:n_val], order[n_val:]
         mean, std = self._stats(x[fit_idx])
         xf, xv = (x[fit_idx] - mean) / std, (x[val_idx] - mean) / std
         # One eigendecomposition serves every alpha: pred_val = M diag(1 / (s + alpha)) R^T Y.

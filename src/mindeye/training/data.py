@@ -16,9 +16,21 @@ from mindeye.errors import MindEyeError
 
 
 def train_val_images(store: SubjectStore, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation image indices; carve ``data.val_images`` out of train if the store has no val."""
+    """Train and validation image indices; carve ``data.val_images`` out of train if the store has no val.
+
+    ``data.train_images`` first keeps a seeded random subset of the store's train images (the store's
+    own val split, if any, is kept whole).
+    """
     train_imgs = store.image_indices("train")
     val_imgs = store.image_indices("val")
+    n_keep = cfg.data.train_images
+    if n_keep is not None and n_keep > len(train_imgs):
+        raise MindEyeError(f"data.train_images={n_keep} but {store.path} has {len(train_imgs)} training images; "
+                           "give at most that many, or null for all")
+    if n_keep is not None and n_keep < len(train_imgs):
+        # Its own stream (not the seed's first draws), so the val carve-out below is not tied to it.
+        rng = np.random.default_rng([cfg.seed, 23])
+        train_imgs = np.sort(rng.choice(train_imgs, n_keep, replace=False))
     if len(val_imgs) == 0 and cfg.data.val_images > 0:
         if cfg.data.val_images >= len(train_imgs):
             raise MindEyeError(f"data.val_images={cfg.data.val_images} leaves no training images "

@@ -71,6 +71,16 @@ from mindeye.training.distributed import (
 )
 from mindeye.training.divergence import DivergenceGuard
 from mindeye.training.resume_check import check_resume_config, check_resume_stores, flat_keys
+from mindeye.training.ridge_first import (
+    SCORE_NAMES,
+    BestEpoch,
+    fit_ridge_map,
+    ridge_check,
+    ridge_check_line,
+    ridge_reference,
+    update_run_info,
+    val_score,
+)
 from mindeye.training.run_lock import RunLock
 
 
@@ -233,6 +243,17 @@ class Trainer:
         n_voxels = ({sid: st.n_voxels for sid, st in zip(self.subject_ids, self.stores)} if self.shared_layout
                     else self.store.n_voxels)
         model = build_model(cfg.model, n_voxels).to(self.device)
+        has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
+        ridge_alpha = None
+        if cfg.model.ridge_residual and has_checkpoint and (self.run_dir / "run.json").exists():
+            ridge_alpha = json.loads((self.run_dir / "run.json").read_text()).get("ridge_alpha")  # fitted before
+        if cfg.model.ridge_residual and not has_checkpoint:
+            t_ridge = time.perf_counter()
+            ridge_alpha = fit_ridge_map(model.ridge, self.store, task.images, task.ridge_targets,
+                                        cfg.model.ridge.alphas, cfg.seed)
+            if self.progress:
+                print(f"ridge-first: ridge map fitted on {len(task.images)} training images (alpha {ridge_alpha:g}, "
+                      f"{time.perf_counter() - t_ridge:.1f} s); the network learns a residual over it")
         new_subjects: list[str] = []
         if self.pretrained is not None and not (self.resume and (self.run_dir / "checkpoint").exists()):
             new_subjects = init_from_pretrained(model, self.pretrained["weights"], self.pretrained["subjects"])
@@ -247,8 +268,21 @@ class Trainer:
                                       "subjects": sorted(self.pretrained["subjects"]),
                                       "new_subjects": new_subjects or [s for s in self.subject_ids
                                                                        if s not in self.pretrained["subjects"]]}
+            if ridge_alpha is not None:
+                extra["ridge_alpha"] = ridge_alpha
             write_run_files(self.run_dir, cfg, self._run_info(model, **extra))
-        has_checkpoint = self.resume and (self.run_dir / "checkpoint").exists()
+        # Small data (docs/small-data.md): the best validation epoch, epoch 0 included (a ridge-first
+        # model's epoch 0 is its ridge regression, the reference the run is checked against). Epoch 0 is
+        # scored before any sharding, by the main process alone.
+        best = BestEpoch(self.run_dir, cfg.model.kind)
+        has_val = task.val is not None and len(task.val) >= 2 and not self.shared_layout
+        if has_val and (cfg.train.select_best or cfg.model.ridge_residual) and self.dist.is_main and not has_checkpoint:
+            first = task.validate(model)
+            self._log(self.run_dir / "metrics.jsonl", {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in first.items()}})
+            best.offer(0, first, model if cfg.train.select_best else None)
+            if self.progress:
+                print("epoch 0 (before training" + (", = the ridge map" if cfg.model.ridge_residual else "") + "): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
         sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
         resume_state = None
         if sharded and has_checkpoint:  # full weights go in before the parameters are sharded
@@ -296,6 +330,9 @@ class Trainer:
         log_path = self.run_dir / "metrics.jsonl"
         last_eval: dict[str, Any] = {}
         guard = DivergenceGuard(self.device, self.dist)
+        if has_checkpoint and cfg.train.select_best:
+            best.resume(log_path)
+        last_done = start_epoch
         for epoch in range(start_epoch, cfg.train.epochs):
             ddp_model.train()
             t0, seen = time.perf_counter(), 0
@@ -337,8 +374,9 @@ class Trainer:
             done = epoch + 1
             stop = cfg.train.max_steps is not None and step >= cfg.train.max_steps
             # A sharded model's forward is a collective: every process validates, the main one logs.
+            validated = False
             if (self.dist.is_main or sharded) and (done % cfg.train.val_every == 0 or done == cfg.train.epochs or stop):
-                last_eval = task.validate(model)
+                last_eval, validated = task.validate(model), True
                 if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
                     if self.progress:
@@ -346,6 +384,9 @@ class Trainer:
                         print(f"epoch {done}: {shown}")
             epoch_complete = step == done * steps_per_epoch
             saved = full_model_state(model) if sharded else model  # gathering is a collective
+            last_done = done
+            if cfg.train.select_best and self.dist.is_main and validated and last_eval and epoch_complete:
+                best.offer(done, last_eval, saved)  # a part epoch (train.max_steps) is no candidate
             opt_state = full_optimizer_state(model, optimizer) if sharded and epoch_complete else None
             if self.dist.is_main and epoch_complete:
                 state = {"epoch": done, "step": step, "optimizer": opt_state or optimizer.state_dict(),
@@ -360,7 +401,57 @@ class Trainer:
             barrier(self.dist)
             if stop:
                 break
-        return {"epochs": cfg.train.epochs, "steps": step, **last_eval}
+        result = {"epochs": cfg.train.epochs, "steps": step, **last_eval}
+        if self.dist.is_main and has_val:
+            result.update(self._small_data_end(task, model, best, last_done, last_eval))
+        return result
+
+    def _small_data_end(self, task: Any, model: nn.Module, best: BestEpoch, last_done: int,
+                        last_eval: dict[str, float]) -> dict[str, Any]:
+        """After training: install the best epoch (train.select_best) and compare with ridge on validation."""
+        cfg, out = self.cfg, {}
+        final_scores = last_eval
+        if cfg.train.select_best and best.epoch is not None:
+            if best.install(last_done):
+                final_scores = best.scores
+                if self.progress:
+                    print(f"selected epoch {best.epoch} (best {SCORE_NAMES[cfg.model.kind]}: {best.score:.3f}; "
+                          f"the last epoch {last_done} scored {val_score(cfg.model.kind, last_eval) or float('nan'):.3f})")
+            out["selected_epoch"] = best.epoch
+            out.update(final_scores)
+        # The ridge reference on the same validation images: a ridge-first run's epoch 0, else a fitted one.
+        ridge_score, alpha = None, None
+        info = json.loads((self.run_dir / "run.json").read_text())
+        if cfg.model.ridge_residual:
+            first = self._first_validation()
+            ridge_score, alpha = val_score(cfg.model.kind, first), info.get("ridge_alpha")
+        else:
+            ref = ridge_reference(cfg.model.kind, self.store, task.images, task.ridge_targets, cfg.model.ridge.alphas,
+                                  cfg.seed, task.validate)
+            if ref is not None:
+                ridge_score, alpha = ref["score"], ref["alpha"]
+        check = ridge_check(cfg.model.kind, val_score(cfg.model.kind, final_scores), ridge_score, len(task.val), alpha)
+        fields: dict[str, Any] = {}
+        if "selected_epoch" in out:
+            fields["selected_epoch"] = out["selected_epoch"]
+        if check is not None:
+            fields["ridge_check"] = check
+            out["ridge_check"] = check
+        if fields:
+            update_run_info(self.run_dir, **fields)
+        line = ridge_check_line(check, f"this {cfg.model.kind} model")
+        if line and self.progress:
+            print(line, flush=True)
+        return out
+
+    def _first_validation(self) -> dict[str, float]:
+        """The epoch-0 validation record of metrics.jsonl ({} if none)."""
+        path = self.run_dir / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("epoch") == 0 and any(k.startswith("val_") for k in rec):
+                return {k[4:]: v for k, v in rec.items() if k.startswith("val_")}
+        return {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def _stop_diverged(self, step: int, epoch: int) -> None:
@@ -406,21 +497,32 @@ class Trainer:
     def _fit_ridge(self) -> dict[str, Any]:
         """Closed-form ridge to the flattened targets: the 'previous methods' baseline."""
         cfg = self.cfg
-        targets = Targets(self.store_path, cfg.targets.encoder, cfg.targets.weights,
-                          options=target_options(cfg, cfg.targets.encoder))
+        low = cfg.model.ridge.target == "lowlevel"  # voxels -> VAE latent (blurry images), not -> CLIP
+        encoder, weights = ((cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights) if low
+                            else (cfg.targets.encoder, cfg.targets.weights))
+        targets = Targets(self.store_path, encoder, weights, options=target_options(cfg, encoder))
         train_imgs, val_imgs = train_val_images(self.store, cfg)
         train = load_trials(self.store, train_imgs)
         model = build_model(cfg.model, self.store.n_voxels)
         x = train.voxels.float()
         y = targets.get(train.image_index).flatten(1)
-        model.fit(x, y, alpha=cfg.model.ridge.alphas, generator=torch.Generator().manual_seed(cfg.seed))
+        if y.shape[1] != model.n_outputs:
+            what = "model.lowlevel latent size" if low else "model.backbone.tokens x dim"
+            raise MindEyeError(f"the {encoder} targets have {y.shape[1]} values per image but the config's {what} "
+                               f"gives {model.n_outputs}; make them match")
+        model.fit(x, y, alpha=cfg.model.ridge.alphas, generator=torch.Generator().manual_seed(cfg.seed),
+                  groups=train.image_index)
         write_run_files(self.run_dir, cfg, self._run_info(model, alpha=float(model.alpha)))
         save_weights(model, self.run_dir / "model.safetensors")
         result: dict[str, Any] = {"alpha": float(model.alpha)}
         if len(val_imgs) >= 2:  # retrieval among one candidate would always score 1.0
             val = load_eval_split(self.store, val_imgs)
             preds = model.predict(val.voxels.float())
-            result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
+            if low:
+                scale = SD_LATENT_SCALE if encoder == "sd-vae" else 1.0
+                result.update(latent_scores(preds, targets.get(val.image_index), scale))
+            else:
+                result.update(quick_retrieval(preds, targets.get(val.image_index), self.cfg.eval.pool))
         self._log(self.run_dir / "metrics.jsonl", {"epoch": 1, **{f"val_{k}": v for k, v in result.items()}})
         return result
 
@@ -692,6 +794,7 @@ class HighLevelTask(HighLevelLoss):
         first = self.parts[0]  # single-subject attribute names (benchmarks, tests)
         self.targets, self.vox, self.images, self.sampler, self.val, self.loader = (
             first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
+        self.ridge_targets = self.targets  # what a ridge map / the ridge reference predicts
 
     def steps_per_epoch(self) -> int:
         return min(p.sampler.steps_per_epoch() for p in self.parts)
@@ -826,6 +929,7 @@ class LowLevelTask(LowLevelLoss):
             raise MindEyeError(f"only {len(self.images)} training images for batch size {cfg.train.batch_size}; "
                                "lower train.batch_size")
         self.val = load_eval_split(trainer.store, val_imgs) if len(val_imgs) else None
+        self.ridge_targets = self.latents  # what a ridge map / the ridge reference predicts
         tables = [TargetTable("latents", self.latents.array)]
         # two views: the clean teacher tokens plus an augmented view 1..K ("teacher_aug"); one view: a
         # view 0..K (0 = clean) for both roles.
@@ -869,9 +973,15 @@ class LowLevelTask(LowLevelLoss):
         model.eval()
         preds = []
         for s in range(0, len(self.val), 64):
-            preds.append(model(self.val.voxels[s:s + 64].float().to(self.t.device))[0].float().cpu())
+            out = model(self.val.voxels[s:s + 64].float().to(self.t.device))
+            preds.append((out[0] if isinstance(out, tuple) else out).float().cpu())  # a ridge map: the latent only
         pred = torch.cat(preds)
-        target = self.latents.get(self.val.image_index).view_as(pred)
         model.train()
-        return {"latent_l1": float(((pred - target).abs().mean() / self.latent_scale).item()),
-                "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
+        return latent_scores(pred, self.latents.get(self.val.image_index), self.latent_scale)
+
+
+def latent_scores(pred: torch.Tensor, target: torch.Tensor, latent_scale: float) -> dict[str, float]:
+    """Low-level validation: mean absolute error of the (unscaled) latents and their correlation."""
+    target = target.reshape(pred.shape)
+    return {"latent_l1": float(((pred - target).abs().mean() / latent_scale).item()),
+            "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
