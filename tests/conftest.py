@@ -7,8 +7,8 @@ import torch
 # Run under pytest-xdist (`make test`: one worker per core, whole files per worker): the longest
 # files start first so that no worker is left with one of them at the end. Files with `slow` tests
 # follow this list; the order of everything else is unchanged.
-LONGEST_FILES = ("test_shared_subject_seeds.py", "test_shared_subject.py", "test_trainer.py",
-                 "test_parallel_lean.py", "test_report.py", "test_demo.py")
+LONGEST_FILES = ("test_shared_subject_seeds.py", "test_shared_subject.py", "test_packaging.py", "test_trainer.py",
+                 "test_parallel_lean.py", "test_report.py", "test_demo.py", "test_faults_third_pass.py")
 
 
 def _file_rank(item, slow_files) -> int:
