@@ -654,6 +654,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _memory_baseline(cuda: bool) -> tuple[int, int, int]:
+    """(allocated, reserved, RSS) before a side is built; on CUDA also resets the peak counters."""
+    base_a = base_r = 0
+    if cuda:
+        torch.cuda.synchronize()
+        gc.collect()
+        torch.cuda.reset_peak_memory_stats()
+        base_a, base_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    return base_a, base_r, _rss()
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -675,12 +686,7 @@ def measure(args: argparse.Namespace, pipeline: str, phase: str, src: Path, mode
     ours_sd = None
     for mode in modes:
         online = mode == "online"
-        if cuda:
-            torch.cuda.synchronize()
-            gc.collect()
-            torch.cuda.reset_peak_memory_stats()
-            base_a, base_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-        rss0 = _rss()
+        base_a, base_r, rss0 = _memory_baseline(cuda)
         t0 = time.perf_counter()
         if pipeline == "high":
             th = AuthorsHigh(src, models, utils, dev, args.size, batch, online, phase, n_voxels=n_voxels,
@@ -700,12 +706,7 @@ def measure(args: argparse.Namespace, pipeline: str, phase: str, src: Path, mode
         if ours_sd is None:
             ours_sd = th.state_dict_for_ours()
     # ours, from their weights
-    if cuda:
-        torch.cuda.synchronize()
-        gc.collect()
-        torch.cuda.reset_peak_memory_stats()
-        base_a, base_r = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
-    rss0 = _rss()
+    base_a, base_r, rss0 = _memory_baseline(cuda)
     t0 = time.perf_counter()
     ours = Ours(pipeline, args.size, dev, batch, n_voxels, phase, ours_sd, args.ours_adam,
                 prior_depth=args.prior_depth)
