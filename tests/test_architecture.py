@@ -164,3 +164,12 @@ def test_function_level_imports_are_seen(tmp_path):
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_has_a_layer(path):
     _layer(_module_name(path))
+
+
+def test_progress_bars_come_from_tqdm_auto():
+    """Notebooks get widget progress bars (tqdm.auto), terminals text bars: no module imports plain tqdm."""
+    import re
+
+    plain = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py")
+             if re.search(r"^\s*(from tqdm import|import tqdm\b)", p.read_text(), flags=re.M)]
+    assert plain == [], plain

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import SPLITS, StoreWriter, TrialTable, check_output_dir, check_subject_id

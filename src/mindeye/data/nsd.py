@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.constants import NSDGENERAL_VOXELS
 from mindeye.data.sessions import number_repetitions, zscore_session

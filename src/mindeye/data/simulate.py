@@ -378,7 +378,7 @@ def measure_reliability(voxels: np.ndarray, trials: TrialTable, block: int = 204
 def _progress(iterable: Any, enabled: bool, desc: str, unit: str, total: int | None = None) -> Any:
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 

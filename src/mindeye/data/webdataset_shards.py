@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.data.nsd import TRIALS_PER_SESSION, nsd_image_id
 from mindeye.data.shards import check_shard, iter_shard  # noqa: F401  (check_shard: re-exported)

@@ -17,7 +17,7 @@ Eff / SwAV, lower is better).
 from __future__ import annotations
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.evaluation.feature_nets import resize_short_side
 from mindeye.evaluation.metrics import (

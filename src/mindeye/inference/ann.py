@@ -282,7 +282,7 @@ def build_ann(vectors: np.ndarray, out_dir: Path, spec: dict[str, Any], *, shard
     ``run_shards(todo)``: runs :func:`add_shard` for the listed shard numbers (a distributed engine);
     default: here, one after the other. Resumable at every step (see the module docstring).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     if (out_dir / FAISS_FILE).exists():

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.recon_dir import entry_path, finished, open_index, read_index, save_float, write_index

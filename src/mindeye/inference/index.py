@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye import __version__
 from mindeye.diskspace import reserve_file

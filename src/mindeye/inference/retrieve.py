@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.inference.index import DatabaseIndex, rerank

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from mindeye.config import Config, to_dict
 from mindeye.constants import SD_LATENT_SCALE
