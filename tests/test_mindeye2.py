@@ -67,6 +67,17 @@ def test_summary_paper_size_with_seven_subject_ridges(capsys):
     assert "total        2575262332" in out and "prior        259865216" in out
 
 
+def test_summary_equals_the_counts_their_notebook_printed(capsys):
+    """Train.ipynb's saved outputs (cells 19-22; hidden 1024, subj01, no blurry head): ridge 16,102,400,
+    BrainNetwork 453,360,280, prior 259,865,216, model 729,327,896."""
+    assert main(["summary", "mindeye2-finetune-1session", "--n-voxels", "15724", "--set", "model.backbone.hidden=1024",
+                 "--set", "model.blurry.enabled=false"]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.splitlines()[1:])
+    assert int(lines["subject_layers"]) == 16_102_400
+    assert int(lines["backbone"]) + int(lines["projector"]) == 453_360_280
+    assert int(lines["prior"]) == 259_865_216 and int(lines["total"]) == 729_327_896
+
+
 def _authors_layout(voxels, hidden, n_blocks, tokens, dim, depth, heads, dim_head) -> dict[str, torch.Tensor]:
     """A random state dict in the authors' MindEye2 key layout (their Train.ipynb's MindEyeModule),
     built by hand: ridge, BrainNetwork (blurry part fixed at their sizes), dalle2 prior."""
