@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mindeye.models.mindeye import MindEyeModel
 
@@ -51,16 +52,22 @@ class MixerBackbone(nn.Module):
         self.token_blocks = nn.ModuleList(
             nn.Sequential(nn.LayerNorm(seq_len), _mixer_mlp(seq_len, dropout)) for _ in range(n_blocks))
         self.head = nn.Linear(hidden * seq_len, out_tokens * out_dim)
+        self.checkpoint_blocks = False  # lean mode (train.activation_checkpointing): recompute in backward
 
     def features(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, seq_len * hidden) -> (B, seq_len * hidden): the residual mixer blocks."""
         x = latents.reshape(len(latents), self.seq_len, self.hidden)
         residual1, residual2 = x, x.transpose(1, 2)
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
+
+        def run(block: nn.Module, z: torch.Tensor) -> torch.Tensor:
+            return checkpoint(block, z, use_reentrant=False) if recompute else block(z)
+
         for block1, block2 in zip(self.feature_blocks, self.token_blocks):
-            x = block1(x) + residual1
+            x = run(block1, x) + residual1
             residual1 = x
             x = x.transpose(1, 2)
-            x = block2(x) + residual2
+            x = run(block2, x) + residual2
             residual2 = x
             x = x.transpose(1, 2)
         return x.reshape(len(x), -1)
