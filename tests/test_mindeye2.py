@@ -60,7 +60,7 @@ def test_parameter_counts_match_the_formula():
 
 def test_summary_paper_size_with_seven_subject_ridges(capsys):
     voxels = "14278,15226,13153,13039,17907,12682,14386"
-    assert main(["summary", "mindeye2-pretrain", "--n-voxels", voxels]) == 0
+    assert main(["summary", "--config", "mindeye2-pretrain", "--n-voxels", voxels]) == 0
     out = capsys.readouterr().out
     ridge = sum(n * 4096 + 4096 for n in map(int, voxels.split(",")))
     assert f"subject_layers {ridge}" in out

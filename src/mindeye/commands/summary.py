@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="print parameter counts per module for a config",
                        description="Build the config's model on the meta device (no memory) and print "
                                    "parameter counts per module as plain integers.")
-    p.add_argument("config", help="YAML config: a path or a shipped config name")
+    p.add_argument("config", nargs="?", default=None, help="YAML config: a path or a shipped config name")
+    p.add_argument("--config", dest="config_option", default=None, metavar="CONFIG",
+                   help="the same as the positional CONFIG (as `mindeye train --config`)")
     p.add_argument("--n-voxels", default=None,
                    help="voxel count (default: data.n_voxels from the config or the store's); model.kind mindeye2: "
                         "a comma-separated list gives one ridge per subject, e.g. the 7 pretraining subjects")
@@ -33,7 +35,9 @@ def summary_counts(cfg, n_voxels: int | dict[str, int]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    if (args.config is None) == (args.config_option is None):
+        raise MindEyeError("give one config: `mindeye summary CONFIG` or `mindeye summary --config CONFIG`")
+    cfg = load_config(args.config or args.config_option, args.overrides)
     n_voxels = _parse_voxels(args.n_voxels, cfg.model.kind) or cfg.data.n_voxels
     if n_voxels is None and cfg.data.store:
         from mindeye.data.store import SubjectStore
