@@ -22,7 +22,9 @@ def scene_semantics(store_path: str | Path, image_index: np.ndarray) -> tuple[np
     """(unit attribute vectors (N, 56), main-object categories (N,)), or None for a store without scenes."""
     from mindeye.data.scenes import attribute_vector
 
-    path = Path(store_path) / "attributes.json"
+    from mindeye.data.store import data_root
+
+    path = data_root(store_path) / "attributes.json"
     if not path.is_file():
         return None
     scenes = json.loads(path.read_text())
