@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
     add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
+    r.add_argument("--pool", action="append", default=None, metavar="N|all",
+                   help="also N-way top-1 among N candidates (e.g. 1000; pools drawn without replacement, so the "
+                        "test set must hold N images) or 'all' (the whole test set), with bootstrap 95%% CIs over "
+                        "test images; repeatable (JSON key nway)")
+    r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for the N-way and in-/out-of-distribution CIs (default 1000)")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
     r.set_defaults(func=run_retrieval)
     try:
@@ -33,14 +39,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table, ridge_warnings
+    from mindeye.evaluation.run_eval import evaluate_retrieval, nway_table, retrieval_table, ridge_warnings
 
+    pools = [p if p == "all" else _pool_number(p) for p in (args.pool or [])]
     results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
-                                  subject=args.subject)
+                                  subject=args.subject, pools=pools, n_boot=args.bootstrap)
                for run in args.run]
     print(retrieval_table(results))
+    extra = nway_table(results)
+    if extra:
+        print(extra)
     for line in ridge_warnings(results):
         print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _pool_number(text: str) -> int:
+    from mindeye.errors import MindEyeError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise MindEyeError(f"--pool takes a number of candidates (e.g. 1000) or 'all', got {text!r}") from None
