@@ -63,7 +63,8 @@ def add_split_parser(psub: argparse._SubParsersAction) -> None:
                    help="hold whole clusters (categories) out of training (the only kind of split today)")
     s.add_argument("--by", choices=["auto", "category", "kmeans"], default="auto",
                    help="cluster by the store's category labels (simulated stores) or by k-means on the target "
-                        "embeddings of --encoder (default: auto, category where the store has labels)")
+                        "embeddings of --encoder (default: auto: k-means when --encoder is given, else category "
+                        "labels where the store has them)")
     s.add_argument("--encoder", default=None, help="target encoder whose cached embeddings --by kmeans clusters "
                    "(run `mindeye embed` for it first; e.g. clip-vit-l14-hidden, standin-clip-hidden)")
     s.add_argument("--weights", default=None, help="weights the --encoder targets were computed with (as for embed)")
@@ -85,7 +86,7 @@ def run_split(args: argparse.Namespace) -> int:
 
     store = SubjectStore(args.store)
     labels, method = None, args.by
-    if args.by in ("auto", "category"):
+    if args.by == "category" or (args.by == "auto" and not args.encoder):
         labels = scene_categories(store)
         method = "category"
         if labels is None and args.by == "category":

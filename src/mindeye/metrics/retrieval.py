@@ -284,7 +284,7 @@ def noise_control(images: np.ndarray | torch.Tensor, top1: float, seed: int = 0)
     the pools), not from what the model learned. Returns (embeddings, noise level).
     """
     t = _normalised(images).cpu()
-    noise = torch.randn(t.shape, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(t.shape, generator=torch.Generator().manual_seed(1_000_003 + seed))  # its own stream
 
     def score(sigma: float) -> float:
         ranks = _ranks(F.normalize(t + sigma * noise, dim=1) @ t.T)
