@@ -256,8 +256,9 @@ def test_figure_table_and_grid_files_open(exp):
     by_name = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
     mind = exp["metrics"]["rows"][0]["metrics"]
     ret = json.loads((exp["high"] / "eval" / "retrieval.json").read_text())
-    assert float(by_name["MindEye (tiny)"]["pixcorr"]) == pytest.approx(mind["pixcorr"]["value"], abs=1e-12)
-    assert float(by_name["MindEye (tiny)"]["image_to_brain"]) == pytest.approx(ret["image_to_brain"], abs=1e-12)
+    # CSV numbers carry 4 significant digits (report_tables.rounded)
+    assert float(by_name["MindEye (tiny)"]["pixcorr"]) == pytest.approx(mind["pixcorr"]["value"], rel=5e-4)
+    assert float(by_name["MindEye (tiny)"]["image_to_brain"]) == pytest.approx(ret["image_to_brain"], rel=5e-4)
     assert by_name["MindEye (tiny)"]["alexnet2"] == "" and "alexnet2" in by_name["MindEye (tiny)"]["unavailable"]
     tex = (root / "tables/table1.tex").read_text()
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-5}", r"\multicolumn{4}{c}{Low-Level}",

@@ -10,12 +10,13 @@ from mindeye.commands.options import add_data, add_device, add_out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="retrieval (300-way, both directions) and reconstruction metrics",
-                       description="Evaluate runs: retrieval top-1 among 300 (30 draws, 95% CI) and over the "
+    p = sub.add_parser("evaluate", help="retrieval (N-way, both directions; 300 by default) and reconstruction metrics",
+                       description="Evaluate runs: retrieval top-1 among the config's pool (eval.pool, 300 as the paper; "
+                                   "the whole test set when it is smaller; 30 draws, 95% CI) and over the "
                                    "whole test set, or the eight reconstruction metrics of paper Table 1.")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set",
-                      description="Top-1 retrieval in both directions among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
+                      description="Top-1 retrieval in both directions among eval.pool (300) test samples, or all of them when the test set is smaller (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
     add_data(r, help="subject store (default: the one the run was trained on)")
     r.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")

@@ -91,14 +91,17 @@ def ood_retrieval(preds: torch.Tensor, targets: torch.Tensor, groups: dict[str, 
 
 
 def _jsonable(x: Any) -> Any:
+    """JSON-ready copy; floats rounded to 6 significant digits (float32 scores: 0.52, not 0.5199999809265137)."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
-        return x.tolist()
+        return _jsonable(x.tolist())
     if hasattr(x, "item"):
-        return x.item()
+        return _jsonable(x.item())
     return x
 
 

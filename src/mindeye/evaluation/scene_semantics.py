@@ -21,7 +21,6 @@ import torch
 def scene_semantics(store_path: str | Path, image_index: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(unit attribute vectors (N, 56), main-object categories (N,)), or None for a store without scenes."""
     from mindeye.data.scenes import attribute_vector
-
     from mindeye.data.store import data_root
 
     path = data_root(store_path) / "attributes.json"
