@@ -177,4 +177,16 @@ def test_evaluate_on_a_view_reports_id_and_ood_side_by_side(tiny_store, view, tm
         for d in (BRAIN_TO_IMAGE, IMAGE_TO_BRAIN):
             assert block["excess_gap"][d] == pytest.approx(block["gap"][d] - res["ood"]["control"][key]["gap"][d])
     assert main(["evaluate", "retrieval", "--run", str(run), "--device", "cpu", "--pool", "1000"]) == 2
+    # the report's ID vs OOD table shows the same numbers
+    from types import SimpleNamespace
+
+    from mindeye.evaluation.report_sections import ood_rows
+
+    rows = ood_rows([SimpleNamespace(name="r", retrieval=res)])
+    assert [r["pool"] for r in rows] == [res["ood"]["pooled"]["pool"], res["n_test"]]
+    cell = rows[1]["cells"][0]  # Table 1's image retrieval = image_to_brain
+    g = res["ood"]["all"]["groups"]
+    assert cell["column"] == "Image retrieval" and rows[1]["n_ood"] == n_ood
+    assert cell["id"].startswith(f"{100 * g['in-distribution'][IMAGE_TO_BRAIN]:.1f}%")
+    assert cell["excess"] == f"{100 * res['ood']['all']['excess_gap'][IMAGE_TO_BRAIN]:+.1f}"
     assert "1000-way retrieval needs at least 1000 test images" in capsys.readouterr().err

@@ -38,12 +38,15 @@ def ood_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
             if not block:
                 continue
             g, gap = block["groups"], block.get("gap", {})
+            control = ((ood.get("control") or {}).get(key) or {}).get("gap", {})
             cells = []
             for column, d in TABLE1_COLUMNS.items():
                 lo, hi = gap.get(f"{d}_ci95_bootstrap", (float("nan"), float("nan")))
                 cells.append({"column": column, "id": _pct(g["in-distribution"], d),
                               "ood": _pct(g["out-of-distribution"], d),
-                              "gap": f"{100 * gap.get(d, float('nan')):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"})
+                              "gap": f"{100 * gap.get(d, float('nan')):+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+                              "control": f"{100 * control[d]:+.1f}" if d in control else "—",
+                              "excess": f"{100 * block['excess_gap'][d]:+.1f}" if "excess_gap" in block else "—"})
             out.append({"name": r.name, "pool": block["pool"], "n_id": g["in-distribution"]["n"],
                         "n_ood": g["out-of-distribution"]["n"], "cells": cells, "view": ood.get("view"),
                         "held_out": ", ".join(map(str, ood.get("held_out_clusters") or []))})
