@@ -190,3 +190,15 @@ def test_evaluate_on_a_view_reports_id_and_ood_side_by_side(tiny_store, view, tm
     assert cell["id"].startswith(f"{100 * g['in-distribution'][IMAGE_TO_BRAIN]:.1f}%")
     assert cell["excess"] == f"{100 * res['ood']['all']['excess_gap'][IMAGE_TO_BRAIN]:+.1f}"
     assert "1000-way retrieval needs at least 1000 test images" in capsys.readouterr().err
+
+
+def test_a_run_trained_on_the_parent_is_warned_about(tiny_store, view, tmp_path):
+    from mindeye.evaluation.run_eval import evaluate_retrieval
+
+    run = tmp_path / "parent-run"
+    args = ["train", "--config", str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"), "--data", str(tiny_store),
+            "--out", str(run), "--device", "cpu", "--no-progress"]
+    assert main(args + sum((["--set", o] for o in TINY), [])) == 0
+    res = evaluate_retrieval(run, store=view, device="cpu", write=False, n_boot=50)
+    assert "may have been training images" in res["ood"]["warning"]
+    assert "ood" not in evaluate_retrieval(run, device="cpu", write=False)  # its own store: no groups

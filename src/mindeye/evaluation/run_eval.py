@@ -55,6 +55,11 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     groups = subject.test_groups(test.image_index)
     if groups is not None and all(m.any() for m in groups.values()):
         result["ood"] = ood_retrieval(preds.flatten(1), targets.flatten(1), groups, subject.view, cfg, seed, n_boot)
+        trained_on = info.get("store")
+        if trained_on and Path(trained_on).resolve() != subject.path.resolve():
+            result["ood"]["warning"] = (f"the run was trained on {trained_on}, not on this view {subject.path}: its "
+                                        "'out-of-distribution' images may have been training images; train on the "
+                                        "view for a real in- vs out-of-distribution comparison")
     if info.get("ridge_check"):  # the trainer's comparison with ridge on validation (docs/small-data.md)
         result["ridge_check"] = info["ridge_check"]
     if write:
@@ -172,6 +177,8 @@ def nway_table(results: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"{name[:24]:<24} in- vs out-of-distribution ({ood.get('view')}; held out: "
                      f"{', '.join(map(str, ood.get('held_out_clusters') or []))})")
+        if ood.get("warning"):
+            lines.append(f"{'':<4}WARNING: {ood['warning']}")
         for key in ("pooled", "all"):
             block = ood.get(key)
             if not block:
