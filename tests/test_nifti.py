@@ -256,3 +256,38 @@ def test_cli_message_and_meta(nifti, capsys):
     assert "no file in" in capsys.readouterr().err  # the root holds no stimuli: one line, no traceback
     meta = json.loads((nifti["store"].path / "meta.json").read_text())
     assert meta["inputs"]["mask"].endswith("mask.nii.gz") and len(meta["inputs"]["betas"]) == 3
+
+
+def test_report_draws_the_first_layer_on_a_glass_brain(nifti, tmp_path):
+    """A tiny run on the NIfTI store: the report gains a glass-brain figure of the first layer's weight norm."""
+    import torch
+
+    from mindeye.config import load_config
+    from mindeye.encoders.cache import embed_store
+    from mindeye.evaluation import report_figures as figs
+    from mindeye.evaluation.report import build_report
+    from mindeye.runs import load_run_model
+    from mindeye.training.trainer import Trainer
+
+    repo = Path(__file__).resolve().parents[1]
+    store = nifti["store"].path
+    embed_store(store, "standin-clip-hidden", progress=False)
+    cfg = load_config(repo / "src/mindeye/configs/demo-highlevel.yaml", [
+        "model.backbone.hidden=32", "model.backbone.n_blocks=1", "model.projector.hidden=16",
+        "model.prior.enabled=false", "train.batch_size=8", "train.epochs=1", "data.val_images=2",
+        "train.val_every=1"])
+    Trainer(cfg, tmp_path / "run", store=store, device="cpu", progress=False).fit()
+    page = build_report(tmp_path / "run", out=tmp_path / "rep" / "report.html", umap=False, n_images=1, device="cpu")
+    html = page.read_text()
+    assert 'id="fig-brain_map"' in html and "weights in the first linear layer" in html
+    index = json.loads((tmp_path / "rep" / "figures" / "index.json").read_text())
+    assert "brain_map" in [f["stem"] for f in index["figures"]]
+    assert (tmp_path / "rep" / "figures" / "brain_map.png").stat().st_size > 10_000
+    # The map is the weight norm: voxel k of the figure's image is column k of the stem's weight.
+    _, _, model, subject = load_run_model(tmp_path / "run", "cpu", None)
+    norms = figs.first_layer_voxel_norm(model, subject.subject_id)
+    expected = torch.linalg.vector_norm(model.backbone.stem[0].weight.detach(), dim=0).numpy()
+    np.testing.assert_allclose(norms, expected, rtol=1e-6)
+    assert norms.shape == (subject.n_voxels,) and norms.std() > 0
+    img = subject.unmask(norms)
+    np.testing.assert_allclose(np.asarray(img.dataobj)[nifti["mask"]], norms, rtol=1e-6)
