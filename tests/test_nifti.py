@@ -291,3 +291,14 @@ def test_report_draws_the_first_layer_on_a_glass_brain(nifti, tmp_path):
     assert norms.shape == (subject.n_voxels,) and norms.std() > 0
     img = subject.unmask(norms)
     np.testing.assert_allclose(np.asarray(img.dataobj)[nifti["mask"]], norms, rtol=1e-6)
+
+
+def test_docs_describe_the_mask_and_the_events(nifti):
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    store_doc = (docs / "subject-store.md").read_text()
+    missing = [n for n in ["mask.nii.gz", *nifti["store"].meta["mask"]] if f"`{n}`" not in store_doc]
+    missing += [n for n in ("s.unmask(", "s.to_nifti(", "s.mask_path") if n not in store_doc]
+    assert not missing, f"docs/subject-store.md does not document {missing}"
+    guide = (docs / "adding-a-dataset.md").read_text()
+    for name in ("image", "stim_file", "trial_type", "session", "split", "repetition", "n/a", "--test-fraction"):
+        assert f"`{name}`" in guide, name
