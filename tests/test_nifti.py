@@ -95,6 +95,7 @@ def test_voxels_trials_and_mask(nifti):
     assert len(store.image_indices("test")) == 1
     assert store.meta["source"] == "nifti" and store.meta["subject_id"] == "subj01"
     assert store.meta["mask"]["n_voxels"] == store.n_voxels
+    assert "  brain mask   mask.nii.gz (grid 6x7x5)" in store.summary(check=False).splitlines()
     kept = nib.load(store.mask_path)
     np.testing.assert_array_equal(np.asarray(kept.dataobj) != 0, nifti["mask"])
     np.testing.assert_allclose(kept.affine, AFFINE)
@@ -178,7 +179,9 @@ def test_3d_betas(nifti, tmp_path):
         nib.save(nib.Nifti1Image(d["data"][1][..., v], AFFINE), path)
         files.append(path)
         rows.append({"image": f"im{v:02d}", "split": "test" if v == 0 else "train"})
-    store = SubjectStore(_prepare(d, tmp_path / "s", betas=files, events=[_write_tsv(tmp_path / "e.tsv", rows)]))
+    out = tmp_path / "new" / "dirs" / "s"  # parents are created
+    store = SubjectStore(_prepare(d, out, betas=files, events=[_write_tsv(tmp_path / "e.tsv", rows)]))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["s"]  # the temporary voxel matrix is gone
     np.testing.assert_allclose(np.asarray(store.voxels[2], dtype=np.float32),
                                d["data"][1][..., 2][d["mask"]], rtol=1e-3)  # float16 storage
     assert store.trials.session.tolist() == [1, 1, 1, 1]

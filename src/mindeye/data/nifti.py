@@ -242,6 +242,7 @@ def prepare_nifti(
     masker = NiftiMasker(mask_img=nib.Nifti1Image(mask_arr.astype(np.uint8), mask_img.affine), standardize=None).fit()
     n_voxels = int(mask_arr.sum())
     coords = np.argwhere(mask_arr)  # the masker's voxel order: C order of the mask's nonzero voxels
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.nifti-", dir=out.absolute().parent))
     try:
         vox = np.lib.format.open_memmap(tmp / "voxels.npy", mode="w+", dtype=np.float32,

@@ -577,6 +577,9 @@ class SubjectStore:
         pre = self.meta.get("preprocessing")
         if pre:
             lines.append(f"  preprocessing {pre}")
+        if self.mask_path is not None:
+            grid = (self.meta.get("mask") or {}).get("shape")
+            lines.append(f"  brain mask   {MASK_FILE}" + (f" (grid {'x'.join(map(str, grid))})" if grid else ""))
         cached = [p.name + _cache_note(p)
                   for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
             if (self.path / "targets").exists() else []
