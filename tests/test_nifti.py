@@ -222,6 +222,12 @@ def test_bad_inputs_are_refused_before_writing(nifti, tmp_path):
     ghost = _write_tsv(tmp_path / "ghost.tsv", [{"image": "ghost.png"}] + [{"image": "im01"}] * (VOLS - 1))
     with pytest.raises(MindEyeError, match="1 image.* no file in .*stimuli: ghost"):
         _prepare(d, out, events=[ghost, *d["events"][1:]])
+    bad_split = _write_tsv(tmp_path / "split.tsv", [{"image": "im00", "split": "training"}] * (3 * VOLS))
+    with pytest.raises(MindEyeError, match=r"split.tsv.*unknown split value\(s\) \['training'\]"):
+        _prepare(d, out, events=[bad_split])
+    with pytest.raises(MindEyeError, match="'split' column is empty on some rows"):
+        _prepare(d, out, events=[_write_tsv(tmp_path / "split1.tsv", [{"image": "im00", "split": "test"}] * VOLS),
+                                 *d["events"][1:]])
     with pytest.raises(MindEyeError, match="betas .*nope.nii.gz not found"):
         _prepare(d, out, betas=[root / "nope.nii.gz"])
     (tmp_path / "text.nii.gz").write_text("not an image")
