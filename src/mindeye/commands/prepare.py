@@ -1,4 +1,4 @@
-"""`mindeye prepare {arrays,nsd,webdataset}`: turn a dataset into a subject store."""
+"""`mindeye prepare {arrays,nifti,nsd,webdataset}`: turn a dataset into a subject store."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--source-name", default="arrays", help="dataset name recorded in the metadata")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     a.set_defaults(func=run_arrays)
+    from mindeye.commands.prepare_nifti import add_nifti_parser
+
+    add_nifti_parser(psub)
     try:
         from mindeye.commands.prepare_nsd import add_prepare_parsers
     except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ One directory per prepared subject (format documented in docs/subject-store.md):
       images.npy      (n_images, S, S, 3) uint8, one per unique image (memory-mapped)
       images.csv      image_index, image_id, split, caption
       targets/        target cache written by `mindeye embed` (one sub-directory per encoder key)
+      mask.nii.gz     (stores prepared from NIfTI only) the brain mask: voxel k is its k-th nonzero voxel
 
 Writes are atomic: everything is built in ``STORE.partial/`` and renamed to ``STORE`` only once
 complete, so a directory named STORE always holds a finished store. ``STORE.partial/`` is kept
@@ -41,6 +42,7 @@ from mindeye.utils.files import replace_dir, write_json_atomic
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _DATA_FILES = ("voxels.npy", "trials.csv", "images.npy", "images.csv")
+MASK_FILE = "mask.nii.gz"  # the brain mask of a store prepared from NIfTI (SubjectStore.unmask)
 _TRIAL_COLUMNS = ("trial", "image_index", "image_id", "session", "repetition", "split")
 
 
@@ -279,7 +281,7 @@ class StoreWriter:
                 delattr(self, name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def finalize(self, meta: dict[str, Any], extra_files: dict[str, str] | None = None) -> Path:
+    def finalize(self, meta: dict[str, Any], extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write tables, checksums and meta.json, then rename ``.partial`` to the final path."""
         if self.trials is None or self.image_ids is None:
             raise RuntimeError("set_trials() and set_images() must be called before finalize()")
@@ -301,7 +303,10 @@ class StoreWriter:
                 cap = self.image_captions[i] if self.image_captions else ""
                 w.writerow([i, iid, image_split.get(i, "unused"), cap])
         for name, text in (extra_files or {}).items():
-            (self.tmp / name).write_text(text)
+            if isinstance(text, bytes):
+                (self.tmp / name).write_bytes(text)
+            else:
+                (self.tmp / name).write_text(text)
         n_trials, n_voxels = self.shapes["voxels"]
         full_meta = {
             "format_version": FORMAT_VERSION,
@@ -451,6 +456,56 @@ class SubjectStore:
         return {name: (file_sha256(self.path / name) == expected[name]) if expected.get(name) else None
                 for name in _DATA_FILES}
 
+    # -- brain space (stores prepared from NIfTI) --------------------------------------------------
+    @property
+    def mask_path(self) -> Path | None:
+        """The store's brain mask (``mask.nii.gz``), or None for stores without one (simulated, NSD, arrays)."""
+        path = self.path / MASK_FILE
+        return path if path.exists() else None
+
+    def unmask(self, values: Any) -> Any:
+        """A per-voxel vector (n_voxels,) -> a 3-D NIfTI image on the mask's grid (0 outside the mask);
+        a (k, n_voxels) array -> a 4-D image of k volumes. The inverse of the masking that prepared the
+        store (nilearn's ``NiftiMasker.inverse_transform``), done with nibabel alone."""
+        import nibabel as nib
+
+        if self.mask_path is None:
+            raise MindEyeError(
+                f"{self.path} has no brain mask ({MASK_FILE}): only stores made by `mindeye prepare nifti` map "
+                "voxels back to brain space")
+        try:
+            mask_img = nib.load(self.mask_path)
+            mask = np.asarray(mask_img.dataobj) != 0
+        except Exception as exc:  # nibabel raises several types for a damaged file
+            raise MindEyeError(f"{self.mask_path} cannot be read ({type(exc).__name__}: {exc}); prepare the "
+                               "store again") from None
+        if int(mask.sum()) != self.n_voxels:
+            raise MindEyeError(f"{self.mask_path} selects {int(mask.sum())} voxels but the store has "
+                               f"{self.n_voxels}; the mask does not belong to this store: prepare it again")
+        if hasattr(values, "detach"):  # a torch tensor
+            values = values.detach().cpu().numpy()
+        arr = np.asarray(values)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != self.n_voxels:
+            raise MindEyeError(f"values of shape {arr.shape} cannot be put back in the brain: give "
+                               f"({self.n_voxels},) (one value per voxel) or (k, {self.n_voxels})")
+        dtype = np.float32 if arr.dtype.kind in "fiub" and arr.dtype.itemsize <= 4 else np.float64
+        if arr.ndim == 1:
+            data = np.zeros(mask.shape, dtype=dtype)
+            data[mask] = arr
+        else:
+            data = np.zeros((*mask.shape, arr.shape[0]), dtype=dtype)
+            data[mask] = arr.T
+        header = mask_img.header.copy()  # keeps the space codes (scanner / MNI); the values are floats
+        header.set_data_dtype(data.dtype)
+        return nib.Nifti1Image(data, mask_img.affine, header)
+
+    def to_nifti(self, values: Any, path: str | Path | None = None) -> Any:
+        """:meth:`unmask`, saved to ``path`` (.nii or .nii.gz) when one is given; returns the image."""
+        img = self.unmask(values)
+        if path is not None:
+            img.to_filename(str(path))
+        return img
+
     # -- splits --------------------------------------------------------------------------------
     def trial_indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
@@ -522,6 +577,9 @@ class SubjectStore:
         pre = self.meta.get("preprocessing")
         if pre:
             lines.append(f"  preprocessing {pre}")
+        if self.mask_path is not None:
+            grid = (self.meta.get("mask") or {}).get("shape")
+            lines.append(f"  brain mask   {MASK_FILE}" + (f" (grid {'x'.join(map(str, grid))})" if grid else ""))
         cached = [p.name + _cache_note(p)
                   for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
             if (self.path / "targets").exists() else []

@@ -308,6 +308,13 @@ def build_report(
     else:
         umap_notes.append("UMAP not computed (--no-umap).")
 
+    # -- brain space: only for stores prepared from NIfTI (they keep the mask) ------------------------
+    brain_fig, brain_note = figs.brain_map_figure(
+        "brain_map", subject, figs.first_layer_voxel_norm(model, subject.subject_id) if subject.mask_path else None,
+        "first-layer weight norm per voxel", f"high-level run {high.name}: L2 norm of each voxel's weights in the "
+        "first linear layer (maximum-intensity projections; the outline is the MNI152 brain)")
+    figures += [brain_fig] if brain_fig is not None else []
+
     # -- files next to the page ----------------------------------------------------------------------
     folder = out.parent
     written: dict[str, list[str]] = {}
@@ -339,6 +346,7 @@ def build_report(
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
+        "brain_figure": embed(brain_fig), "brain_note": brain_note,
     }
     context["build_seconds"] = f"{time.perf_counter() - t0:.1f}"
     page = render_page(context)
