@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from mindeye.commands.options import add_data, add_out
-from mindeye.config import load_config
-from mindeye.data.store import check_output_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from mindeye.config import load_config
+    from mindeye.data.store import check_output_dir
     from mindeye.models.convert import convert_mindeye_v1_state_dict, load_mindeye_v1_checkpoint
     from mindeye.models.factory import build_model
     from mindeye.training.checkpoint import write_run_files

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_out
-from mindeye.data.arrays import prepare_arrays
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_arrays(args: argparse.Namespace) -> int:
+    from mindeye.data.arrays import prepare_arrays
+
     out = prepare_arrays(args.voxels, args.images, args.trials, args.out, voxels_key=args.voxels_key,
                          zscore=args.zscore, image_size=args.image_size, voxel_dtype=args.voxel_dtype,
                          source=args.source_name, subject=args.subject, overwrite=args.overwrite)

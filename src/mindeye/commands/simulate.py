@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_out, add_progress
-from mindeye.data.simulate import MAX_COHORT, SCALES, simulate_cohort, simulate_subject
+from mindeye.data.scales import MAX_COHORT, SCALES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
+
+    from mindeye.data.simulate import simulate_cohort, simulate_subject
 
     partial = Path(args.out).with_name(Path(args.out).name + ".partial")
     try:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mindeye.constants import NSDGENERAL_VOXELS
+from mindeye.constants import DEFAULT_BETAS, NSDGENERAL_VOXELS
 from mindeye.data.sessions import number_repetitions, zscore_session
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TRIALS_PER_SESSION = 750
 N_NSD_IMAGES = 73000
-DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"
 RELEASED_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 # NSD withheld every subject's last 3 sessions until the full release; the MindEye paper used
 # what was out then (sessions 1-37 of subject 1).
