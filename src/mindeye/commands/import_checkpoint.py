@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mindeye.commands.options import add_data, add_out
+from mindeye.commands.options import add_data, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-voxels", type=int, default=None,
                    help="expected voxel count (default: read from the checkpoint; subj01 15724)")
     add_data(p, help="subject store the run should evaluate on (recorded in run.json)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_progress(p)
     p.set_defaults(func=run)
 
 

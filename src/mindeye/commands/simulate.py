@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep training trials from the first N sessions only (few-session stores); the test "
                         "trials of every session are kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    add_progress(p, "--quiet")
+    add_progress(p)
     p.set_defaults(func=run)
 
 

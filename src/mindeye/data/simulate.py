@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from mindeye.utils.files import replace_dir
 MODEL_STREAM, STIMULUS_STREAM, NOISE_STREAM, DESIGN_STREAM = 0, 1, 2, 3
 FEATURE_MAPS = ("luminance", "red-green", "blue-yellow", "contrast-fine", "contrast-coarse",
                 "orientation-0", "orientation-45", "orientation-90", "orientation-135")
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,10 +333,9 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
         out, spec, lambda *keys: np.random.default_rng([seed, *keys]), image_seed=seed,
         scene_indices=np.arange(spec.n_images), meta=meta, simulation={"scale": scale, "seed": seed},
         train_sessions=train_sessions, overwrite=overwrite, progress=progress, chunk=chunk)
-    if progress:
-        print(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
-              f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
-              f"ncsnr median {reliability['ncsnr_median']:.3f}")
+    log.info(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
+             f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
+             f"ncsnr median {reliability['ncsnr_median']:.3f}")
     return path
 
 
@@ -547,8 +549,7 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
                         "ncsnr_median": reliability["ncsnr_median"],
                         "split_half_r_median": reliability["split_half_r_median"],
                         "splits": meta["splits"], "checksums": meta["checksums"]})
-        if progress:
-            print(f"  {sid}: {sub_spec.n_voxels} voxels, ncsnr median {reliability['ncsnr_median']:.3f}")
+        log.info(f"  {sid}: {sub_spec.n_voxels} voxels, ncsnr median {reliability['ncsnr_median']:.3f}")
     shared_ids = [f"sim{seed}_{k:05d}" for k in range(spec.n_test_images)]
     cohort = {
         "format_version": 1,
@@ -565,9 +566,8 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
     }
     (tmp / "cohort.json").write_text(json.dumps(cohort, indent=2))
     replace_dir(tmp, out)  # an existing cohort (overwrite=True) goes once the new one is complete
-    if progress:
-        print(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
-              f"{time.perf_counter() - t0:.1f} s")
+    log.info(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
+             f"{time.perf_counter() - t0:.1f} s")
     return out
 
 
