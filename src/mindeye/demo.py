@@ -74,6 +74,18 @@ def load_demo_config(path: str | Path | None, overrides: list[str] | None = None
     return load_config(path, overrides, cls=DemoConfig), path.resolve().parent
 
 
+def _demo_device(demo: DemoConfig) -> str:
+    """The demo config's ``device``, resolved; `mindeye demo` has no --device, so its errors name --set."""
+    from mindeye.devices import resolve_device
+
+    try:
+        return resolve_device(demo.device)
+    except MindEyeError as exc:
+        reason = str(exc).split(";")[0].replace(f"--device {demo.device!r} ", "").replace(f"--device {demo.device} ", "")
+        raise MindEyeError(f"device: {demo.device} (from the demo config): {reason}; pass --set device=cpu "
+                           "(or --set device=auto: a GPU when there is one)") from None
+
+
 def _step(title: str) -> float:
     log.info(f"\n== {title}")
     return time.perf_counter()
@@ -122,6 +134,11 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
         # Two OpenMP threads on a 2-core machine that is doing anything else run these small
         # models up to 10x slower than one thread (measured: 2.9 s vs 0.26 s per step).
         torch.set_num_threads(demo.cpu_threads)
+    device = _demo_device(demo)  # checked before anything is created
+    if demo.store and not (Path(demo.store) / "meta.json").is_file():
+        raise MindEyeError(f"store: {demo.store} (from the demo config) is not a subject store; prepare one "
+                           "(e.g. `mindeye prepare nsd --nsd-root DIR --subject 1 --out stores/subj01`) and pass "
+                           "--set store=stores/subj01")
     if not demo.store:
         from mindeye.data.simulate import SCALES
 
@@ -156,9 +173,6 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
-    from mindeye.devices import resolve_device
-
-    device = resolve_device(demo.device)
     from mindeye.encoders.targets import target_options
 
     for name, weights in sorted(wanted, key=lambda x: x[0]):

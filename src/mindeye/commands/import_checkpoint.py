@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(out, args.overwrite)
     cfg = load_config(args.config) if args.config else load_config(
         None, ["model.kind=mindeye", "targets.weights=openai/clip-vit-large-patch14"])
+    import logging
+
+    log = logging.getLogger("mindeye.commands.import_checkpoint")
+    log.info(f"reading {args.checkpoint}")
     state = load_mindeye_v1_checkpoint(args.checkpoint)
     n_voxels = args.n_voxels
     if n_voxels is None and "voxel2clip.lin0.0.weight" in state:
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     converted = convert_mindeye_v1_state_dict(state, n_voxels=n_voxels, **sizes)
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     model.load_state_dict(converted, strict=True, assign=True)
+    log.info(f"writing the run directory {out}")
     write_run_files(out, cfg, {"kind": "mindeye", "store": args.data, "n_voxels": n_voxels,
                                "imported_from": str(Path(args.checkpoint).resolve()), "format": "mindeye-v1"})
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))

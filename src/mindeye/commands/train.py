@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
         cfg, line = sized_config(config, args.overrides, stores)
         if line:
-            print(line, flush=True)
+            import logging
+
+            logging.getLogger("mindeye.commands.train").info(line)
     trainer = Trainer(cfg, args.out, store=stores, device=args.device, resume=args.resume,
                       progress=not args.no_progress, init_from=args.init_from)
     result = trainer.fit()

@@ -506,7 +506,8 @@ class Trainer:
         low = cfg.model.ridge.target == "lowlevel"  # voxels -> VAE latent (blurry images), not -> CLIP
         encoder, weights = ((cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights) if low
                             else (cfg.targets.encoder, cfg.targets.weights))
-        targets = Targets(self.store_path, encoder, weights, options=target_options(cfg, encoder))
+        targets = Targets(self.store_path, encoder, weights, options=target_options(cfg, encoder),
+                          key="targets.lowlevel_weights" if low else "targets.weights")
         train_imgs, val_imgs = train_val_images(self.store, cfg)
         train = load_trials(self.store, train_imgs)
         model = build_model(cfg.model, self.store.n_voxels)
@@ -768,7 +769,8 @@ class HighLevelTask(HighLevelLoss):
         self.parts = []
         for path, store in zip(trainer.store_paths, trainer.stores):
             targets = Targets(path, cfg.targets.encoder, cfg.targets.weights,
-                              views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder))
+                              views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder),
+                              key="targets.weights")
             expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
             if targets.shape != expected and not (cfg.model.backbone.tokens == 1 and targets.shape == (cfg.model.backbone.dim,)):
                 raise MindEyeError(
@@ -924,11 +926,11 @@ class LowLevelTask(LowLevelLoss):
         self.t = trainer
         cfg = trainer.cfg
         self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights,
-                               options=target_options(cfg, cfg.targets.lowlevel_encoder))
+                               options=target_options(cfg, cfg.targets.lowlevel_encoder), key="targets.lowlevel_weights")
         self.teacher = None
         if cfg.train.lowlevel_contrastive_weight > 0:
             self.teacher = Targets(trainer.store_path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
-                                   views=cfg.targets.augmented_views)
+                                   views=cfg.targets.augmented_views, key="targets.teacher_weights")
         train_imgs, val_imgs = training_images(trainer.store, cfg)
         self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
         if len(self.images) < cfg.train.batch_size:
