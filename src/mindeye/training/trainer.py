@@ -384,6 +384,8 @@ class Trainer:
                 if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
             if self.dist.is_main:  # every epoch, bars or not: a job without a terminal is never silent for long
+                if epoch_loss is None and running:  # fewer steps than train.log_every: one sync, once
+                    epoch_loss = torch.stack(running).float().mean().item()
                 shown = [f"loss {epoch_loss:.4f}"] if epoch_loss is not None else []
                 shown += [f"{k} {v:.3f}" for k, v in last_eval.items()] if validated else []
                 log.info(f"epoch {done}/{cfg.train.epochs}: " + ", ".join(
