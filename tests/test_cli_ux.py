@@ -261,3 +261,24 @@ def test_reconstruct_names_the_matching_generator(trained, tmp_path, capsys):
     assert json.loads(out.strip().splitlines()[-1])["generator"] == "demo-latent-diffusion"
     index = json.loads((tmp_path / "rec2" / "index.json").read_text())
     assert index["config"]["generator"] == "demo-latent-diffusion" and len(index["images"]) == 1
+
+
+def test_a_disabled_bar_becomes_log_lines(capsys):
+    from mindeye.utils.logs import configure_logging, progress_bar
+
+    configure_logging()
+    bar = progress_bar(total=10, initial=2, desc="embed x", unit="img", disable=True, interval=0.0)
+    bar.update(3)  # interval 0: a line at every update
+    bar.set_postfix_str("session 2")
+    bar.close()
+    bar.close()  # once only
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("embed x: 5/10 img (50%), ") and " img/s, ~" in lines[0] and "left" in lines[0]
+    assert lines[1].startswith("embed x: 5/10 img (50%)") and lines[1].endswith("[session 2]")
+    assert list(progress_bar(range(3), desc="d", disable=True, interval=1e9)) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("d: 3/3 it (100%), "), lines  # the end of the work only
+    quiet = progress_bar(total=4, initial=4, desc="done already", disable=True, interval=0.0)
+    quiet.close()  # nothing was done: nothing to say
+    assert capsys.readouterr().err == ""

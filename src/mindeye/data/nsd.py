@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from mindeye.constants import DEFAULT_BETAS, NSDGENERAL_VOXELS
 from mindeye.data.sessions import number_repetitions, zscore_session
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
 from mindeye.utils.images import resize_image
+from mindeye.utils.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def prepare_nsd(
     first_seen[np.flatnonzero(keep)[np.unique(trials.nsd_id[keep], return_index=True)[1]]] = True
     kept_rows_before = np.concatenate([[0], np.cumsum(keep)])  # store row of trial i = kept_rows_before[i]
     done = [s for s in session_list if writer.progress.get(f"session{s}")]
-    bar = tqdm(total=len(session_list), initial=len(done), desc=f"subj{subject:02d} sessions", unit="session",
+    bar = progress_bar(total=len(session_list), initial=len(done), desc=f"subj{subject:02d} sessions", unit="session",
                disable=not progress)
     stim_file = h5py.File(paths.stimuli, "r")
     brick = stim_file["imgBrick"]

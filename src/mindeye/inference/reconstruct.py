@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.inference.img2img import check_strength, img2img_start
 from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
 from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
+from mindeye.utils.logs import progress_bar
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
@@ -134,7 +134,7 @@ def reconstruct(
                    **(config or {})}
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
-    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
+    bar = progress_bar(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
                disable=not progress)
     for b0 in range(0, len(todo), settings.batch_brains):
         rows = todo[b0:b0 + settings.batch_brains]
