@@ -364,7 +364,7 @@ def test_index_ids_location_outside_its_root_is_refused(tmp_path):
 def test_simulate_disk_full_does_not_promise_kept_work_or_resume(tmp_path, capsys, monkeypatch):
     import errno
 
-    import mindeye.commands.simulate as sim
+    import mindeye.data.simulate as sim  # the command imports it when it runs
 
     def full(out, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out) + ".partial/voxels.npy")

@@ -261,7 +261,7 @@ def test_commands_registered_and_parse():
     cmd.add_parser(parser.add_subparsers(dest="command"))
     a = parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--img2img-strength", "0.5"])
     assert a.func is cmd.run and a.samples == 16 and a.steps == 20 and a.guidance == 3.5
-    assert a.img2img_strength == 0.5 and a.generator == "versatile-diffusion"
+    assert a.img2img_strength == 0.5 and a.generator is None  # picked from the run's target space
     b = parser.parse_args(["reconstruct-blurry", "--run", "L", "--out", "B"])
     assert b.func is cmd.run_blurry
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mindeye.commands.options import add_data, add_device, add_out
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
+    add_progress(r)
     r.set_defaults(func=run_retrieval)
     try:
         from mindeye.commands.evaluate_recon import add_recon_parser

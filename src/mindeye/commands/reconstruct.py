@@ -20,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="high-level run directory (with a diffusion prior)")
     p.add_argument("--lowlevel", default=None,
                    help="low-level run directory, or a `reconstruct-blurry` output directory (enables img2img)")
-    p.add_argument("--generator", default="versatile-diffusion", choices=GENERATOR_NAMES)
+    p.add_argument("--generator", default=None, choices=GENERATOR_NAMES,
+                   help="image generator (default: the one conditioned on the run's target space: "
+                        "versatile-diffusion for 257x768 CLIP ViT-L/14 hidden targets, sd-image-variations for "
+                        "1x768 final embeddings, demo-latent-diffusion for the demo's stand-in targets)")
     p.add_argument("--weights", default=None, help="generator weights: HF id or local pipeline directory")
     p.add_argument("--clip-weights", default=None, help="weights of the best-of-N CLIP judge (HF id or path)")
     p.add_argument("--samples", type=int, default=16, help="prior samples / images per brain sample")
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,
                             device=resolve_device(args.device), dtype=dtype, limit=args.limit,
                             progress=not args.no_progress, subject=args.subject)
-    print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
+    generator = index.get("config", {}).get("generator", args.generator)
+    print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": generator}))
     return 0
 
 

@@ -71,14 +71,14 @@ GENERATORS: dict[str, GeneratorSpec] = {
     "versatile-diffusion": GeneratorSpec(
         "versatile-diffusion", "shi-labs/versatile-diffusion", "image_unet", "clip-vit-l14-hidden", (257, 768),
         1.0, "Versatile Diffusion image-variation UNet + SD VAE (paper's main generator)",
-        "Download it with `huggingface-cli download shi-labs/versatile-diffusion --include 'image_unet/*' "
-        "'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+        "Download it with `hf download shi-labs/versatile-diffusion --include 'image_unet/*' --include "
+        "'vae/*' --include 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
     "sd-image-variations": GeneratorSpec(
         "sd-image-variations", "lambdalabs/sd-image-variations-diffusers", "unet", "clip-vit-l14-final",
         (1, 768), 1.0, "Stable Diffusion Image Variations (final-layer 1x768 CLIP embedding; paper A.7)",
-        "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include "
-        "'unet/*' 'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+        "Download it with `hf download lambdalabs/sd-image-variations-diffusers --include 'unet/*' "
+        "--include 'vae/*' --include 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
@@ -96,6 +96,20 @@ def generator_spec(name: str) -> GeneratorSpec:
     if name not in GENERATORS:
         raise MindEyeError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
     return GENERATORS[name]
+
+
+def describe_generators() -> str:
+    """``name (TxD encoder)`` of every generator, for messages."""
+    return ", ".join(f"{n} ({s.condition_shape[0]}x{s.condition_shape[1]} {s.condition_encoder})"
+                     for n, s in GENERATORS.items())
+
+
+def generator_for(encoder: str, tokens: tuple[int, int]) -> str | None:
+    """The generator conditioned on a run's target space: its target ``encoder`` and output shape ``tokens``
+    (backbone tokens x dim) both match, else the shape alone; None when no generator takes that shape."""
+    same_shape = [n for n, s in GENERATORS.items() if tuple(s.condition_shape) == tuple(tokens)]
+    exact = [n for n in same_shape if GENERATORS[n].condition_encoder == encoder]
+    return (exact or same_shape or [None])[0]
 
 
 # ------------------------------------------------------------------------------------------------

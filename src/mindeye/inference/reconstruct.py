@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mindeye.errors import MindEyeError
 from mindeye.inference.img2img import check_strength, img2img_start
 from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
 from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
+from mindeye.utils.logs import progress_bar
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
@@ -134,7 +134,7 @@ def reconstruct(
                    **(config or {})}
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
-    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
+    bar = progress_bar(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
                disable=not progress)
     for b0 in range(0, len(todo), settings.batch_brains):
         rows = todo[b0:b0 + settings.batch_brains]
@@ -229,7 +229,7 @@ def _blurry_float(blurry: BlurrySource, image_index: int, size: int) -> torch.Te
 def reconstruct_run(
     run_dir: str | Path,
     out_dir: str | Path,
-    generator_name: str = "versatile-diffusion",
+    generator_name: str | None = "versatile-diffusion",
     settings: ReconstructSettings | None = None,
     lowlevel: str | Path | None = None,
     weights: str | None = None,
@@ -244,30 +244,50 @@ def reconstruct_run(
     """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
 
     ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
-    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
+    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img. ``generator_name`` None:
+    the generator conditioned on the run's target space (:func:`~mindeye.inference.generators.generator_for`).
     """
     from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
     from mindeye.encoders.targets import target_options
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
-    from mindeye.inference.generators import generator_spec, load_generator
+    from mindeye.inference.generators import (
+        describe_generators,
+        generator_for,
+        generator_spec,
+        load_generator,
+    )
     from mindeye.runs import embed_voxels, load_run_model, read_run, refuse_diverged, subject_view
 
     settings = settings or ReconstructSettings()
     settings.validate()
-    spec = generator_spec(generator_name)
+    spec = generator_spec(generator_name) if generator_name is not None else None
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
     info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
     refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
-    if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
-        raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
-                           f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
+    if cfg.model.kind != "mindeye":
+        raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run (model.kind={cfg.model.kind}): it has no diffusion "
+                           "prior; reconstruction needs a high-level MindEye run (model.kind=mindeye with "
+                           "model.prior.enabled=true). A ridge run retrieves (`mindeye retrieve`, `mindeye evaluate "
+                           "retrieval`); a low-level run makes blurry images (`mindeye reconstruct-blurry`)")
+    if not cfg.model.prior.enabled:
+        raise MindEyeError(f"{run_dir} was trained without a diffusion prior (model.prior.enabled=false); "
+                           "reconstruction needs a MindEye run trained with model.prior.enabled=true")
     tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+    if spec is None:
+        match = generator_for(cfg.targets.encoder, tokens)
+        if match is None:
+            raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} {cfg.targets.encoder} embeddings and no "
+                               f"generator is conditioned on that shape; generators: {describe_generators()}")
+        spec = generator_spec(match)
     if tokens != spec.condition_shape:
-        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} embeddings but generator '{spec.name}' is "
-                           f"conditioned on {spec.condition_shape[0]}x{spec.condition_shape[1]} ({spec.condition_encoder}); "
-                           "pick the matching --generator")
+        match = generator_for(cfg.targets.encoder, tokens)
+        fix = (f"use --generator {match} (or leave --generator out: the run's generator is picked)" if match else
+               f"no generator takes {tokens[0]}x{tokens[1]} embeddings; generators: {describe_generators()}")
+        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} {cfg.targets.encoder} embeddings but "
+                           f"generator '{spec.name}' is conditioned on {spec.condition_shape[0]}x"
+                           f"{spec.condition_shape[1]} ({spec.condition_encoder}); {fix}")
     if cfg.targets.encoder != spec.condition_encoder:
         print(f"note: the run's targets come from {cfg.targets.encoder}; best-of-N is judged with "
               f"{spec.condition_encoder}", flush=True)
