@@ -34,7 +34,7 @@ import numpy as np
 
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.files import replace_dir, write_json_atomic
 
@@ -72,8 +72,8 @@ def check_output_dir(out: Path, overwrite: bool = False) -> None:
     if out.exists():
         if not overwrite:
             raise MindEyeError(
-                f"output directory {out} already exists; choose another --out path, delete it, "
-                "or pass --overwrite to replace it"
+                f"output directory {out} already exists; choose another {option('output path', '--out path')}, "
+                f"delete it, or pass {option('overwrite=True', '--overwrite')} to replace it"
             )
     check_writable_location(out, suffix=".partial")
 
