@@ -28,6 +28,7 @@ from mindeye.devices import resolve_device
 from mindeye.errors import MindEyeError
 from mindeye.finite import non_finite_tensors, require_finite_outputs
 from mindeye.safe_load import load_safetensors_file
+from mindeye.utils.reprs import short_path
 
 if TYPE_CHECKING:
     from mindeye.data.store import SubjectStore
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """A trained model with the facts recorded next to it."""
 
@@ -53,6 +54,13 @@ class Run:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters()) if hasattr(self.model, "parameters") else None
+        subject = f", subject={self.subject!r}" if self.subject is not None else ""
+        return (f"Run({short_path(self.path)!r}, config={self.name!r}, kind={self.kind!r}, n_voxels={self.n_voxels}"
+                f"{subject}, targets={self.config.targets.encoder!r}, "
+                f"params={f'{params:,}' if params is not None else '?'}, device={self.device!r})")
 
 
 def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:

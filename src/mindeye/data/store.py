@@ -346,6 +346,24 @@ def _cache_note(directory: Path) -> str:
     return ""
 
 
+@dataclass(repr=False)
+class VoxelSplit:
+    """Voxel rows of one split of a store (``SubjectStore.train_split()`` / ``test_split()``)."""
+
+    split: str  # train / val / test
+    mode: str  # averaged (one row per image) or single (one row per trial)
+    voxels: np.ndarray  # (N, n_voxels) float32
+    image_index: np.ndarray  # (N,) int64: the store image of each row (``store.images[image_index]``)
+    image_ids: list[str]  # (N,) its id (images.csv)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __repr__(self) -> str:
+        return (f"VoxelSplit({self.split!r}, mode={self.mode!r}, voxels={self.voxels.shape} {self.voxels.dtype}, "
+                f"images={len(np.unique(self.image_index))})")
+
+
 class SubjectStore:
     """Read access to a prepared subject. Voxels and images are memory-mapped, never copied whole."""
 
@@ -496,6 +514,33 @@ class SubjectStore:
             out[have] += np.asarray(self.voxels[mat[have, r]], dtype=np.float32)
         out /= np.maximum(counts, 1)[:, None]
         return out, images
+
+    def train_split(self) -> VoxelSplit:
+        """Every training trial, one row each (float32 voxels, image index and id of each row)."""
+        return self._split("train", "single")
+
+    def test_split(self, mode: Literal["averaged", "single"] = "averaged") -> VoxelSplit:
+        """The test images: one row per image, the mean of its repetitions (the paper's test setting), or one
+        row per trial (``mode="single"``); float32 voxels with the image index and id of each row."""
+        return self._split("test", mode)
+
+    def _split(self, split: str, mode: Literal["averaged", "single"]) -> VoxelSplit:
+        voxels, index = self.split_voxels(split, mode)
+        return VoxelSplit(split, mode, voxels, np.asarray(index, dtype=np.int64),
+                          [self.image_ids[i] for i in index.tolist()])
+
+    def __repr__(self) -> str:
+        from mindeye.utils.reprs import short_path
+
+        t = self.trials
+        splits = ", ".join(f"{sp}={int((t.split == sp).sum())}" for sp in SPLITS if (t.split == sp).any())
+        try:
+            subject = self.subject_id
+        except MindEyeError:
+            subject = self.meta.get("subject", "?")
+        return (f"SubjectStore({short_path(self.path)!r}, subject={subject!r}, "
+                f"source={self.meta.get('source', '?')!r}, voxels={self.n_voxels}, trials={self.n_trials} "
+                f"({splits}), images={self.n_images} ({self.image_size}px))")
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self, check: bool = True) -> str:
