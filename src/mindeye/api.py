@@ -11,6 +11,7 @@ internal modules (docs/python-api.md)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -74,10 +75,12 @@ def override_list(overrides: dict[str, Any] | list[str] | None, dotted: dict[str
     else:
         raise MindEyeError(f'overrides must be a dict ({{"train.epochs": 3}}) or a list of "key=value" strings, '
                            f"got {type(overrides).__name__}")
+    top = {f.name for f in dataclasses.fields(Config)}
     for key, value in dotted.items():
-        if "__" not in key:
+        if "__" not in key and key not in top:
             raise MindEyeError(f"unknown keyword {key}=; config values are passed as section__key=value "
-                               f"(e.g. train__epochs=3) or overrides={{'train.epochs': 3}}")
+                               f"(e.g. train__epochs=3) or overrides={{'train.epochs': 3}}; top-level keys: "
+                               f"{', '.join(sorted(top))}")
         items.append(f"{key.replace('__', '.')}={_yaml(value)}")
     return items
 

@@ -538,6 +538,8 @@ class MindEyePipeline:
         if isinstance(self._image_model, str):
             self._image_model = load_generator(self._image_model, self._image_model_weights, device=self.device,
                                                dtype=self._dtype)
+            if self._dtype is not None and self._image_model.dtype != self._dtype:  # (the demo model loads as float32)
+                self._image_model.to(self.device, self._dtype)
         return self._image_model
 
     @property
