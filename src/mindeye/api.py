@@ -1,4 +1,5 @@
-"""The public training and data API: ``mindeye.train``, ``mindeye.load_store``, ``mindeye.embed``.
+"""The public training and data API: ``mindeye.train``, ``mindeye.load_store``, ``mindeye.embed``,
+``mindeye.simulate``.
 
 What `mindeye train`, `mindeye embed` and a subject store do on the command line, from Python without
 internal modules (docs/python-api.md)::
@@ -32,6 +33,27 @@ _RUN_FILES = ("config.yaml", "run.json", "checkpoint", "checkpoint.old", "model.
 def load_store(path: str | Path | SubjectStore) -> SubjectStore:
     """A prepared subject store (memory-mapped): ``.train_split()``, ``.test_split()``, ``.images``, ..."""
     return path if isinstance(path, SubjectStore) else SubjectStore(path)
+
+
+def simulate(out: str | Path, scale: str = "small", seed: int = 0, *, exist_ok: bool = False,
+             overwrite: bool = False, progress: bool | None = None) -> SubjectStore:
+    """The simulated subject ``scale`` (tiny, small, nsd; docs/simulated-subject.md) as a store in ``out``, as
+    `mindeye simulate` makes it. ``exist_ok=True`` returns the store already in ``out`` when it is that same
+    simulation (a notebook run twice); ``overwrite=True`` makes it again."""
+    from mindeye.data.simulate import simulate_subject
+    from mindeye.pipeline import in_notebook
+
+    out = Path(out)
+    if exist_ok and not overwrite and (out / "meta.json").exists():
+        store = SubjectStore(out)
+        made = store.meta.get("simulation") or {}
+        if (made.get("scale"), made.get("seed")) != (scale, seed):
+            raise MindEyeError(f"{out} holds another store (simulation {made or 'none'}), not the {scale!r} subject "
+                               f"with seed {seed}; choose another out, or pass overwrite=True to replace it")
+        return store
+    simulate_subject(out, scale=scale, seed=seed, overwrite=overwrite,
+                     progress=in_notebook() if progress is None else progress)
+    return SubjectStore(out)
 
 
 def _store_path(store: Any) -> Path:
