@@ -377,3 +377,26 @@ def test_import_mindeye_stays_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_progress_bars_default_on_in_notebooks_only(monkeypatch):
+    import sys
+    import types
+
+    from mindeye.pipeline import _show_progress, in_notebook
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not in_notebook() and _show_progress(None) is False and _show_progress(True) is True
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's get_ipython() returns
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = ZMQInteractiveShell
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert in_notebook() and _show_progress(None) is True and _show_progress(False) is False
+    fake.get_ipython = TerminalInteractiveShell  # plain IPython in a terminal: no widgets
+    assert not in_notebook()

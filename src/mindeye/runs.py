@@ -25,7 +25,7 @@ from torch import nn
 
 from mindeye.config import Config, load_config
 from mindeye.devices import resolve_device
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.finite import non_finite_tensors, require_finite_outputs
 from mindeye.safe_load import load_safetensors_file
 from mindeye.utils.reprs import short_path
@@ -197,7 +197,7 @@ def run_subject(info: dict[str, Any], subject: str | None, run_dir: str | Path) 
         if len(ids) == 1:
             return dict(subjects[0])
         raise MindEyeError(f"{run_dir} was trained on several subjects ({', '.join(ids)}); "
-                           "say which one with --subject ID (Python: subject=ID)")
+                           f"say which one with {option('subject=ID', '--subject ID')}")
     if subject not in ids:
         raise MindEyeError(f"subject {subject!r} is not in {run_dir}; its subjects are {', '.join(ids)}")
     return dict(subjects[ids.index(subject)])
