@@ -232,7 +232,7 @@ def make_image_grid(truth: Any = None, blurry: Any = None, reconstruction: Any =
         for c, img in enumerate(imgs):
             tile = Image.fromarray(img)
             if tile.size != (size, size):
-                tile = tile.resize((size, size), Image.Resampling.BICUBIC)
+                tile = tile.resize((size, size), getattr(Image, "Resampling", Image).BICUBIC)
             canvas.paste(tile, (margin + c * (size + gap), top))
     return canvas
 
@@ -347,6 +347,7 @@ class MindEyePipeline:
         self._image_model_weights, self._judge_weights, self._dtype = image_model_weights, judge_weights, torch_dtype
         self._judge: Any = None
         self._decoder: Any = None
+        self._loaded_by_name = False  # image model loaded here from its name (not an object the caller built)
         self._candidate_encoder: Any = None
 
     @classmethod
@@ -402,7 +403,11 @@ class MindEyePipeline:
                 self._judge = self._decoder = self._candidate_encoder = None
             self.device = device
         if self._image_model is not None and not isinstance(self._image_model, str):
-            self._image_model.to(self.device, self._dtype)
+            if self._loaded_by_name:  # reloaded (weights, codec and all) on the device / in the dtype when next used
+                if device is not None or torch_dtype is not None:
+                    self._image_model = self._image_model.name
+            else:
+                self._image_model.to(self.device, self._dtype)
         return self
 
     @property
@@ -536,6 +541,7 @@ class MindEyePipeline:
             self._image_model = next((n for n, s in GENERATORS.items() if s.condition_encoder == enc),
                                      "versatile-diffusion")
         if isinstance(self._image_model, str):
+            self._loaded_by_name = True
             self._image_model = load_generator(self._image_model, self._image_model_weights, device=self.device,
                                                dtype=self._dtype)
             if self._dtype is not None and self._image_model.dtype != self._dtype:  # (the demo model loads as float32)
