@@ -283,7 +283,7 @@ def test_reprs_are_short_and_say_what_matters(pipe, test_split, runs):
 def test_store_splits_match_an_independent_average(runs):
     store = mindeye.load_store(runs["store"])
     assert mindeye.load_store(store) is store and isinstance(store, mindeye.SubjectStore)
-    test = store.test_split()
+    test = store.test_split(repetitions="available")
     trials = store.trials
     rows = np.flatnonzero(trials.split == "test")
     assert list(test.image_index) == sorted(set(trials.image_index[rows].tolist()))
@@ -297,6 +297,12 @@ def test_store_splits_match_an_independent_average(runs):
     np.testing.assert_array_equal(train.voxels[3], np.asarray(store.voxels[np.flatnonzero(trials.split == "train")[3]],
                                                                 np.float32))
     assert len(store.test_split("single")) == len(rows)
+    # The default pads images seen < 3 times as evaluation does (data.test_repetitions=pad3): the trainer's own split.
+    padded, ref = store.test_split(), load_eval_split(store, store.image_indices("test"), "averaged", "pad3")
+    np.testing.assert_array_equal(padded.image_index, ref.image_index)
+    np.testing.assert_allclose(padded.voxels, ref.voxels.float().numpy(), atol=2e-3)  # float16 vs float32
+    counts = np.bincount(trials.image_index[rows])[padded.image_index]
+    assert (counts < 3).any() and not np.allclose(padded.voxels[counts == 2], test.voxels[counts == 2], atol=1e-3)
 
 
 def test_embed_returns_the_cached_targets(runs):

@@ -519,9 +519,25 @@ class SubjectStore:
         """Every training trial, one row each (float32 voxels, image index and id of each row)."""
         return self._split("train", "single")
 
-    def test_split(self, mode: Literal["averaged", "single"] = "averaged") -> VoxelSplit:
+    def test_split(self, mode: Literal["averaged", "single"] = "averaged", repetitions: str = "pad3") -> VoxelSplit:
         """The test images: one row per image, the mean of its repetitions (the paper's test setting), or one
-        row per trial (``mode="single"``); float32 voxels with the image index and id of each row."""
+        row per trial (``mode="single"``); float32 voxels with the image index and id of each row.
+        ``repetitions`` (as ``data.test_repetitions``, what evaluation uses): ``"pad3"`` pads an image seen
+        fewer than three times to three as the authors' data did ([a, b] -> (2a + b) / 3); ``"available"``
+        averages the repetitions it has."""
+        if repetitions not in ("pad3", "available"):
+            raise MindEyeError(f"repetitions must be 'pad3' or 'available', got {repetitions!r}")
+        if mode == "averaged" and repetitions == "pad3":
+            images, mat = self.repetitions("test")
+            counts = (mat >= 0).sum(1)
+            out = np.zeros((len(images), self.n_voxels), dtype=np.float64)
+            for r in range(mat.shape[1]):
+                have = mat[:, r] >= 0
+                weight = np.where(counts[have] == 1, 3.0, np.where((counts[have] == 2) & (r == 0), 2.0, 1.0))
+                out[have] += weight[:, None] * np.asarray(self.voxels[mat[have, r]], dtype=np.float64)
+            out /= np.maximum(counts, 3)[:, None]
+            return VoxelSplit("test", mode, out.astype(np.float32), images.astype(np.int64),
+                              [self.image_ids[i] for i in images.tolist()])
         return self._split("test", mode)
 
     def _split(self, split: str, mode: Literal["averaged", "single"]) -> VoxelSplit:
