@@ -406,3 +406,13 @@ def test_progress_bars_default_on_in_notebooks_only(monkeypatch):
     assert in_notebook() and _show_progress(None) is True and _show_progress(False) is False
     fake.get_ipython = TerminalInteractiveShell  # plain IPython in a terminal: no widgets
     assert not in_notebook()
+
+
+def test_simulate_exist_ok_reuses_only_the_same_simulation(runs):
+    before = (Path(runs["store"]) / "voxels.npy").stat().st_mtime_ns
+    store = mindeye.simulate(runs["store"], scale="tiny", seed=0, exist_ok=True)  # the conftest store: tiny, seed 0
+    assert isinstance(store, mindeye.SubjectStore) and (Path(runs["store"]) / "voxels.npy").stat().st_mtime_ns == before
+    with pytest.raises(MindEyeError, match="holds another store .*not the 'tiny' subject with seed 1.*overwrite=True"):
+        mindeye.simulate(runs["store"], scale="tiny", seed=1, exist_ok=True)
+    with pytest.raises(MindEyeError, match="already exists; choose another output path"):
+        mindeye.simulate(runs["store"], scale="tiny", seed=0)
