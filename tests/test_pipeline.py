@@ -416,3 +416,13 @@ def test_simulate_exist_ok_reuses_only_the_same_simulation(runs):
         mindeye.simulate(runs["store"], scale="tiny", seed=1, exist_ok=True)
     with pytest.raises(MindEyeError, match="already exists; choose another output path"):
         mindeye.simulate(runs["store"], scale="tiny", seed=0)
+
+
+def test_reconstruct_setting_errors_name_the_python_arguments(pipe, test_split):
+    x = test_split.voxels[:1]
+    with pytest.raises(MindEyeError, match=r"^samples, num_inference_steps and batch_size must be at least 1$") as err:
+        pipe(x, samples=0)
+    assert err.value.render("cli") == "--samples, --steps and --batch-brains must be at least 1"
+    with pytest.raises(MindEyeError, match=r"^img2img_strength must be between 0") as err:
+        pipe(x, samples=1, img2img_strength=2.0)
+    assert err.value.render("cli").startswith("--img2img-strength must be between 0")
