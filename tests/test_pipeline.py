@@ -63,7 +63,8 @@ def test_load_run_without_the_store(runs, tmp_path):
     (moved / "run.json").write_text(json.dumps(info))
     assert mindeye.load_run(moved).n_voxels == 600
     assert mindeye.load_run(runs["ridge"]).n_voxels == mindeye.load_run(runs["low"]).n_voxels == 600
-    with pytest.raises(MindEyeError, match="is not a mindeye run directory"):
+    with pytest.raises(MindEyeError, match=r"is not a mindeye run directory .*create one with "
+                                           r"mindeye.train\(CONFIG, data=STORE, out=RUN_DIR\)$"):
         mindeye.load_run(tmp_path)
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from mindeye.data.store import SubjectStore
 
 # The weight whose input dimension is the voxel count, per model kind (see mindeye.models.factory).
+_CREATE_RUN = option("mindeye.train(CONFIG, data=STORE, out=RUN_DIR)", "`mindeye train --config CONFIG --out RUN_DIR`")
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
 
 
@@ -90,7 +91,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except FileNotFoundError:
         raise MindEyeError(f"{run_dir} is not a mindeye run directory (no run.json); create one with "
-                           "`mindeye train --config CONFIG --out RUN_DIR`") from None
+                           f"{_CREATE_RUN}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _bad_run_json(path, f"is not valid JSON ({exc}; truncated?)") from None
     if not isinstance(info, dict):
@@ -145,7 +146,7 @@ def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
         raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
-                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
+                           f"create one with {_CREATE_RUN}")
     info = read_run_json(run_dir)
     return read_run_config(run_dir, info), info
 
