@@ -372,6 +372,10 @@ def test_errors_speak_python_from_the_api_and_flags_from_the_cli(runs, tmp_path,
     assert 'pass image_model_weights="/path/to/local/copy"' in str(err.value) and "--weights" not in str(err.value)
     assert err.value.render("cli").count("pass --weights /path/to/local/copy") == 1
     # (the CLI's reconstruct checks the run against the generator before loading weights; main() prints render("cli"))
+    # 4. a directory that is not a run: Python names mindeye.train, the CLI the command
+    assert main(["evaluate", "retrieval", "--run", str(tmp_path / "sim"), "--device", "cpu"]) == 2
+    cli_err = capsys.readouterr().err
+    assert "create one with `mindeye train --config CONFIG --out RUN_DIR`" in cli_err and "mindeye.train(" not in cli_err
 
 
 def test_import_mindeye_stays_light():
