@@ -247,7 +247,9 @@ def test_missing_weights_name_model_id_and_flag(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailableError) as err:
         load_generator("versatile-diffusion")
     msg = str(err.value)
-    assert "versatile-diffusion" in msg and "shi-labs/versatile-diffusion" in msg and "--weights" in msg
+    assert "versatile-diffusion" in msg and "shi-labs/versatile-diffusion" in msg
+    assert 'image_model_weights="/path/to/local/copy"' in msg  # Python's name; the CLI's, rendered there:
+    assert "--weights /path/to/local/copy" in err.value.render("cli")
     with pytest.raises(MindEyeError, match="unknown generator"):
         load_generator("dalle")
 

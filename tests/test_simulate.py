@@ -229,7 +229,7 @@ def test_command_writes_a_store_and_refuses_to_clobber(tmp_path: Path) -> None:
     args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
     assert SubjectStore(out).meta["simulation"]["seed"] == 2
-    with pytest.raises(MindEyeError, match="--overwrite"):
+    with pytest.raises(MindEyeError, match="overwrite=True"):
         args.func(args)
     args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--no-progress",
                               "--overwrite"])

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out(args)  # the one output-path check, before any work
         return int(args.func(args) or 0)
     except MindEyeError as exc:
-        print(f"mindeye {args.command}: error: {exc}", file=sys.stderr)
+        print(f"mindeye {args.command}: error: {exc.render('cli')}", file=sys.stderr)  # options as flags
         return exc.exit_code
     except OSError as exc:  # full disk, read-only filesystem, a path through a file ...: one line, no traceback
         print(f"mindeye {args.command}: error: {describe_os_error(exc, args.command)}", file=sys.stderr)

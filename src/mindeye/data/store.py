@@ -35,7 +35,7 @@ import numpy as np
 
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.files import replace_dir, write_json_atomic
 
@@ -74,8 +74,8 @@ def check_output_dir(out: Path, overwrite: bool = False) -> None:
     if out.exists():
         if not overwrite:
             raise MindEyeError(
-                f"output directory {out} already exists; choose another --out path, delete it, "
-                "or pass --overwrite to replace it"
+                f"output directory {out} already exists; choose another {option('output path', '--out path')}, "
+                f"delete it, or pass {option('overwrite=True', '--overwrite')} to replace it"
             )
     check_writable_location(out, suffix=".partial")
 
@@ -351,6 +351,24 @@ def _cache_note(directory: Path) -> str:
     return ""
 
 
+@dataclass(repr=False)
+class VoxelSplit:
+    """Voxel rows of one split of a store (``SubjectStore.train_split()`` / ``test_split()``)."""
+
+    split: str  # train / val / test
+    mode: str  # averaged (one row per image) or single (one row per trial)
+    voxels: np.ndarray  # (N, n_voxels) float32
+    image_index: np.ndarray  # (N,) int64: the store image of each row (``store.images[image_index]``)
+    image_ids: list[str]  # (N,) its id (images.csv)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __repr__(self) -> str:
+        return (f"VoxelSplit({self.split!r}, mode={self.mode!r}, voxels={self.voxels.shape} {self.voxels.dtype}, "
+                f"images={len(np.unique(self.image_index))})")
+
+
 class SubjectStore:
     """Read access to a prepared subject. Voxels and images are memory-mapped, never copied whole."""
 
@@ -551,6 +569,49 @@ class SubjectStore:
             out[have] += np.asarray(self.voxels[mat[have, r]], dtype=np.float32)
         out /= np.maximum(counts, 1)[:, None]
         return out, images
+
+    def train_split(self) -> VoxelSplit:
+        """Every training trial, one row each (float32 voxels, image index and id of each row)."""
+        return self._split("train", "single")
+
+    def test_split(self, mode: Literal["averaged", "single"] = "averaged", repetitions: str = "pad3") -> VoxelSplit:
+        """The test images: one row per image, the mean of its repetitions (the paper's test setting), or one
+        row per trial (``mode="single"``); float32 voxels with the image index and id of each row.
+        ``repetitions`` (as ``data.test_repetitions``, what evaluation uses): ``"pad3"`` pads an image seen
+        fewer than three times to three as the authors' data did ([a, b] -> (2a + b) / 3); ``"available"``
+        averages the repetitions it has."""
+        if repetitions not in ("pad3", "available"):
+            raise MindEyeError(f"repetitions must be 'pad3' or 'available', got {repetitions!r}")
+        if mode == "averaged" and repetitions == "pad3":
+            images, mat = self.repetitions("test")
+            counts = (mat >= 0).sum(1)
+            out = np.zeros((len(images), self.n_voxels), dtype=np.float64)
+            for r in range(mat.shape[1]):
+                have = mat[:, r] >= 0
+                weight = np.where(counts[have] == 1, 3.0, np.where((counts[have] == 2) & (r == 0), 2.0, 1.0))
+                out[have] += weight[:, None] * np.asarray(self.voxels[mat[have, r]], dtype=np.float64)
+            out /= np.maximum(counts, 3)[:, None]
+            return VoxelSplit("test", mode, out.astype(np.float32), images.astype(np.int64),
+                              [self.image_ids[i] for i in images.tolist()])
+        return self._split("test", mode)
+
+    def _split(self, split: str, mode: Literal["averaged", "single"]) -> VoxelSplit:
+        voxels, index = self.split_voxels(split, mode)
+        return VoxelSplit(split, mode, voxels, np.asarray(index, dtype=np.int64),
+                          [self.image_ids[i] for i in index.tolist()])
+
+    def __repr__(self) -> str:
+        from mindeye.utils.reprs import short_path
+
+        t = self.trials
+        splits = ", ".join(f"{sp}={int((t.split == sp).sum())}" for sp in SPLITS if (t.split == sp).any())
+        try:
+            subject = self.subject_id
+        except MindEyeError:
+            subject = self.meta.get("subject", "?")
+        return (f"SubjectStore({short_path(self.path)!r}, subject={subject!r}, "
+                f"source={self.meta.get('source', '?')!r}, voxels={self.n_voxels}, trials={self.n_trials} "
+                f"({splits}), images={self.n_images} ({self.image_size}px))")
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self, check: bool = True) -> str:

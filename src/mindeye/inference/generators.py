@@ -28,7 +28,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
 
 from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFIG
-from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.errors import MindEyeError, WeightsUnavailableError, option
 from mindeye.inference.img2img import img2img_start
 from mindeye.utils.images import as_float_images, float_to_uint8, uint8_to_float
 from mindeye.utils.weights import hf_cache_snapshot, quiet_diffusers, weight_load_errors
@@ -307,6 +307,9 @@ class ImageGenerator:
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
+_WEIGHTS_HINT = option('image_model_weights="/path/to/local/copy"', "--weights /path/to/local/copy")
+
+
 def resolve_pipeline_dir(spec: GeneratorSpec, weights: str | None) -> Path:
     """``--weights`` (local pipeline directory or HF id, looked up in the local HF cache only) -> a path."""
     ref = weights or spec.hf_id
@@ -318,7 +321,8 @@ def resolve_pipeline_dir(spec: GeneratorSpec, weights: str | None) -> Path:
         return local
     raise WeightsUnavailableError(
         f"weights for generator '{spec.name}' ({ref}) are not available on this machine. "
-        f"{spec.download_hint} Then pass --weights /path/to/local/copy (the pipeline directory holding "
+        f"{spec.download_hint} Then pass "
+        f"{_WEIGHTS_HINT} (the pipeline directory holding "
         f"{spec.unet_subfolder}/ and vae/), or fill the Hugging Face cache on a machine with network access."
     )
 
@@ -351,7 +355,7 @@ def load_generator(
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise WeightsUnavailableError(
                 f"could not load generator '{spec.name}' from {root}: {first}. {spec.download_hint} "
-                f"--weights must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
+                f"{option('image_model_weights', '--weights')} must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
             ) from None
         sched = dict(SD_SCHEDULER_CONFIG)
         if (root / "scheduler" / "scheduler_config.json").exists():

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.inference.img2img import check_strength, img2img_start
 from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
 from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
@@ -56,7 +56,8 @@ class ReconstructSettings:
 
     def validate(self) -> None:
         if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
-            raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
+            raise MindEyeError(f"{option('samples, num_inference_steps and batch_size', '--samples, --steps and --batch-brains')}"
+                               " must be at least 1")
         for name, value in (("guidance", self.guidance), ("prior guidance", self.prior_guidance)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                       or not math.isfinite(value)):

@@ -34,7 +34,7 @@ from mindeye.config import Config, to_dict
 from mindeye.constants import SD_LATENT_SCALE
 from mindeye.data.store import SubjectStore
 from mindeye.devices import resolve_device
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.runs import embed_voxels, read_run_json
@@ -179,8 +179,9 @@ class Trainer:
         # weights; a kill mid-swap may leave only checkpoint.old/) are never silently replaced.
         has_run = any((self.run_dir / name).exists() for name in ("checkpoint", "checkpoint.old", "model.safetensors"))
         if has_run and not resume:
-            raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
-                               "or choose another --out")
+            raise MindEyeError(f"{self.run_dir} already holds a training run; pass "
+                               f"{option('resume=True to continue it, overwrite=True to train it again', '--resume to continue it')}"
+                               f" or choose another {option('out', '--out')}")
         started = (self.run_dir / "config.yaml").exists()  # a run stopped before its first checkpoint
         if resume and not (has_run or started):
             raise MindEyeError(f"nothing to resume in {self.run_dir} (no run there: no config.yaml, checkpoint/ or "
