@@ -7,7 +7,7 @@ import json
 
 from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
-GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion"]
+GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion", "unclip-sdxl"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mindeye.devices import resolve_device
-from mindeye.encoders import clip, effnet_lite, standins, vae, vicregl
+from mindeye.encoders import clip, effnet_lite, openclip, standins, vae, vicregl
 from mindeye.encoders.base import ImageEncoder, make_fingerprint
 from mindeye.errors import MindEyeError
 
@@ -87,6 +87,15 @@ ENCODERS: dict[str, EncoderSpec] = {
             effnet_lite.build_encoder,
             effnet_lite.encoder_weights_id,
             effnet_lite.describe,
+        ),
+        EncoderSpec(
+            "openclip-vit-bigg14-tokens",
+            "OpenCLIP ViT-bigG/14 (extra mindeye[mindeye2]) image tokens, ln_post, no proj -> (256, 1664); "
+            "MindEye2's targets",
+            openclip.DEFAULT_WEIGHTS,
+            openclip.build,
+            openclip.weights_id,
+            openclip.describe,
         ),
         _standin_spec("standin-clip-hidden", "stand-in (random features, not pretrained) for clip-vit-l14-hidden"),
         _standin_spec("standin-clip-final", "stand-in (random features, not pretrained) for clip-vit-l14-final"),

@@ -80,6 +80,12 @@ GENERATORS: dict[str, GeneratorSpec] = {
         "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include "
         "'unet/*' 'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
+    "unclip-sdxl": GeneratorSpec(  # MindEye2's; loaded and sampled by mindeye.inference.unclip_sdxl
+        "unclip-sdxl", None, "", "openclip-vit-bigg14-tokens", (256, 1664), 1.0,
+        "MindEye2's unCLIP fine-tune of SDXL (authors' sgm checkpoint, 256 x 1664 bigG image tokens), 768 px",
+        "Download it with `hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt --repo-type dataset "
+        "--local-dir DIR` on a machine with network access.",
+    ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
         "tiny latent diffusion model trained on simulated scenes by scripts/train_demo_generator.py "
@@ -322,6 +328,10 @@ def load_generator(
     dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
     if spec.name == "demo-latent-diffusion":
         return load_demo_generator(weights, device)
+    if spec.name == "unclip-sdxl":
+        from mindeye.inference.unclip_sdxl import load_unclip_sdxl
+
+        return load_unclip_sdxl(weights, device, dtype, random_init=random_init)
     if random_init:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**SD_UNET_CONFIG)

@@ -1,0 +1,293 @@
+"""MindEye2 inference pieces on tiny random models: the bigG token encoder (open_clip) and unCLIP-SDXL
+(an sgm-layout state dict -> diffusers, sampled end to end)."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mindeye.errors import MindEyeError, WeightsUnavailableError
+
+open_clip = pytest.importorskip("open_clip")
+
+TINY_OC = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 2, "width": 24, "layers": 2,
+                                           "head_width": 8, "mlp_ratio": 2.0}}  # 16 x 16 = 256 tokens, like bigG
+
+
+# --------------------------------------------------------------------------------------------------
+# openclip-vit-bigg14-tokens
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bigg():
+    from mindeye.encoders import get_encoder
+
+    return get_encoder("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC)
+
+
+def test_bigg_tokens_are_ln_post_patch_tokens_of_the_authors_preprocessing(tiny_bigg):
+    import kornia
+
+    enc = tiny_bigg
+    assert type(enc.visual).__name__ == "VisionTransformer" and enc.output_shape == (256, 24)
+    images = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
+    out = enc.encode(images)
+    assert out.shape == (2, 256, 24)
+    # Independent: the sgm embedder's preprocessing (kornia bicubic align_corners, antialias, then (x+1)/2)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = kornia.geometry.resize(x, (32, 32), interpolation="bicubic", align_corners=True, antialias=True)
+    x = ((x + 1) / 2 - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    v = enc.visual
+    with torch.no_grad():
+        h = v.transformer(v._embeds(x))
+        expected = v.ln_post(h)[:, 1:]  # every token through ln_post, CLS dropped, no proj
+        pooled = v.ln_post(h)[:, 0] @ v.proj
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert pooled.shape == (2, 16)  # the projected embedding is a different (smaller) thing
+    # the authors' shift is real: pixels reach the net in [0.5, 1] (normalised mean well above 0)
+    assert enc.preprocess(torch.from_numpy(images)).mean() > 1.0
+
+
+def test_bigg_standard_preprocess_has_no_shift_and_changes_fingerprint():
+    from mindeye.encoders import encoder_fingerprint, get_encoder
+
+    std = get_encoder("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC, preprocess="standard")
+    images = np.full((1, 32, 32, 3), 128, dtype=np.uint8)
+    px = std.preprocess(torch.from_numpy(images))
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    sd = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    torch.testing.assert_close(px, ((128 / 255) - mean) / sd * torch.ones(1, 3, 32, 32))
+    a = encoder_fingerprint("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC)
+    b = encoder_fingerprint("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC, preprocess="standard")
+    assert a != b and std.fingerprint == b
+    with pytest.raises(MindEyeError, match="preprocess must be one of"):
+        get_encoder("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC, preprocess="pil")
+
+
+def test_bigg_loads_an_open_clip_checkpoint_directory(tmp_path, tiny_bigg):
+    """A full open_clip CLIP checkpoint (text tower included) written as HF's laion repos are: only visual.* read."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mindeye.encoders import get_encoder
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = open_clip.model.CLIP(embed_dim=16, vision_cfg=TINY_OC["vision_cfg"],
+                                     text_cfg={"context_length": 8, "vocab_size": 50, "width": 16, "heads": 2,
+                                               "layers": 1})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OC}))
+    enc = get_encoder("openclip-vit-bigg14-tokens", weights=str(tmp_path))
+    images = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    model.visual.output_tokens = True
+    with torch.no_grad():
+        _, expected = model.visual(enc.preprocess(torch.from_numpy(images)))
+    torch.testing.assert_close(enc.encode(images), expected)
+    assert not torch.allclose(tiny_bigg.encode(images), expected)  # the weights were really loaded
+
+
+def test_bigg_errors_name_the_install_and_the_download(tmp_path, monkeypatch):
+    from mindeye.encoders import get_encoder
+
+    with pytest.raises(WeightsUnavailableError, match="hf download laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"):
+        get_encoder("openclip-vit-bigg14-tokens", weights=str(tmp_path))  # a directory without a checkpoint
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    with pytest.raises(MindEyeError, match=re.escape("pip install 'mindeye[mindeye2]'")):
+        get_encoder("openclip-vit-bigg14-tokens", random_init=True, config=TINY_OC)
+
+
+# --------------------------------------------------------------------------------------------------
+# unclip-sdxl: a tiny SDXL-like UNet written in the sgm layout, read back through our loader
+# --------------------------------------------------------------------------------------------------
+TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2),
+                 attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=12,
+                 addition_embed_type="text_time", addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=32, norm_num_groups=8)
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                norm_num_groups=4, sample_size=16, scaling_factor=0.13025)
+
+_RESNET = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
+           ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
+
+
+def unet_to_sgm(unet) -> dict[str, torch.Tensor]:
+    """diffusers UNet -> sgm ``UNetModel`` key layout (openaimodel.py naming), written by hand for the test."""
+    cfg, n = unet.config, unet.config.layers_per_block
+    levels = len(cfg.block_out_channels)
+    prefix: list[tuple[str, str]] = [("time_embedding.linear_1", "time_embed.0"),
+                                     ("time_embedding.linear_2", "time_embed.2"),
+                                     ("add_embedding.linear_1", "label_emb.0.0"),
+                                     ("add_embedding.linear_2", "label_emb.0.2"),
+                                     ("conv_in", "input_blocks.0.0"), ("conv_norm_out", "out.0"), ("conv_out", "out.2"),
+                                     ("mid_block.resnets.0", "middle_block.0"), ("mid_block.attentions.0", "middle_block.1"),
+                                     ("mid_block.resnets.1", "middle_block.2")]
+    for i in range(levels):
+        for j in range(n):
+            k = 1 + i * (n + 1) + j
+            prefix += [(f"down_blocks.{i}.resnets.{j}", f"input_blocks.{k}.0"),
+                       (f"down_blocks.{i}.attentions.{j}", f"input_blocks.{k}.1")]
+        if i < levels - 1:
+            prefix.append((f"down_blocks.{i}.downsamplers.0.conv", f"input_blocks.{1 + i * (n + 1) + n}.0.op"))
+        has_attn = "CrossAttn" in cfg.up_block_types[i]
+        for j in range(n + 1):
+            k = i * (n + 1) + j
+            prefix += [(f"up_blocks.{i}.resnets.{j}", f"output_blocks.{k}.0"),
+                       (f"up_blocks.{i}.attentions.{j}", f"output_blocks.{k}.1")]
+        if i < levels - 1:
+            prefix.append((f"up_blocks.{i}.upsamplers.0", f"output_blocks.{i * (n + 1) + n}.{2 if has_attn else 1}"))
+    out = {}
+    for key, value in unet.state_dict().items():
+        new = None
+        for d, s in sorted(prefix, key=lambda p: -len(p[0])):
+            if key.startswith(d + "."):
+                rest = key[len(d) + 1:]
+                if "resnets" in d:
+                    for a, b in _RESNET:
+                        if rest.startswith(b + "."):
+                            rest = a + rest[len(b):]
+                new = f"{s}.{rest}"
+                break
+        assert new is not None, key
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def vae_to_sgm(vae) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKL -> ldm/sgm ``first_stage_model.*`` keys (attention q/k/v as 1x1 convs)."""
+    levels = len(vae.config.block_out_channels)
+    out = {}
+    for key, v in vae.state_dict().items():
+        k = key
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", r"encoder.down.\1.block.\2", k)
+        k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", r"encoder.down.\1.downsample", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)",
+                   lambda m: f"decoder.up.{levels - 1 - int(m[1])}.block.{m[2]}", k)
+        k = re.sub(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0", lambda m: f"decoder.up.{levels - 1 - int(m[1])}.upsample", k)
+        k = re.sub(r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}", k)
+        k = k.replace("mid_block.attentions.0.", "mid.attn_1.").replace("conv_norm_out", "norm_out")
+        k = k.replace("conv_shortcut", "nin_shortcut")
+        for d, s in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            k = k.replace(f"attn_1.{d}.", f"attn_1.{s}.")
+        if "attn_1." in k and k.endswith(".weight") and v.ndim == 2:
+            v = v[:, :, None, None]
+        out["first_stage_model." + k] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**TINY_UNET).eval()
+    vae = AutoencoderKL(**TINY_VAE).eval()
+    for p in unet.parameters():  # diffusers zero-initialises some output layers: make every weight count
+        p.data.add_(torch.randn_like(p) * 0.02)
+    return unet, vae
+
+
+def test_sgm_layout_round_trip_gives_equal_outputs(tiny_sdxl, tmp_path):
+    from mindeye.inference.unclip_sdxl import from_sgm_state_dict, sgm_state_dict
+
+    unet, vae = tiny_sdxl
+    sd = {**unet_to_sgm(unet), **vae_to_sgm(vae), "conditioner.embedders.0.model.visual.proj": torch.zeros(2)}
+    assert "model.diffusion_model.label_emb.0.0.weight" in sd and "first_stage_model.encoder.mid.attn_1.q.weight" in sd
+    torch.save({"state_dict": sd, "global_step": 110000}, tmp_path / "unclip.ckpt")  # as their Lightning ckpt
+    gen = from_sgm_state_dict(sgm_state_dict(tmp_path / "unclip.ckpt"), TINY_UNET, TINY_VAE)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 700])
+    ctx = torch.randn(2, 256, 12)
+    added = gen.added_cond(2, torch.device("cpu"))
+    with torch.no_grad():
+        ref = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+        got = gen.unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added).sample
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+        img = torch.rand(1, 3, 16, 16) * 2 - 1
+        torch.testing.assert_close(gen.codec.vae(img).sample, vae(img).sample, rtol=0, atol=0)
+    # a state dict without the UNet is refused in one line
+    torch.save({"state_dict": {"first_stage_model.x": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    with pytest.raises(MindEyeError, match="not an sgm diffusion checkpoint"):
+        sgm_state_dict(tmp_path / "bad.ckpt")
+
+
+def test_vector_conditioning_is_sgms_concat_timestep_embedding(tiny_sdxl):
+    """label_emb sees [emb(768), emb(768), emb(0), emb(0)], each sgm timestep_embedding (cos first)."""
+    from mindeye.inference.unclip_sdxl import UnclipSdxlGenerator
+
+    unet, _ = tiny_sdxl
+    gen = UnclipSdxlGenerator("t", unet, None, (256, 12))
+    ids = gen.added_cond(1, torch.device("cpu"))["time_ids"]
+    half = 4
+    freqs = torch.exp(-math.log(10000) * torch.arange(half) / half)
+    expected = torch.cat([torch.cat([torch.cos(v * freqs), torch.sin(v * freqs)]) for v in (768.0, 768.0, 0.0, 0.0)])
+    torch.testing.assert_close(unet.add_time_proj(ids.flatten()).reshape(1, -1)[0], expected)
+
+
+def test_legacy_ddpm_sigmas_match_sgm_discretization():
+    from mindeye.inference.unclip_sdxl import legacy_ddpm_schedule
+
+    ts, sigmas = legacy_ddpm_schedule(38)
+    assert len(ts) == 38 and len(sigmas) == 39 and sigmas[-1] == 0 and ts[0] == 999 and ts[-1] == int(999 / 38)
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    ac = np.cumprod(1 - betas)
+    np.testing.assert_allclose(sigmas[:-1].numpy(), np.sqrt((1 - ac[ts]) / ac[ts]), rtol=1e-5)
+    assert (np.diff(sigmas.numpy()) < 0).all()
+
+
+def test_unclip_pipeline_end_to_end_on_prior_shaped_tokens(tiny_sdxl, tmp_path):
+    """Prior-shaped (B, 256, D) predictions -> Euler on the eps-denoiser with random-token CFG -> images."""
+    from mindeye.inference.reconstruct import ReconstructSettings, reconstruct
+    from mindeye.inference.unclip_sdxl import AffineVaeCodec, UnclipSdxlGenerator, legacy_ddpm_schedule
+
+    unet, vae = tiny_sdxl
+    gen = UnclipSdxlGenerator("unclip-sdxl", unet, AffineVaeCodec(vae, 0.13025, 16), (256, 12))
+    cond = torch.randn(2, 256, 12)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    lat = gen.denoise(cond, noise, steps=3, guidance=5.0)
+    # independent loop: same schedule and the same per-sample random unconditional tokens / offset noise
+    ts, sig = legacy_ddpm_schedule(3)
+    gens = UnclipSdxlGenerator.row_generators(noise)
+    unc = torch.stack([torch.randn((256, 12), generator=g) for g in gens])
+    off = torch.stack([torch.randn((), generator=g) for g in gens]).view(-1, 1, 1, 1)
+    x = (noise + 0.04 * off) * math.sqrt(1 + float(sig[0]) ** 2)
+    added = gen.added_cond(4, torch.device("cpu"))
+    with torch.no_grad():
+        for i in range(3):
+            xin = torch.cat([x, x]) / math.sqrt(float(sig[i]) ** 2 + 1)
+            e = unet(xin, torch.full((4,), int(ts[i])), encoder_hidden_states=torch.cat([unc, cond]),
+                     added_cond_kwargs=added).sample
+            eu, ec = e.chunk(2)
+            denoised = x - sig[i] * (eu + 5.0 * (ec - eu))  # sgm VanillaCFG on the denoised outputs
+            x = x + (sig[i + 1] - sig[i]) * (x - denoised) / sig[i]
+    torch.testing.assert_close(lat, x, rtol=1e-4, atol=1e-4)
+    # whole reconstruct loop: prior output (B, 256, 12) -> unclip -> float images in [0, 1], decoded * .8 + .2
+    with torch.no_grad():
+        dec = gen.codec.decode_float(lat[:1])
+        raw = vae.decode(lat[:1] / 0.13025).sample
+    torch.testing.assert_close(dec, raw * 0.8 + 0.2)
+
+    class Prior:
+        def sample(self, brain_embed, cond_scale=1.0, timesteps=None, generator=None):
+            return brain_embed  # the prior's output shape (B, 256, D)
+
+    backbone = torch.randn(2, 256, 12)
+    index = reconstruct(backbone, torch.randn(2, 3 * 16 * 16), np.array([0, 1]), Prior(), gen,
+                        lambda im: im.flatten(1), tmp_path,
+                        ReconstructSettings(samples=1, steps=2, guidance=5.0), progress=False)
+    assert sorted(index["images"]) == ["0", "1"] and (tmp_path / "images/00000.png").exists()
+
+
+def test_unclip_missing_weights_say_what_to_download(tmp_path):
+    from mindeye.inference.generators import load_generator
+
+    with pytest.raises(WeightsUnavailableError, match="hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt"):
+        load_generator("unclip-sdxl", weights=str(tmp_path / "missing.ckpt"))
