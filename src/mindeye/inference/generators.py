@@ -65,6 +65,9 @@ class GeneratorSpec:
     # UniPC's last step: "sigma_min" ends at t = 0 (sigma ~ 0.029), as the authors' diffusers 0.13 loop did;
     # "zero" ends at sigma = 0 (diffusers' default since 0.2x).
     final_sigmas: str = "zero"
+    # "module:function" of a generator that lives in a module of its own (it subclasses ImageGenerator, so
+    # this module cannot import it): called as function(weights, device, dtype, random_init=...).
+    loader: str = ""
 
 
 GENERATORS: dict[str, GeneratorSpec] = {
@@ -84,7 +87,7 @@ GENERATORS: dict[str, GeneratorSpec] = {
         "unclip-sdxl", None, "", "openclip-vit-bigg14-tokens", (256, 1664), 1.0,
         "MindEye2's unCLIP fine-tune of SDXL (authors' sgm checkpoint, 256 x 1664 bigG image tokens), 768 px",
         "Download it with `hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt --repo-type dataset "
-        "--local-dir DIR` on a machine with network access.",
+        "--local-dir DIR` on a machine with network access.", loader="mindeye.inference.unclip_sdxl:load_unclip_sdxl",
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
@@ -328,10 +331,11 @@ def load_generator(
     dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
     if spec.name == "demo-latent-diffusion":
         return load_demo_generator(weights, device)
-    if spec.name == "unclip-sdxl":
-        from mindeye.inference.unclip_sdxl import load_unclip_sdxl
+    if spec.loader:
+        import importlib
 
-        return load_unclip_sdxl(weights, device, dtype, random_init=random_init)
+        module, function = spec.loader.split(":")
+        return getattr(importlib.import_module(module), function)(weights, device, dtype, random_init=random_init)
     if random_init:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**SD_UNET_CONFIG)
