@@ -291,3 +291,43 @@ def test_unclip_missing_weights_say_what_to_download(tmp_path):
 
     with pytest.raises(WeightsUnavailableError, match="hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt"):
         load_generator("unclip-sdxl", weights=str(tmp_path / "missing.ckpt"))
+
+
+# --------------------------------------------------------------------------------------------------
+# data.test_average: outputs -- the model's outputs averaged over three (padded) repetitions
+# --------------------------------------------------------------------------------------------------
+def test_test_average_outputs_is_the_mean_of_outputs_over_padded_repetitions():
+    from types import SimpleNamespace
+
+    from mindeye.data.splits import load_eval_split
+    from mindeye.runs import embed_voxels
+
+    g = np.random.default_rng(0)
+    image_of_trial = np.array([5, 2, 7, 5, 2, 9, 2, 7, 3])  # 5, 7: two trials; 9, 3: one; 2: three
+    voxels = g.normal(size=(len(image_of_trial), 4)).astype(np.float32)
+    store = SimpleNamespace(trials=SimpleNamespace(image_index=image_of_trial), voxels=voxels, n_voxels=4)
+    images = np.array([2, 3, 5, 7, 9])
+
+    class Net(torch.nn.Module):  # nonlinear, so averaging inputs and averaging outputs differ
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return {"projector": torch.tanh(3 * self.lin(x)) ** 2, "backbone": None}
+
+    torch.manual_seed(0)
+    net = Net()
+    stack = load_eval_split(store, images, "averaged", "pad3", average="outputs")
+    assert stack.voxels.shape == (5, 3, 4) and stack.image_index.tolist() == images.tolist()
+    got = embed_voxels(net, stack.voxels, "cpu")
+    for row, img in enumerate(images):  # the authors' loop: locs padded to three, outputs summed / 3
+        locs = np.where(image_of_trial == img)[0]
+        locs = locs.repeat(3) if len(locs) == 1 else (locs.repeat(2)[:3] if len(locs) == 2 else locs)
+        with torch.no_grad():
+            outs = [net(torch.from_numpy(voxels[[k]]).half().float())["projector"] for k in locs]
+        torch.testing.assert_close(got[row], sum(outs)[0] / 3, atol=1e-5, rtol=1e-5)
+    inputs = embed_voxels(net, load_eval_split(store, images, "averaged", "pad3").voxels, "cpu")
+    assert (inputs - got).abs().max() > 1e-2
+    with pytest.raises(MindEyeError, match="test_average must be one of"):
+        load_eval_split(store, images, "averaged", "pad3", average="median")

@@ -276,7 +276,7 @@ def reconstruct_run(
     # load_run_model also checks the store's voxel count against the run's (else a matmul traceback)
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg), subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
-                            cfg.data.test_repetitions)
+                            cfg.data.test_repetitions, average=cfg.data.test_average)
     rows = slice(0, limit) if limit else slice(None)
     voxels, image_index = split.voxels[rows], split.image_index[rows]
     backbone = embed_voxels(model, voxels, device, which="backbone").half()
