@@ -23,13 +23,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generator", default="versatile-diffusion", choices=GENERATOR_NAMES)
     p.add_argument("--weights", default=None, help="generator weights: HF id or local pipeline directory")
     p.add_argument("--clip-weights", default=None, help="weights of the best-of-N CLIP judge (HF id or path)")
-    p.add_argument("--samples", type=int, default=16, help="prior samples / images per brain sample")
-    p.add_argument("--steps", type=int, default=20, help="UniPC steps")
-    p.add_argument("--guidance", type=float, default=3.5,
-                   help="generator (Versatile Diffusion) classifier-free guidance scale; not the prior's (default 3.5)")
-    p.add_argument("--img2img-strength", type=float, default=0.15,
-                   help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper)")
-    p.add_argument("--prior-steps", type=int, default=None, help="prior sampling steps (default: the run's)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="prior samples / images per brain sample (default 16; unclip-sdxl: 1, as MindEye2)")
+    p.add_argument("--steps", type=int, default=None, help="generator steps (default 20 UniPC; unclip-sdxl: 38 Euler)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="generator classifier-free guidance scale; not the prior's (default 3.5; unclip-sdxl: 5)")
+    p.add_argument("--img2img-strength", type=float, default=None,
+                   help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper; the default; "
+                        "unclip-sdxl: 0)")
+    p.add_argument("--prior-steps", type=int, default=None,
+                   help="prior sampling steps (default: the run's; unclip-sdxl: 20, as MindEye2)")
     p.add_argument("--prior-guidance", type=float, default=None,
                    help="prior classifier-free guidance (default: the run's model.prior.guidance; paper 1.0 = none)")
     p.add_argument("--init-encoding", choices=["reference", "vae"], default="reference",
@@ -76,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from mindeye.runs import read_run
 
     cfg, _ = read_run(args.run)
+    d = generator_defaults(args)
     settings = ReconstructSettings(
-        samples=args.samples, steps=args.steps, guidance=args.guidance, img2img_strength=args.img2img_strength,
-        prior_steps=args.prior_steps,
+        samples=d["samples"], steps=d["steps"], guidance=d["guidance"], img2img_strength=d["img2img_strength"],
+        prior_steps=d["prior_steps"],
         prior_guidance=cfg.model.prior.guidance if args.prior_guidance is None else args.prior_guidance,
         init_encoding=args.init_encoding, final_sigmas=args.final_sigmas, seed=args.seed,
         batch_brains=args.batch_brains, save_all=args.save_all)
@@ -89,6 +93,17 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress, subject=args.subject)
     print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
     return 0
+
+
+BASE_DEFAULTS = {"samples": 16, "steps": 20, "guidance": 3.5, "img2img_strength": 0.15, "prior_steps": None}
+
+
+def generator_defaults(args: argparse.Namespace) -> dict:
+    """The settings flags as given, else the generator's own defaults (GeneratorSpec.defaults), else VD's."""
+    from mindeye.inference.generators import generator_spec
+
+    own = {**BASE_DEFAULTS, **generator_spec(args.generator).defaults}
+    return {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in BASE_DEFAULTS}
 
 
 def run_blurry(args: argparse.Namespace) -> int:

@@ -68,6 +68,9 @@ class GeneratorSpec:
     # "module:function" of a generator that lives in a module of its own (it subclasses ImageGenerator, so
     # this module cannot import it): called as function(weights, device, dtype, random_init=...).
     loader: str = ""
+    # reconstruction settings this generator's authors used, where they differ from ReconstructSettings'
+    # (Versatile Diffusion's); `mindeye reconstruct` applies them unless the flag is given
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 GENERATORS: dict[str, GeneratorSpec] = {
@@ -88,6 +91,9 @@ GENERATORS: dict[str, GeneratorSpec] = {
         "MindEye2's unCLIP fine-tune of SDXL (authors' sgm checkpoint, 256 x 1664 bigG image tokens), 768 px",
         "Download it with `hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt --repo-type dataset "
         "--local-dir DIR` on a machine with network access.", loader="mindeye.inference.unclip_sdxl:load_unclip_sdxl",
+        # recon_inference.ipynb: one sample per image (no best-of), 38 Euler steps, CFG 5 (unclip6.yaml), pure
+        # noise start (no img2img), prior p_sample_loop(timesteps=20)
+        defaults={"samples": 1, "steps": 38, "guidance": 5.0, "img2img_strength": 0.0, "prior_steps": 20},
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,

@@ -260,7 +260,7 @@ def reconstruct_run(
     cfg, info = read_run(run_dir)
     info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
     refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
-    if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
+    if cfg.model.kind in ("lowlevel", "ridge") or not cfg.model.prior.enabled:
         raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
                            f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
     tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
@@ -292,15 +292,19 @@ def reconstruct_run(
         blurry = BlurryImages(low)
         lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
     # The judge embeds candidates the way the run's targets were embedded (paper: reference preprocessing).
-    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
-                        **target_options(cfg, spec.condition_encoder))
+    if settings.samples == 1:  # nothing to choose between (MindEye2's protocol): no judge to load
+        judge, judge_fn = None, (lambda images: torch.zeros(len(images), 1))
+    else:
+        judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
+                            **target_options(cfg, spec.condition_encoder))
+        judge_fn = judge.encode
     config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
-              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
+              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder if judge is not None else None,
               "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
     if settings.prior_steps is None:
         settings.prior_steps = cfg.model.prior.sample_steps
     if settings.prior_guidance is None:
         settings.prior_guidance = cfg.model.prior.guidance
     prior = model.prior.eval()
-    return reconstruct(backbone, projector, image_index, prior, generator, judge.encode, out_dir, settings,
+    return reconstruct(backbone, projector, image_index, prior, generator, judge_fn, out_dir, settings,
                        blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress)
