@@ -331,3 +331,55 @@ def test_test_average_outputs_is_the_mean_of_outputs_over_padded_repetitions():
     assert (inputs - got).abs().max() > 1e-2
     with pytest.raises(MindEyeError, match="test_average must be one of"):
         load_eval_split(store, images, "averaged", "pad3", average="median")
+
+
+# --------------------------------------------------------------------------------------------------
+# final_evaluations.ipynb's "enhanced" blend: recon x .75 + blurry x .25 at 256 px
+# --------------------------------------------------------------------------------------------------
+def _write_dir(out, store, images, kind, size, seed):
+    from PIL import Image
+
+    from mindeye.inference.reconstruct import save_png, write_index
+
+    rng = np.random.default_rng(seed)
+    config = {"generator": "noise", "store": str(store.path)} if kind == "reconstruction" else \
+        {"decoder": "standin-vae", "store": str(store.path)}
+    index, made = {"kind": kind, "config": config, "images": {}}, {}
+    for i in images.tolist():
+        img = np.clip(np.asarray(store.images[i], float) + rng.normal(0, 40, store.images[i].shape), 0, 255)
+        img = np.asarray(Image.fromarray(img.astype(np.uint8)).resize((size, size), Image.BILINEAR))
+        save_png(img, out / f"images/{i:05d}.png")
+        index["images"][str(i)] = {"image_index": i, "file": f"images/{i:05d}.png"}
+        made[i] = img
+    write_index(out, index)
+    return made
+
+
+def test_blend_blurry_scores_three_quarters_recon_plus_one_quarter_blurry(tiny_store, tmp_path):
+    import torch.nn.functional as F
+
+    from mindeye.data.store import SubjectStore
+    from mindeye.evaluation import metrics as M
+    from mindeye.evaluation.recon_eval import evaluate_recon_dirs
+
+    store = SubjectStore(tiny_store)
+    test = np.sort(store.image_indices("test")[:6])
+    rec = _write_dir(tmp_path / "rec", store, test, "reconstruction", 48, 0)
+    blur = _write_dir(tmp_path / "blur", store, test[::-1], "blurry", 32, 1)
+    res = evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, blend_blurry=tmp_path / "blur",
+                              metrics=["pixcorr"])
+    row = res["rows"][0]
+    assert row["blend"]["weight"] == 0.25
+
+    def up(d):  # independent: uint8 -> float, bilinear to 256 without antialias (the reference first resize)
+        x = torch.from_numpy(np.stack([d[i] for i in test])).permute(0, 3, 1, 2).float() / 255
+        return F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+
+    expected = 0.75 * up(rec) + 0.25 * up(blur)
+    reals = np.stack([store.images[i] for i in test])
+    assert row["metrics"]["pixcorr"]["value"] == pytest.approx(M.pixcorr(reals, expected), abs=1e-6)
+    plain = evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, metrics=["pixcorr"])["rows"][0]
+    assert abs(plain["metrics"]["pixcorr"]["value"] - row["metrics"]["pixcorr"]["value"]) > 1e-4
+    with pytest.raises(MindEyeError, match="blend-weight must be between 0 and 1"):
+        evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, blend_blurry=tmp_path / "blur",
+                            blend_weight=1.5)
