@@ -123,7 +123,7 @@ class UnclipSdxlGenerator(ImageGenerator):
     def denoise(self, condition: torch.Tensor, noise: torch.Tensor, init_latents: torch.Tensor | None = None,
                 strength: float = 0.0, steps: int = STEPS, guidance: float = GUIDANCE,
                 final_sigmas: str | None = None) -> torch.Tensor:
-        device, dtype = self.device, self.dtype
+        device = self.device
         ts, sigmas = legacy_ddpm_schedule(steps)
         start = img2img_start(strength, steps) if init_latents is not None else 0
         if start >= steps:
@@ -138,27 +138,40 @@ class UnclipSdxlGenerator(ImageGenerator):
             latents = init_latents.to(device, torch.float32) + noise * sigmas[start]
         else:
             latents = noise * torch.sqrt(1.0 + sigmas[0] ** 2)
-        cond = condition.to(device, dtype)
-        use_cfg = guidance != 1.0
-        context = torch.cat([uncond.to(device, dtype), cond]) if use_cfg else cond
-        added = self.added_cond(len(context), device)
-        for i in range(start, steps):
-            sigma = sigmas[i]
-            x = torch.cat([latents, latents]) if use_cfg else latents
-            x_in = (x / torch.sqrt(sigma ** 2 + 1)).to(dtype)
-            t = torch.full((len(x),), int(ts[i]), device=device, dtype=torch.long)
-            eps = self.unet(x_in, t, encoder_hidden_states=context, added_cond_kwargs=added).sample.float()
-            if use_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-            # Euler step on the eps-denoiser: d = (x - denoised) / sigma = eps
-            latents = latents + (sigmas[i + 1] - sigma) * eps
-        return latents
+        added = self.added_cond(len(noise), device)
+        return euler_cfg(self.unet, latents, sigmas[start:], ts[start:], condition, uncond, added, added, guidance)
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> UnclipSdxlGenerator:
         self.unet.to(device=device, **({} if dtype is None else {"dtype": dtype}))
         self.codec.vae.to(device=device)  # the VAE stays float32 (sgm: disable_first_stage_autocast)
         return self
+
+
+@torch.no_grad()
+def euler_cfg(unet: UNet2DConditionModel, latents: torch.Tensor, sigmas: torch.Tensor, timesteps: np.ndarray,
+              context: torch.Tensor, uncond_context: torch.Tensor, added: dict[str, torch.Tensor],
+              uncond_added: dict[str, torch.Tensor], guidance: float) -> torch.Tensor:
+    """sgm's ``EulerEDMSampler`` (no churn) on the eps ``DiscreteDenoiser`` with ``VanillaCFG``: from
+    ``latents`` at ``sigmas[0]`` through ``sigmas[1:]`` (the last one 0), ``timesteps[i]`` the index of
+    ``sigmas[i]``. The unconditional branch gets its own context and added conditioning."""
+    device, dtype = latents.device, next(unet.parameters()).dtype
+    use_cfg = guidance != 1.0
+    ctx = torch.cat([uncond_context, context]) if use_cfg else context
+    ctx = ctx.to(device, dtype)
+    add = {k: torch.cat([uncond_added[k], added[k]]).to(device, dtype if k == "text_embeds" else torch.float32)
+           for k in added} if use_cfg else added
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        x = torch.cat([latents, latents]) if use_cfg else latents
+        x_in = (x / torch.sqrt(sigma ** 2 + 1)).to(dtype)
+        t = torch.full((len(x),), int(timesteps[i]), device=device, dtype=torch.long)
+        eps = unet(x_in, t, encoder_hidden_states=ctx, added_cond_kwargs=add).sample.float()
+        if use_cfg:
+            eps_uncond, eps_cond = eps.chunk(2)
+            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        # Euler step on the eps-denoiser: d = (x - denoised) / sigma = eps
+        latents = latents + (sigmas[i + 1] - sigma) * eps
+    return latents
 
 
 # ------------------------------------------------------------------------------------------------
