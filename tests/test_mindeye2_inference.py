@@ -383,3 +383,81 @@ def test_blend_blurry_scores_three_quarters_recon_plus_one_quarter_blurry(tiny_s
     with pytest.raises(MindEyeError, match="blend-weight must be between 0 and 1"):
         evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, blend_blurry=tmp_path / "blur",
                             blend_weight=1.5)
+
+
+# --------------------------------------------------------------------------------------------------
+# SDXL img2img refiner (enhanced_recon_inference.ipynb) on a tiny random SDXL pipeline
+# --------------------------------------------------------------------------------------------------
+def _tiny_sdxl_pipeline(tmp_path):
+    import json
+    import string
+
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for c in string.ascii_lowercase:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), pad_token="!", model_max_length=77)
+    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, projection_dim=8, bos_token_id=0,
+                         eos_token_id=1, pad_token_id=2)
+    torch.manual_seed(0)
+    te1, te2 = CLIPTextModel(cfg), CLIPTextModelWithProjection(cfg)
+    unet = UNet2DConditionModel(**{**TINY_UNET, "cross_attention_dim": 16, "addition_time_embed_dim": 4,
+                                   "projection_class_embeddings_input_dim": 8 + 6 * 4})
+    for p in unet.parameters():
+        p.data.add_(torch.randn_like(p) * 0.02)
+    vae = AutoencoderKL(**TINY_VAE)
+    pipe = StableDiffusionXLImg2ImgPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok,
+                                            tokenizer_2=tok, unet=unet, scheduler=EulerDiscreteScheduler())
+    return pipe
+
+
+def test_sdxl_refiner_is_the_authors_img2img(tmp_path):
+    from mindeye.inference.sdxl_refiner import NEGATIVE_PROMPT, RefineSettings, SdxlRefiner
+    from mindeye.inference.unclip_sdxl import legacy_ddpm_schedule
+
+    pipe = _tiny_sdxl_pipeline(tmp_path)
+    ref = SdxlRefiner(pipe)
+    prompts = ["a cat on the grass", "a red car"]
+    # the conditioning is SDXL's: hidden layer -2 of both text encoders side by side, bigG-side pooled embedding
+    ctx, pooled, neg, neg_pooled = ref.conditioning(prompts, NEGATIVE_PROMPT)
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h1 = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        out2 = pipe.text_encoder_2(ids, output_hidden_states=True)
+    torch.testing.assert_close(ctx, torch.cat([h1, out2.hidden_states[-2]], -1))
+    torch.testing.assert_close(pooled, out2.text_embeds)
+    assert neg.shape == ctx.shape and not torch.allclose(neg, ctx)
+
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    s = RefineSettings(steps=5, timepoint=3)
+    got = ref.refine(images, prompts, [torch.Generator().manual_seed(k) for k in range(2)], s)
+    # independent: posterior sample, noise, sigmas[-3:] of the 5-step grid, 2 Euler steps with CFG 5, (x + 1) / 2
+    gens = [torch.Generator().manual_seed(k) for k in range(2)]
+    with torch.no_grad():
+        z = torch.cat([pipe.vae.encode(images[k:k + 1] * 2 - 1).latent_dist.sample(generator=g) for k, g in
+                       enumerate(gens)]) * 0.13025
+        noise = torch.stack([torch.randn(z.shape[1:], generator=g) for g in gens])
+        ts, sig = legacy_ddpm_schedule(5)
+        ts, sig = ts[-2:], sig[-3:]
+        x = z + noise * sig[0]
+        time_ids = torch.tensor([[768.0, 768, 0, 0, 1024, 1024]]).repeat(4, 1)
+        added = {"text_embeds": torch.cat([neg_pooled, pooled]), "time_ids": time_ids}
+        for i in range(2):
+            e = pipe.unet(torch.cat([x, x]) / math.sqrt(float(sig[i]) ** 2 + 1), torch.full((4,), int(ts[i])),
+                          encoder_hidden_states=torch.cat([neg, ctx]), added_cond_kwargs=added).sample
+            eu, ec = e.chunk(2)
+            x = x + (sig[i + 1] - sig[i]) * (eu + 5 * (ec - eu))
+        expected = ((pipe.vae.decode(x / 0.13025).sample + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(MindEyeError, match="one prompt and one generator per image"):
+        ref.refine(images, prompts[:1], gens, s)
