@@ -461,3 +461,33 @@ def test_sdxl_refiner_is_the_authors_img2img(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(MindEyeError, match="one prompt and one generator per image"):
         ref.refine(images, prompts[:1], gens, s)
+
+
+def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
+    import json
+
+    from mindeye.inference.reconstruct import item_seed, save_png, write_index
+    from mindeye.inference.sdxl_refiner import RefineSettings, SdxlRefiner, refine_dir
+
+    src = tmp_path / "recons"
+    index = {"kind": "reconstruction", "config": {"generator": "unclip-sdxl", "store": "S"}, "images": {}}
+    pngs = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    for k, idx in enumerate((7, 3)):
+        save_png(pngs[k], src / f"images/{idx:05d}.png")
+        index["images"][str(idx)] = {"image_index": idx, "file": f"images/{idx:05d}.png"}
+    write_index(src, index)
+    (tmp_path / "captions.json").write_text(json.dumps({"7": "a cat"}))
+    ref = SdxlRefiner(_tiny_sdxl_pipeline(tmp_path))
+    s = RefineSettings(steps=3, timepoint=2)
+    out = refine_dir(src, tmp_path / "out", captions=tmp_path / "captions.json", settings=s, seed=5,
+                     progress=False, refiner=ref, image_size=16)
+    assert sorted(out["images"], key=int) == ["3", "7"] and out["images"]["7"]["caption"] == "a cat"
+    assert out["config"]["refined_from"] == str(src.resolve()) and out["config"]["generator"] == "unclip-sdxl"
+    got = torch.from_numpy(np.load(tmp_path / "out" / out["images"]["7"]["float_file"])).float()
+    img = torch.from_numpy(pngs[0]).permute(2, 0, 1).float()[None] / 255
+    expected = ref.refine(img, ["a cat"], [torch.Generator().manual_seed(item_seed(5, 7))], s)[0]
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)  # stored as float16
+    with pytest.raises(MindEyeError, match="--captions"):
+        (tmp_path / "bad.json").write_text("[1, 2]")
+        refine_dir(src, tmp_path / "out2", captions=tmp_path / "bad.json", settings=s, progress=False, refiner=ref,
+                   image_size=16)

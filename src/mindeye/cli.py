@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "reconstruct",
+    "refine",
     "index",
     "retrieve",
     "report",

@@ -126,3 +126,73 @@ def load_refiner(weights: str | None = None, device: str | torch.device = "cpu",
         raise WeightsUnavailableError(f"could not load an SDXL pipeline from {path}: {first}. {DOWNLOAD_HINT}") from None
     pipe.vae.to(torch.float32)  # sgm decodes outside autocast (disable_first_stage_autocast)
     return SdxlRefiner(pipe.to(device), weights_id=str(path))
+
+
+def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = None,
+               captions: str | Path | None = None, settings: RefineSettings | None = None, seed: int = 0,
+               device: str = "cpu", dtype: torch.dtype | None = None, limit: int | None = None,
+               progress: bool = True, refiner: SdxlRefiner | None = None,
+               image_size: int = ORIGINAL_SIZE[0]) -> dict[str, Any]:
+    """`mindeye refine`: every image of a `mindeye reconstruct` directory -> its refined image in ``out_dir``
+    (same index format, so `mindeye evaluate recon` reads it). ``captions``: a JSON object mapping store image
+    index -> caption (missing: the empty prompt). Resumable; each image's draws come from ``item_seed``.
+    Images are refined at ``image_size`` (768: theirs resizes the unrefined reconstructions to 768 first)."""
+    import json
+
+    import numpy as np
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from mindeye.inference.recon_dir import (
+        entry_path,
+        finished,
+        open_index,
+        read_index,
+        save_float,
+        write_index,
+    )
+    from mindeye.inference.reconstruct import item_seed
+    from mindeye.utils.images import float_to_uint8, load_png, save_png, uint8_to_float
+
+    settings = settings or RefineSettings()
+    settings.validate()
+    recons, out_dir = Path(recons), Path(out_dir)
+    src = read_index(recons, f"{recons} holds no reconstructions; make them with `mindeye reconstruct --generator "
+                             "unclip-sdxl`")
+    if src.get("kind") != "reconstruction":
+        raise MindEyeError(f"{recons} holds {src.get('kind')} images, not reconstructions; refine the output of "
+                           "`mindeye reconstruct`")
+    texts: dict[str, str] = {}
+    if captions is not None:
+        try:
+            texts = {str(k): str(v) for k, v in json.loads(Path(captions).read_text()).items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise MindEyeError(f"--captions {captions} must be a JSON object mapping store image index to caption "
+                               f"({type(exc).__name__}: {exc})") from None
+    order = sorted(src["images"], key=int)[:limit]
+    config = {**src.get("config", {}), "refined_from": str(recons.resolve()),
+              "refiner": {**settings.__dict__, "seed": seed, "captions": str(captions) if captions else None}}
+    refiner = refiner or load_refiner(weights, device, dtype)
+    config["refiner"]["weights"] = refiner.weights_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = open_index(out_dir, "reconstruction", config)
+    for key in tqdm(order, desc="refine", unit="img", disable=not progress):
+        rec = src["images"][key]
+        idx = int(rec.get("image_index", key))
+        if finished(index, out_dir, idx):
+            continue
+        if rec.get("float_file"):
+            img = torch.from_numpy(np.load(entry_path(recons, rec["float_file"]))).float()[None]
+        else:
+            img = uint8_to_float(load_png(entry_path(recons, rec["file"]))[None])
+        if tuple(img.shape[-2:]) != (image_size, image_size):
+            img = F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        g = torch.Generator(device=refiner.device).manual_seed(item_seed(seed, idx))
+        result = refiner.refine(img, [texts.get(str(idx), "")], [g], settings)[0].cpu()
+        entry = {**{k: v for k, v in rec.items() if k not in ("samples", "float_file")},
+                 "file": f"images/{idx:05d}.png", "caption": texts.get(str(idx), "")}
+        save_png(float_to_uint8(result[None])[0], out_dir / entry["file"])
+        entry["float_file"] = save_float(result, out_dir, idx)
+        index["images"][str(idx)] = entry
+        write_index(out_dir, index)
+    return index
