@@ -491,3 +491,43 @@ def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
         (tmp_path / "bad.json").write_text("[1, 2]")
         refine_dir(src, tmp_path / "out2", captions=tmp_path / "bad.json", settings=s, progress=False, refiner=ref,
                    image_size=16)
+
+
+# --------------------------------------------------------------------------------------------------
+# GIT captions from predicted tokens (GitForCausalLMClipEmb + CLIPConverter)
+# --------------------------------------------------------------------------------------------------
+def test_git_captions_from_features_equal_captions_from_the_image(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import GitConfig, GitForCausalLM
+
+    from mindeye.inference.captions import BigGToClipL, GitCaptioner, load_captioner
+
+    cfg = GitConfig(vision_config={"hidden_size": 12, "intermediate_size": 24, "num_hidden_layers": 1,
+                                   "num_attention_heads": 2, "image_size": 16, "patch_size": 4},
+                    vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    reference = GitForCausalLM(cfg).eval()
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        feats = reference.git.image_encoder(pixels).last_hidden_state  # (2, 17, 12): GIT's CLIP image features
+        expected = reference.generate(pixel_values=pixels, max_length=8, do_sample=False)
+    # the captioner gets the features (through an identity converter) in place of the image encoder
+    twin = GitForCausalLM(cfg).eval()
+    twin.load_state_dict(reference.state_dict())
+    conv = BigGToClipL(seq_in=17, seq_out=17, dim_in=12, dim_out=12)
+    with torch.no_grad():
+        for lin in (conv.linear1, conv.linear2):
+            lin.weight.copy_(torch.eye(lin.weight.shape[0]))
+            lin.bias.zero_()
+    tok = SimpleNamespace(batch_decode=lambda ids, skip_special_tokens: [" ".join(map(str, r.tolist())) for r in ids])
+    got = GitCaptioner(twin, conv, tok).caption(feats, max_length=8)
+    assert got == [" ".join(map(str, r.tolist())) for r in expected]
+    # the converter is theirs: Linear over tokens, then over channels
+    c = BigGToClipL(seq_in=4, seq_out=5, dim_in=6, dim_out=3)
+    x = torch.randn(2, 4, 6)
+    manual = (x.transpose(1, 2) @ c.linear1.weight.T + c.linear1.bias).transpose(1, 2) @ c.linear2.weight.T + c.linear2.bias
+    torch.testing.assert_close(c(x), manual)
+    with pytest.raises(WeightsUnavailableError, match="hf download microsoft/git-large-coco"):
+        load_captioner(str(tmp_path / "nowhere"))
