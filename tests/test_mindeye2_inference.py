@@ -279,11 +279,16 @@ def test_unclip_pipeline_end_to_end_on_prior_shaped_tokens(tiny_sdxl, tmp_path):
         def sample(self, brain_embed, cond_scale=1.0, timesteps=None, generator=None):
             return brain_embed  # the prior's output shape (B, 256, D)
 
+    class Captioner:  # the prior outputs reach the captioner, one caption per brain sample
+        def caption(self, tokens):
+            return [f"mean {float(t.mean()):.4f}" for t in tokens]
+
     backbone = torch.randn(2, 256, 12)
     index = reconstruct(backbone, torch.randn(2, 3 * 16 * 16), np.array([0, 1]), Prior(), gen,
                         lambda im: im.flatten(1), tmp_path,
-                        ReconstructSettings(samples=1, steps=2, guidance=5.0), progress=False)
+                        ReconstructSettings(samples=1, steps=2, guidance=5.0), progress=False, captioner=Captioner())
     assert sorted(index["images"]) == ["0", "1"] and (tmp_path / "images/00000.png").exists()
+    assert index["images"]["1"]["caption"] == f"mean {float(backbone[1].mean()):.4f}"
 
 
 def test_unclip_missing_weights_say_what_to_download(tmp_path):
@@ -474,7 +479,7 @@ def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
     pngs = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     for k, idx in enumerate((7, 3)):
         save_png(pngs[k], src / f"images/{idx:05d}.png")
-        index["images"][str(idx)] = {"image_index": idx, "file": f"images/{idx:05d}.png"}
+        index["images"][str(idx)] = {"image_index": idx, "file": f"images/{idx:05d}.png", "caption": f"seen {idx}"}
     write_index(src, index)
     (tmp_path / "captions.json").write_text(json.dumps({"7": "a cat"}))
     ref = SdxlRefiner(_tiny_sdxl_pipeline(tmp_path))
@@ -482,6 +487,7 @@ def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
     out = refine_dir(src, tmp_path / "out", captions=tmp_path / "captions.json", settings=s, seed=5,
                      progress=False, refiner=ref, image_size=16)
     assert sorted(out["images"], key=int) == ["3", "7"] and out["images"]["7"]["caption"] == "a cat"
+    assert out["images"]["3"]["caption"] == "seen 3"  # no --captions entry: reconstruct's own caption
     assert out["config"]["refined_from"] == str(src.resolve()) and out["config"]["generator"] == "unclip-sdxl"
     got = torch.from_numpy(np.load(tmp_path / "out" / out["images"]["7"]["float_file"])).float()
     img = torch.from_numpy(pngs[0]).permute(2, 0, 1).float()[None] / 255

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--caption-weights", default=None, metavar="GIT",
+                   help="MindEye2 captions of the prior outputs: GIT weights (HF id or directory, e.g. "
+                        "microsoft/git-large-coco); needs --caption-converter")
+    p.add_argument("--caption-converter", default=None, metavar="FILE",
+                   help="the authors' bigG -> CLIP-L converter bigG_to_L_epoch8.pth (pscotti/mindeyev2)")
     p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     add_data(p, help="subject store (default: the run's)")
     add_device(p)
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,
                             device=resolve_device(args.device), dtype=dtype, limit=args.limit,
-                            progress=not args.no_progress, subject=args.subject)
+                            progress=not args.no_progress, subject=args.subject,
+                            caption_weights=args.caption_weights, caption_converter=args.caption_converter)
     print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
     return 0
 

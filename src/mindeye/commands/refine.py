@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="SDXL base pipeline directory (diffusers layout) or HF id in the local cache "
                         "(default: stabilityai/stable-diffusion-xl-base-1.0)")
     p.add_argument("--captions", default=None, metavar="JSON",
-                   help="JSON object: store image index -> caption (missing: empty prompt)")
+                   help="JSON object: store image index -> caption (missing: the caption `mindeye reconstruct "
+                        "--caption-weights` stored, else the empty prompt)")
     p.add_argument("--steps", type=int, default=25, help="Euler grid size (default 25, theirs)")
     p.add_argument("--timepoint", type=int, default=13,
                    help="start this many sigmas from the end of the grid (default 13 = 12 steps, theirs)")

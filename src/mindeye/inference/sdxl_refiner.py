@@ -135,7 +135,7 @@ def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = No
                image_size: int = ORIGINAL_SIZE[0]) -> dict[str, Any]:
     """`mindeye refine`: every image of a `mindeye reconstruct` directory -> its refined image in ``out_dir``
     (same index format, so `mindeye evaluate recon` reads it). ``captions``: a JSON object mapping store image
-    index -> caption (missing: the empty prompt). Resumable; each image's draws come from ``item_seed``.
+    index -> caption (missing: the caption `mindeye reconstruct --caption-weights` stored, else the empty prompt). Resumable; each image's draws come from ``item_seed``.
     Images are refined at ``image_size`` (768: theirs resizes the unrefined reconstructions to 768 first)."""
     import json
 
@@ -188,9 +188,10 @@ def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = No
         if tuple(img.shape[-2:]) != (image_size, image_size):
             img = F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
         g = torch.Generator(device=refiner.device).manual_seed(item_seed(seed, idx))
-        result = refiner.refine(img, [texts.get(str(idx), "")], [g], settings)[0].cpu()
+        prompt = texts.get(str(idx), rec.get("caption", ""))  # --captions, else `reconstruct`'s own caption
+        result = refiner.refine(img, [prompt], [g], settings)[0].cpu()
         entry = {**{k: v for k, v in rec.items() if k not in ("samples", "float_file")},
-                 "file": f"images/{idx:05d}.png", "caption": texts.get(str(idx), "")}
+                 "file": f"images/{idx:05d}.png", "caption": prompt}
         save_png(float_to_uint8(result[None])[0], out_dir / entry["file"])
         entry["float_file"] = save_float(result, out_dir, idx)
         index["images"][str(idx)] = entry
