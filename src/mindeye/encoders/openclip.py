@@ -53,7 +53,7 @@ DOWNLOAD_HINT = (
     f"Download it with `hf download {DEFAULT_WEIGHTS} open_clip_model.safetensors open_clip_config.json` "
     f"(https://huggingface.co/{DEFAULT_WEIGHTS}) on a machine with network access."
 )
-WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors")
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 PREPROCESS = ("reference", "standard")
 # ViT-bigG/14's image tower (open_clip's model_configs/ViT-bigG-14.json), so the fingerprint of the
 # default needs no open_clip import.
