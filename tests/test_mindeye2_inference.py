@@ -471,6 +471,8 @@ def test_sdxl_refiner_is_the_authors_img2img(tmp_path):
 def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
     import json
 
+    import torch.nn.functional as F
+
     from mindeye.inference.reconstruct import item_seed, save_png, write_index
     from mindeye.inference.sdxl_refiner import RefineSettings, SdxlRefiner, refine_dir
 
@@ -485,12 +487,15 @@ def test_refine_dir_writes_a_reconstruction_directory(tmp_path):
     ref = SdxlRefiner(_tiny_sdxl_pipeline(tmp_path))
     s = RefineSettings(steps=3, timepoint=2)
     out = refine_dir(src, tmp_path / "out", captions=tmp_path / "captions.json", settings=s, seed=5,
-                     progress=False, refiner=ref, image_size=16)
+                     progress=False, refiner=ref, image_size=16, via_size=8)
     assert sorted(out["images"], key=int) == ["3", "7"] and out["images"]["7"]["caption"] == "a cat"
     assert out["images"]["3"]["caption"] == "seen 3"  # no --captions entry: reconstruct's own caption
     assert out["config"]["refined_from"] == str(src.resolve()) and out["config"]["generator"] == "unclip-sdxl"
     got = torch.from_numpy(np.load(tmp_path / "out" / out["images"]["7"]["float_file"])).float()
     img = torch.from_numpy(pngs[0]).permute(2, 0, 1).float()[None] / 255
+    # through 8 px and back to 16, bilinear without antialiasing (their 768 -> 256 -> 768)
+    img = F.interpolate(F.interpolate(img, size=(8, 8), mode="bilinear", align_corners=False), size=(16, 16),
+                        mode="bilinear", align_corners=False)
     expected = ref.refine(img, ["a cat"], [torch.Generator().manual_seed(item_seed(5, 7))], s)[0]
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)  # stored as float16
     with pytest.raises(MindEyeError, match="--captions"):

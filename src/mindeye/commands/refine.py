@@ -27,6 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timepoint", type=int, default=13,
                    help="start this many sigmas from the end of the grid (default 13 = 12 steps, theirs)")
     p.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance (default 5, theirs)")
+    p.add_argument("--via-size", type=int, default=256,
+                   help="resize each reconstruction to this size, then to 768, before refining (default 256: theirs "
+                        "saved the unrefined reconstructions at 256; 0 = straight to 768)")
     p.add_argument("--seed", type=int, default=0, help="seed of the posterior sample and noise (default 0)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
     add_device(p)
@@ -47,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     index = refine_dir(args.recons, args.out, weights=args.refiner_weights, captions=args.captions,
                        settings=settings, seed=args.seed, device=resolve_device(args.device), dtype=dtype,
-                       limit=args.limit, progress=not args.no_progress)
+                       limit=args.limit, progress=not args.no_progress, via_size=args.via_size or None)
     print(json.dumps({"out": str(args.out), "images": len(index["images"])}))
     return 0

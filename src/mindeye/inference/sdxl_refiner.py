@@ -132,11 +132,13 @@ def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = No
                captions: str | Path | None = None, settings: RefineSettings | None = None, seed: int = 0,
                device: str = "cpu", dtype: torch.dtype | None = None, limit: int | None = None,
                progress: bool = True, refiner: SdxlRefiner | None = None,
-               image_size: int = ORIGINAL_SIZE[0]) -> dict[str, Any]:
+               image_size: int = ORIGINAL_SIZE[0], via_size: int | None = 256) -> dict[str, Any]:
     """`mindeye refine`: every image of a `mindeye reconstruct` directory -> its refined image in ``out_dir``
     (same index format, so `mindeye evaluate recon` reads it). ``captions``: a JSON object mapping store image
     index -> caption (missing: the caption `mindeye reconstruct --caption-weights` stored, else the empty prompt). Resumable; each image's draws come from ``item_seed``.
-    Images are refined at ``image_size`` (768: theirs resizes the unrefined reconstructions to 768 first)."""
+    Images are refined at ``image_size`` after passing through ``via_size`` (theirs: ``recon_inference.ipynb``
+    saves the reconstructions resized to 256, ``enhanced_recon_inference.ipynb`` resizes them to 768; both
+    bilinear without antialiasing, their torchvision 0.16 on tensors). ``via_size=None``: straight to 768."""
     import json
 
     import numpy as np
@@ -171,7 +173,8 @@ def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = No
                                f"({type(exc).__name__}: {exc})") from None
     order = sorted(src["images"], key=int)[:limit]
     config = {**src.get("config", {}), "refined_from": str(recons.resolve()),
-              "refiner": {**settings.__dict__, "seed": seed, "captions": str(captions) if captions else None}}
+              "refiner": {**settings.__dict__, "seed": seed, "captions": str(captions) if captions else None,
+                          "via_size": via_size, "image_size": image_size}}
     refiner = refiner or load_refiner(weights, device, dtype)
     config["refiner"]["weights"] = refiner.weights_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,8 +188,9 @@ def refine_dir(recons: str | Path, out_dir: str | Path, weights: str | None = No
             img = torch.from_numpy(np.load(entry_path(recons, rec["float_file"]))).float()[None]
         else:
             img = uint8_to_float(load_png(entry_path(recons, rec["file"]))[None])
-        if tuple(img.shape[-2:]) != (image_size, image_size):
-            img = F.interpolate(img, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        for size in ((via_size,) if via_size else ()) + (image_size,):
+            if tuple(img.shape[-2:]) != (size, size):
+                img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=False, align_corners=False)
         g = torch.Generator(device=refiner.device).manual_seed(item_seed(seed, idx))
         prompt = texts.get(str(idx), rec.get("caption", ""))  # --captions, else `reconstruct`'s own caption
         result = refiner.refine(img, [prompt], [g], settings)[0].cpu()
