@@ -184,8 +184,8 @@ def test_help_shows_every_options_default(capsys):
     with pytest.raises(SystemExit):
         main(["reconstruct", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "UniPC steps (default: 20)" in text and "(default: 0.15)" in text
-    assert "(default 3.5)" in text and "(default: 3.5)" not in text  # already said: not twice
+    assert "--batch-brains" in text and "(default: 1)" in text and "(default: auto)" in text  # appended defaults
+    assert "(default 3.5" in text and "(default: 3.5)" not in text  # already said: not twice
 
 
 # -- 5. messages -----------------------------------------------------------------------------------------------------

@@ -262,7 +262,11 @@ def test_commands_registered_and_parse():
     parser = argparse.ArgumentParser()
     cmd.add_parser(parser.add_subparsers(dest="command"))
     a = parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--img2img-strength", "0.5"])
-    assert a.func is cmd.run and a.samples == 16 and a.steps == 20 and a.guidance == 3.5
+    d = cmd.generator_defaults(a)  # no --generator yet: VD's defaults until the run picks its generator
+    assert a.func is cmd.run and d["samples"] == 16 and d["steps"] == 20 and d["guidance"] == 3.5
+    u = cmd.generator_defaults(parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--generator",
+                                                  "unclip-sdxl", "--steps", "7"]))
+    assert u == {"samples": 1, "steps": 7, "guidance": 5.0, "img2img_strength": 0.0, "prior_steps": 20}
     assert a.img2img_strength == 0.5 and a.generator is None  # picked from the run's target space
     b = parser.parse_args(["reconstruct-blurry", "--run", "L", "--out", "B"])
     assert b.func is cmd.run_blurry

@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "train",
     "evaluate",
     "reconstruct",
+    "refine",
     "index",
     "retrieve",
     "report",

@@ -40,6 +40,7 @@ class DataConfig:
     train_images: int | None = None  # use a seeded random subset of N of the store's train images (learning curves); null = all
     train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
     n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)
+    test_average: Literal["inputs", "outputs"] = "inputs"  # averaged test: mean of the repetitions' voxels (MindEye1) or of the model's outputs on each, padded to three (MindEye2 recon_inference.ipynb)
 
 
 @dataclass

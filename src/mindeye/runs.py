@@ -309,7 +309,13 @@ def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore)
 @torch.no_grad()
 def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
                  which: str = "projector") -> torch.Tensor:
-    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
+    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU.
+
+    ``voxels`` (M, R, V), repetitions side by side (``data.test_average: outputs``): the mean of the
+    outputs on each repetition (MindEye2's test protocol)."""
+    if voxels.ndim == 3:
+        reps = [embed_voxels(model, voxels[:, r], device, batch_size, which) for r in range(voxels.shape[1])]
+        return torch.stack(reps).mean(0)
     was_training = model.training
     model.eval()
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mindeye.devices import resolve_device
-from mindeye.encoders import clip, effnet_lite, standins, vae, vicregl
+from mindeye.encoders import clip, effnet_lite, openclip, standins, vae, vicregl
 from mindeye.encoders.base import ImageEncoder, make_fingerprint
 from mindeye.encoders.catalog import ENCODER_SUMMARIES as SUMMARIES
 from mindeye.errors import MindEyeError
@@ -87,6 +87,14 @@ ENCODERS: dict[str, EncoderSpec] = {
             effnet_lite.build_encoder,
             effnet_lite.encoder_weights_id,
             effnet_lite.describe,
+        ),
+        EncoderSpec(
+            "openclip-vit-bigg14-tokens",
+            SUMMARIES["openclip-vit-bigg14-tokens"],
+            openclip.DEFAULT_WEIGHTS,
+            openclip.build,
+            openclip.weights_id,
+            openclip.describe,
         ),
         _standin_spec("standin-clip-hidden", SUMMARIES["standin-clip-hidden"]),
         _standin_spec("standin-clip-final", SUMMARIES["standin-clip-final"]),

@@ -65,6 +65,12 @@ class GeneratorSpec:
     # UniPC's last step: "sigma_min" ends at t = 0 (sigma ~ 0.029), as the authors' diffusers 0.13 loop did;
     # "zero" ends at sigma = 0 (diffusers' default since 0.2x).
     final_sigmas: str = "zero"
+    # "module:function" of a generator that lives in a module of its own (it subclasses ImageGenerator, so
+    # this module cannot import it): called as function(weights, device, dtype, random_init=...).
+    loader: str = ""
+    # reconstruction settings this generator's authors used, where they differ from ReconstructSettings'
+    # (Versatile Diffusion's); `mindeye reconstruct` applies them unless the flag is given
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 GENERATORS: dict[str, GeneratorSpec] = {
@@ -79,6 +85,15 @@ GENERATORS: dict[str, GeneratorSpec] = {
         (1, 768), 1.0, "Stable Diffusion Image Variations (final-layer 1x768 CLIP embedding; paper A.7)",
         "Download it with `hf download lambdalabs/sd-image-variations-diffusers --include 'unet/*' "
         "--include 'vae/*' --include 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+    ),
+    "unclip-sdxl": GeneratorSpec(  # MindEye2's; loaded and sampled by mindeye.inference.unclip_sdxl
+        "unclip-sdxl", None, "", "openclip-vit-bigg14-tokens", (256, 1664), 1.0,
+        "MindEye2's unCLIP fine-tune of SDXL (authors' sgm checkpoint, 256 x 1664 bigG image tokens), 768 px",
+        "Download it with `hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt --repo-type dataset "
+        "--local-dir DIR` on a machine with network access.", loader="mindeye.inference.unclip_sdxl:load_unclip_sdxl",
+        # recon_inference.ipynb: one sample per image (no best-of), 38 Euler steps, CFG 5 (unclip6.yaml), pure
+        # noise start (no img2img), prior p_sample_loop(timesteps=20)
+        defaults={"samples": 1, "steps": 38, "guidance": 5.0, "img2img_strength": 0.0, "prior_steps": 20},
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
@@ -340,6 +355,11 @@ def load_generator(
     dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
     if spec.name == "demo-latent-diffusion":
         return load_demo_generator(weights, device)
+    if spec.loader:
+        import importlib
+
+        module, function = spec.loader.split(":")
+        return getattr(importlib.import_module(module), function)(weights, device, dtype, random_init=random_init)
     if random_init:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**SD_UNET_CONFIG)
