@@ -83,10 +83,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mindeye.devices import resolve_device
+    from mindeye.inference.generators import generator_for
     from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_run
     from mindeye.runs import read_run
-
-    from mindeye.inference.generators import generator_for
 
     cfg, _ = read_run(args.run)
     if args.generator is None:  # the generator conditioned on the run's target space (None: reconstruct_run explains)
