@@ -375,3 +375,11 @@ def test_renders_in_headless_chromium(exp, tmp_path):
     subprocess.run([*cmd[:-2], "--window-size=1280,3000", f"--screenshot={shot}", exp["page"].as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_no_brain_map_without_a_mask(exp):
+    """The simulated store keeps no brain mask: no glass-brain figure, no section, no error."""
+    assert exp["store"].mask_path is None
+    assert 'id="brain"' not in exp["html"] and "brain_map" not in exp["html"]
+    index = json.loads((exp["root"] / "figures" / "index.json").read_text())
+    assert "brain_map" not in [f["stem"] for f in index["figures"]]

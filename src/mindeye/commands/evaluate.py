@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mindeye.commands.options import add_data, add_device, add_out
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="bootstrap resamples for the N-way and in-/out-of-distribution CIs (default 1000)")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
+    add_progress(r)
     r.set_defaults(func=run_retrieval)
     try:
         from mindeye.commands.evaluate_recon import add_recon_parser

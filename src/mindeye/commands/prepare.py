@@ -1,11 +1,10 @@
-"""`mindeye prepare {arrays,nsd,webdataset}`: turn a dataset into a subject store."""
+"""`mindeye prepare {arrays,nifti,nsd,webdataset}`: turn a dataset into a subject store."""
 
 from __future__ import annotations
 
 import argparse
 
-from mindeye.commands.options import add_out
-from mindeye.data.arrays import prepare_arrays
+from mindeye.commands.options import add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "cohort (letters, digits, '-', '_'; default 1)")
     a.add_argument("--source-name", default="arrays", help="dataset name recorded in the metadata")
     a.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    add_progress(a)
     a.set_defaults(func=run_arrays)
     add_split_parser(psub)
+    from mindeye.commands.prepare_nifti import add_nifti_parser
+
+    add_nifti_parser(psub)
     try:
         from mindeye.commands.prepare_nsd import add_prepare_parsers
     except ModuleNotFoundError as exc:
@@ -41,9 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_arrays(args: argparse.Namespace) -> int:
+    from mindeye.data.arrays import prepare_arrays
+
     out = prepare_arrays(args.voxels, args.images, args.trials, args.out, voxels_key=args.voxels_key,
                          zscore=args.zscore, image_size=args.image_size, voxel_dtype=args.voxel_dtype,
-                         source=args.source_name, subject=args.subject, overwrite=args.overwrite)
+                         source=args.source_name, subject=args.subject, overwrite=args.overwrite,
+                         progress=not args.no_progress)
     print(f"wrote subject store {out}")
     return 0
 

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from mindeye.config import load_config
-from mindeye.errors import MindEyeError
-from mindeye.models.factory import build_model, parameter_counts
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="print parameter counts per module for a config",
@@ -24,6 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def summary_counts(cfg, n_voxels: int) -> dict[str, int]:
+    import torch
+
+    from mindeye.models.factory import build_model, parameter_counts
+
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     counts = parameter_counts(model)
     if cfg.model.kind == "mindeye" and getattr(model, "prior", None) is not None:
@@ -32,6 +30,9 @@ def summary_counts(cfg, n_voxels: int) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.config import load_config
+    from mindeye.errors import MindEyeError
+
     cfg = load_config(args.config, args.overrides)
     n_voxels = args.n_voxels or cfg.data.n_voxels
     if n_voxels is None and cfg.data.store:

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mindeye import __version__
 from mindeye.data.store import SubjectStore, file_sha256
@@ -41,6 +40,7 @@ from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
 from mindeye.utils.files import write_json_atomic
 from mindeye.utils.locks import FileLock
+from mindeye.utils.logs import progress_bar
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -248,7 +248,7 @@ def _embed_locked(store: SubjectStore, enc: ImageEncoder, out: Path, fingerprint
     n_views = manifest["views"]
     seed = (manifest["augmentation"] or {}).get("seed", views_seed)
     done = min(manifest["chunks_done"] * chunk_size, n) + n_views * min(manifest["view_chunks_done"] * chunk_size, n)
-    bar = tqdm(total=n * (1 + n_views), initial=done, unit="img", desc=f"embed {enc.name}", disable=not progress,
+    bar = progress_bar(total=n * (1 + n_views), initial=done, unit="img", desc=f"embed {enc.name}", disable=not progress,
                dynamic_ncols=True)
     try:
         for c in range(chunks):

@@ -31,7 +31,8 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     if cfg.model.kind == "lowlevel":
         raise MindEyeError("retrieval evaluation needs a high-level (mindeye) or ridge run, not a low-level one")
     mode = mode or cfg.data.test_mode
-    test = load_eval_split(subject, subject.image_indices("test"), mode, cfg.data.test_repetitions)
+    test = load_eval_split(subject, subject.image_indices("test"), mode, cfg.data.test_repetitions,
+                           average=cfg.data.test_average)
     if len(test) < 2:
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
     require_finite(test.voxels, f"test voxels of {subject.path}",
