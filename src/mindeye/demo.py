@@ -223,7 +223,11 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
         _done(t0)
 
     # 4. retrieval
-    t0 = _step("retrieval evaluation (300-way, both directions, 30 draws)")
+    from mindeye.data.store import SubjectStore
+
+    eval_cfg = _model_config(high_cfg_path, demo).eval  # the pool actually used: a 60-image store is 60-way
+    pool = min(eval_cfg.pool, len(SubjectStore(store).image_indices("test")))
+    t0 = _step(f"retrieval evaluation ({pool}-way, both directions, {eval_cfg.draws} draws)")
     retrieval = [evaluate_retrieval(runs / "highlevel", device=device)]
     if ridge_cfg_path:
         retrieval.append(evaluate_retrieval(runs / "ridge", device=device))

@@ -351,6 +351,19 @@ def _cache_note(directory: Path) -> str:
     return ""
 
 
+def data_root(path: str | Path) -> Path:
+    """The directory holding a store's data files: the store itself, or for a store view the store it is a
+    view of (followed through meta.json's ``view_of``, without opening the arrays)."""
+    path = Path(path)
+    try:
+        parent = json.loads((path / "meta.json").read_text()).get("view_of")
+    except (OSError, ValueError, AttributeError):
+        return path
+    if not parent:
+        return path
+    parent = Path(parent)
+    return data_root(parent if parent.is_absolute() else path / parent)
+
 @dataclass(repr=False)
 class VoxelSplit:
     """Voxel rows of one split of a store (``SubjectStore.train_split()`` / ``test_split()``)."""
@@ -400,12 +413,19 @@ class SubjectStore:
                 f"{self.path} was written in store format version {version}, newer than this mindeye "
                 f"({__version__}) reads (version {FORMAT_VERSION}); upgrade mindeye (pip install -U mindeye)"
             )
+        # A store VIEW (docs/subject-store.md#store-views) holds only its own trials.csv / images.csv (other
+        # splits) and reads voxels, images and target caches from the store it is a view of.
+        self.view: dict[str, Any] | None = None
+        self.data_path = self.path  # the directory holding voxels.npy, images.npy and targets/
+        if "view_of" in self.meta:
+            self._open_view()
         for name in _DATA_FILES:
-            if not (self.path / name).exists():
-                raise MindEyeError(f"{self.path} is incomplete: {name} is missing; prepare the store again")
+            folder = self.path if name.endswith(".csv") else self.data_path
+            if not (folder / name).exists():
+                raise MindEyeError(f"{folder} is incomplete: {name} is missing; prepare the store again")
         try:
-            self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
-            self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
+            self.voxels: np.ndarray = np.load(self.data_path / "voxels.npy", mmap_mode="r")
+            self.images: np.ndarray = np.load(self.data_path / "images.npy", mmap_mode="r")
         except NPY_LOAD_ERRORS as exc:  # a damaged header fails to parse
             raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({npy_error(exc)}); "
                                "the store is damaged: prepare it again") from None
@@ -437,6 +457,40 @@ class SubjectStore:
                 f"{self.path} is inconsistent: {len(self.trials)} trial rows for {self.voxels.shape[0]} voxel "
                 f"rows, {len(self.image_ids)} image rows for {self.images.shape[0]} images; prepare the store again"
             )
+
+        if self.view is not None and self.image_ids != self._parent_image_ids:
+            raise MindEyeError(f"{self.path}/images.csv does not list the images of {self.data_path} in the same "
+                               "order; the view is damaged or its store was re-prepared: write the view again")
+
+    def _open_view(self) -> None:
+        """Read a view's meta.json: the parent store's facts, this view's splits (see views.py)."""
+        view_meta = self.meta
+        parent_path = Path(view_meta["view_of"])
+        if not parent_path.is_absolute():
+            parent_path = self.path / parent_path
+        if not (parent_path / "meta.json").exists():
+            raise MindEyeError(f"{self.path} is a view of the store {parent_path}, which is not there (moved or "
+                               f"deleted); restore it, or write the view again from its new location")
+        parent = SubjectStore(parent_path)
+        recorded = (view_meta.get("view") or {}).get("parent_voxels_sha256")
+        now = (parent.meta.get("checksums") or {}).get("voxels.npy")
+        if recorded and now and recorded != now:
+            raise MindEyeError(f"{self.path} was written from another version of {parent_path} (its voxels "
+                               "changed since); write the view again")
+        self.view = dict(view_meta.get("view") or {})
+        self.data_path = parent.data_path
+        self._parent_image_ids = parent.image_ids
+        self.meta = {**parent.meta, "view_of": str(parent_path), "view": self.view,
+                     "checksums": {**(parent.meta.get("checksums") or {}), **(self.view.get("checksums") or {})}}
+
+    def test_groups(self, image_index: np.ndarray) -> dict[str, np.ndarray] | None:
+        """For a category-disjoint view: {"in-distribution": mask, "out-of-distribution": mask} over
+        ``image_index`` (test images), else None. OOD images belong to clusters held out of training."""
+        held = (self.view or {}).get("ood_images")
+        if held is None:
+            return None
+        ood = np.isin(np.asarray(image_index), np.asarray(held, dtype=np.int64))
+        return {"in-distribution": ~ood, "out-of-distribution": ood}
 
     # -- basic facts -------------------------------------------------------------------------
     @property
@@ -471,14 +525,15 @@ class SubjectStore:
     def verify_checksums(self) -> dict[str, bool | None]:
         """Per data file: True (matches meta.json), False (differs) or None (meta.json records no checksum)."""
         expected = self.meta.get("checksums") or {}
-        return {name: (file_sha256(self.path / name) == expected[name]) if expected.get(name) else None
+        folder = {name: self.path if name.endswith(".csv") else self.data_path for name in _DATA_FILES}
+        return {name: (file_sha256(folder[name] / name) == expected[name]) if expected.get(name) else None
                 for name in _DATA_FILES}
 
     # -- brain space (stores prepared from NIfTI) --------------------------------------------------
     @property
     def mask_path(self) -> Path | None:
         """The store's brain mask (``mask.nii.gz``), or None for stores without one (simulated, NSD, arrays)."""
-        path = self.path / MASK_FILE
+        path = self.data_path / MASK_FILE  # a store view's mask is its parent's
         return path if path.exists() else None
 
     def unmask(self, values: Any) -> Any:
@@ -619,6 +674,7 @@ class SubjectStore:
         lines = [
             f"subject store  {self.path}",
             f"  source       {self.meta.get('source', '?')}  subject {self.meta.get('subject', '?')}",
+            *([f"  view of      {self.data_path} ({self.view.get('description', 'other splits')})"] if self.view else []),
             f"  format       v{self.meta.get('format_version')} (written by mindeye "
             f"{self.meta.get('mindeye_version', '?')})",
             f"  trials       {self.n_trials}",
@@ -642,8 +698,8 @@ class SubjectStore:
             grid = (self.meta.get("mask") or {}).get("shape")
             lines.append(f"  brain mask   {MASK_FILE}" + (f" (grid {'x'.join(map(str, grid))})" if grid else ""))
         cached = [p.name + _cache_note(p)
-                  for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
-            if (self.path / "targets").exists() else []
+                  for p in sorted((self.data_path / "targets").glob("*")) if p.is_dir()] \
+            if (self.data_path / "targets").exists() else []
         lines.append(f"  targets      {', '.join(cached) if cached else 'none cached (run mindeye embed)'}")
         if check:
             res = self.verify_checksums()

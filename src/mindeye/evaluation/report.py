@@ -47,6 +47,13 @@ from mindeye.evaluation.report_data import (  # noqa: F401  (re-exported: the re
     umap_points,
     write_strips,
 )
+from mindeye.evaluation.report_sections import (
+    OOD_EXPLANATION,
+    ood_rows,
+    published_section,
+    table1_caption,
+    validation_axes,
+)
 from mindeye.evaluation.report_tables import (
     RETRIEVAL,
     assemble_rows,
@@ -223,8 +230,9 @@ def build_report(
         block["figures"].append(figs.line_chart(f"{stem}_loss_components", comps, "loss components", "step", "loss",
                                                 f"{r.role} run {r.name}: loss components"))
         if vals and max(len(v.x) for v in vals) > 1:
-            block["figures"].append(figs.line_chart(f"{stem}_validation", vals, "validation", "epoch", "value",
-                                                    f"{r.role} run {r.name}: validation metrics"))
+            vtitle, vlabel, vals = validation_axes(r, subject)  # real axis labels and the validation pool size
+            block["figures"].append(figs.line_chart(f"{stem}_validation", vals, vtitle, "epoch", vlabel,
+                                                    f"{r.role} run {r.name}: {vtitle}"))
         elif vals:  # one evaluation (e.g. the ridge): a line of numbers says more than a chart
             shown = ", ".join(f"{v.label} {v.y[0]:.3f}" for v in vals)
             block["notes"].append(f"validation (epoch {vals[0].x[0]}): {shown}")
@@ -328,7 +336,7 @@ def build_report(
     written: dict[str, list[str]] = {}
     for f in figures:
         written[f.stem] = [str(p.relative_to(folder)) for p in figs.save_figure(f, folder / "figures")]
-    tables = write_tables(rows, folder / "tables", "table1", caption=f"{title or high.name}: paper Table 1 layout")
+    tables = write_tables(rows, folder / "tables", "table1", caption=table1_caption(title or high.name, runs, subject))
     if offline_mrows:  # the substitute network's own table, never merged into Table 1
         from mindeye.evaluation.offline_net import offline_csv, offline_markdown
 
@@ -354,6 +362,8 @@ def build_report(
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
+        "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION,
+        "published": published_section(rows, meta, high.retrieval),
         "brain_figure": embed(brain_fig), "brain_note": brain_note,
     }
     context["build_seconds"] = f"{time.perf_counter() - t0:.1f}"
