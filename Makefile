@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch + torchvision first, with pip (these exact versions are on local disk here)
 	# --no-compile: byte-compiling every module took 40 of the 110 s for torch alone; Python compiles what it imports
 	$(PY) -m pip install -q --no-compile -c constraints.txt torch torchvision
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,index,report,offline]'
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,index,report,offline,nifti]'
 	touch $(STAMP)
 
 install: $(STAMP)

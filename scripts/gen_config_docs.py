@@ -92,7 +92,10 @@ A run is configured by one `Config` (src/mindeye/config.py), built in three laye
 
 1. the defaults below (the paper's / reference code's settings for NSD subject 1);
 2. a YAML file (a path, or a shipped config name such as `mindeye-subj01`) giving any subset of the keys,
-   nested by section, optionally starting from another file with `extends: <name-or-path>`;
+   nested by section, optionally starting from another file with `extends: <name-or-path>`. A bare name
+   (`demo`, `ridge`) is the shipped config even where a directory of that name exists (`--out demo`); a path
+   separator, a `.yaml`/`.yml` suffix or a leading `./` makes it a file path (`./ridge`, `my/ridge.yaml`);
+   inside a config file, a bare name next to that file wins;
 3. `--set KEY=VALUE` overrides with dotted keys, applied in order, e.g.
    `--set train.epochs=3 --set model.backbone.n_blocks=2 --set model.ridge.alphas=[1e3,1e4]`.
    VALUE is parsed as YAML (`null`, `true`, lists in brackets); numbers such as `3e-4` are accepted.

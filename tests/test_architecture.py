@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("mindeye.runs",),
     ("mindeye.metrics",),
     ("mindeye.training", "mindeye.inference"),
-    ("mindeye.pipeline",),
+    ("mindeye.pipeline", "mindeye.api"),
     ("mindeye.evaluation",),
     ("mindeye.commands", "mindeye.demo", "mindeye.shared_subject", "mindeye.cli", "mindeye.__main__"),
 ]

@@ -76,7 +76,7 @@ def test_demo_embeds_the_targets_its_overrides_ask_for(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def record(store, name, weights=None, device=None):
+    def record(store, name, weights=None, device=None, **options):
         embedded.append(name)
 
     def stop_training(*args, **kwargs):
@@ -84,6 +84,8 @@ def test_demo_embeds_the_targets_its_overrides_ask_for(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache, "embed_store", record)
     monkeypatch.setattr("mindeye.demo._train", stop_training)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "meta.json").write_text("{}")  # the demo checks its store exists before any work
     with pytest.raises(Stop):
         run_demo(tmp_path / "d", overrides=["store=" + str(tmp_path / "store"), "cpu_threads=null",
                                             "overrides=[targets.encoder=my-encoder]"])

@@ -134,7 +134,7 @@ def test_missing_weights_offline_names_model_source_and_option(tmp_path, monkeyp
         get_encoder("clip-vit-l14-hidden")
     msg = str(err.value)
     assert "clip-vit-l14-hidden" in msg and "openai/clip-vit-large-patch14" in msg
-    assert "huggingface-cli download" in msg and "--weights /path/to/local/copy" in msg
+    assert "hf download" in msg and "huggingface-cli" not in msg and "--weights /path/to/local/copy" in msg
     with pytest.raises(WeightsUnavailableError, match="sd-image-variations-diffusers"):
         get_encoder("sd-vae")
     with pytest.raises(WeightsUnavailableError, match="convnext_xlarge_alpha0.75_fullckpt.pth"):

@@ -364,7 +364,7 @@ def test_index_ids_location_outside_its_root_is_refused(tmp_path):
 def test_simulate_disk_full_does_not_promise_kept_work_or_resume(tmp_path, capsys, monkeypatch):
     import errno
 
-    import mindeye.commands.simulate as sim
+    import mindeye.data.simulate as sim  # the command imports it when it runs
 
     def full(out, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(out) + ".partial/voxels.npy")
@@ -508,9 +508,9 @@ def test_sigterm_is_handled_like_sigint(tmp_path):
 def test_reconstruct_refuses_fractional_image_index_and_nan_guidance(pipe):
     x = np.zeros((1, pipe.n_voxels), dtype=np.float32)
     with pytest.raises(MindEyeError, match="image_index must hold whole numbers"):
-        pipe.reconstruct(x, image_index=[0.5], samples=1, steps=1)
+        pipe.reconstruct(x, image_index=[0.5], samples=1, num_inference_steps=1)
     with pytest.raises(MindEyeError, match="guidance must be a finite number"):
-        pipe.reconstruct(x, guidance=float("nan"), samples=1, steps=1)
+        pipe.reconstruct(x, guidance_scale=float("nan"), samples=1, num_inference_steps=1)
 
 
 def test_names_cannot_break_the_markdown_table_or_inject_csv_formulas():

@@ -90,3 +90,17 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
           "--set", "model.prior.dim_head=16", "--no-progress"], work, env)
     assert (work / "run" / "model.safetensors").exists()
     assert json.loads((work / "run" / "run.json").read_text())["n_voxels"] == 600
+
+
+def test_license_file_matches_the_metadata():
+    """pyproject's SPDX licence is the LICENSE file's, the wheel ships that file, and the project has URLs."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    text = (root / "LICENSE").read_text()
+    assert project["license"] == "MIT" and text.startswith("MIT License")
+    assert "Permission is hereby granted, free of charge" in text and 'THE SOFTWARE IS PROVIDED "AS IS"' in text
+    assert project["license-files"] == ["LICENSE"]
+    urls = project["urls"]
+    assert {"Repository", "Issues", "Paper"} <= set(urls) and all(u.startswith("https://") for u in urls.values())

@@ -247,7 +247,9 @@ def test_missing_weights_name_model_id_and_flag(tmp_path, monkeypatch):
     with pytest.raises(WeightsUnavailableError) as err:
         load_generator("versatile-diffusion")
     msg = str(err.value)
-    assert "versatile-diffusion" in msg and "shi-labs/versatile-diffusion" in msg and "--weights" in msg
+    assert "versatile-diffusion" in msg and "shi-labs/versatile-diffusion" in msg
+    assert 'image_model_weights="/path/to/local/copy"' in msg  # Python's name; the CLI's, rendered there:
+    assert "--weights /path/to/local/copy" in err.value.render("cli")
     with pytest.raises(MindEyeError, match="unknown generator"):
         load_generator("dalle")
 
@@ -260,8 +262,12 @@ def test_commands_registered_and_parse():
     parser = argparse.ArgumentParser()
     cmd.add_parser(parser.add_subparsers(dest="command"))
     a = parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--img2img-strength", "0.5"])
-    assert a.func is cmd.run and a.samples == 16 and a.steps == 20 and a.guidance == 3.5
-    assert a.img2img_strength == 0.5 and a.generator == "versatile-diffusion"
+    d = cmd.generator_defaults(a)  # no --generator yet: VD's defaults until the run picks its generator
+    assert a.func is cmd.run and d["samples"] == 16 and d["steps"] == 20 and d["guidance"] == 3.5
+    u = cmd.generator_defaults(parser.parse_args(["reconstruct", "--run", "R", "--out", "O", "--generator",
+                                                  "unclip-sdxl", "--steps", "7"]))
+    assert u == {"samples": 1, "steps": 7, "guidance": 5.0, "img2img_strength": 0.0, "prior_steps": 20}
+    assert a.img2img_strength == 0.5 and a.generator is None  # picked from the run's target space
     b = parser.parse_args(["reconstruct-blurry", "--run", "L", "--out", "B"])
     assert b.func is cmd.run_blurry
 

@@ -149,7 +149,7 @@ def test_subject_is_required_and_listed(pretrained):
     from mindeye.evaluation.run_eval import evaluate_retrieval
 
     with pytest.raises(MindEyeError, match=r"trained on several subjects \(subj01, subj02, subj03\); say which one "
-                                           r"with --subject ID"):
+                                           r"with subject=ID"):
         mindeye.load_run(pretrained)
     with pytest.raises(MindEyeError, match=r"subject 'subj09' is not in .*; its subjects are subj01, subj02, subj03"):
         evaluate_retrieval(pretrained, device="cpu", subject="subj09", write=False)

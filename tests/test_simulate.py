@@ -226,12 +226,12 @@ def test_command_writes_a_store_and_refuses_to_clobber(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     simulate_cmd.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "sim"
-    args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--quiet"])
+    args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--no-progress"])
     assert args.func(args) == 0
     assert SubjectStore(out).meta["simulation"]["seed"] == 2
-    with pytest.raises(MindEyeError, match="--overwrite"):
+    with pytest.raises(MindEyeError, match="overwrite=True"):
         args.func(args)
-    args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--quiet",
+    args = parser.parse_args(["simulate", "--scale", "tiny", "--seed", "2", "--out", str(out), "--no-progress",
                               "--overwrite"])
     assert args.func(args) == 0
 

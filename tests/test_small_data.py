@@ -165,9 +165,10 @@ def test_train_cli_prints_the_size_aware_line(tiny_store, tmp_path, capsys):
     sets = sum((["--set", o] for o in [*TINY_HIGH, "train.epochs=1"]), [])
     rc = main(["train", "--config", "demo-highlevel", "--data", str(tiny_store), "--out", str(tmp_path / "run"),
                "--no-progress", "--device", "cpu", *sets, "--set", "model.ridge_residual=false"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0
-    line = next(x for x in out.splitlines() if x.startswith("size-aware defaults:"))
+    line = next(x for x in captured.err.splitlines() if x.startswith("size-aware defaults:"))  # a log line
     assert "240 training images (< 1000 for a mindeye run)" in line and "train.select_best=true" in line
     assert "kept your model.ridge_residual" in line
     info = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -218,7 +218,7 @@ def test_existing_output_directory(tmp_path):
     out = tmp_path / "S"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(MindEyeError, match=r"already exists; choose another --out path.*--overwrite"):
+    with pytest.raises(MindEyeError, match=r"already exists; choose another output path.*overwrite=True"):
         new_writer(out)
     assert (out / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "S.partial").exists()

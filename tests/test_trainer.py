@@ -83,7 +83,7 @@ def test_resume_matches_uninterrupted_run(tiny_store, tmp_path):
 def test_existing_run_needs_resume(tiny_store, tmp_path):
     cfg = _cfg("demo-highlevel.yaml", ["train.epochs=1", "train.max_steps=1"])
     Trainer(cfg, tmp_path / "r", store=tiny_store, device="cpu", progress=False).fit()
-    with pytest.raises(MindEyeError, match="--resume"):
+    with pytest.raises(MindEyeError, match="resume=True"):
         Trainer(cfg, tmp_path / "r", store=tiny_store, device="cpu", progress=False)
 
 

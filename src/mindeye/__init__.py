@@ -9,6 +9,8 @@ _API = {
     "MindEyePipeline": "mindeye.pipeline", "Embeddings": "mindeye.pipeline", "Ranking": "mindeye.pipeline",
     "Retrieval": "mindeye.pipeline", "Reconstruction": "mindeye.pipeline", "save_images": "mindeye.pipeline",
     "MindEyeError": "mindeye.errors",
+    "make_image_grid": "mindeye.pipeline", "train": "mindeye.api", "load_store": "mindeye.api",
+    "embed": "mindeye.api", "simulate": "mindeye.api", "SubjectStore": "mindeye.data.store",
 }
 __all__ = ["__version__", *_API]
 

@@ -40,6 +40,7 @@ class DataConfig:
     train_images: int | None = None  # use a seeded random subset of N of the store's train images (learning curves); null = all
     train_on_val: bool = True  # also train on the validation images (authors: num_train = 8559 + 300)
     n_voxels: int | None = None  # for `mindeye summary` without a store (subj01: 15724)
+    test_average: Literal["inputs", "outputs"] = "inputs"  # averaged test: mean of the repetitions' voxels (MindEye1) or of the model's outputs on each, padded to three (MindEye2 recon_inference.ipynb)
 
 
 @dataclass
@@ -403,20 +404,33 @@ def shipped_config_names() -> list[str]:
                   for p in SHIPPED_CONFIG_DIR.rglob("*.yaml"))
 
 
+def looks_like_path(path: str | Path) -> bool:
+    """Whether a config argument clearly names a file, not a shipped config: it has a path separator
+    (``./demo``, ``runs/x``), a ``.yaml``/``.yml`` suffix, or is absolute."""
+    text = str(path)
+    return (Path(text).is_absolute() or "/" in text or "\\" in text
+            or text.lower().endswith((".yaml", ".yml")))
+
+
 def resolve_config_path(path: str | Path, base: Path | None = None) -> Path:
-    """A config file path: an existing path as given (or relative to ``base``), else a shipped config name."""
+    """A config file. A bare name (``demo``, ``mindeye-subj01``) is a shipped config first, so a run or output
+    directory named like a config (``--out demo``) never hides it; a path (see :func:`looks_like_path`) is the
+    file first. Inside a config (``base``: the directory of the file naming it) a file next to it wins. Only
+    files match, never directories."""
     p = Path(path)
-    if p.is_dir():
-        raise MindEyeError(f"config {path} is a directory; give a YAML file or a shipped config name, "
-                           "e.g. demo-highlevel")
-    # Relative paths inside a config (``extends``, the demo's model configs) are relative to that file.
-    candidates = [p] if p.is_absolute() else [*([base / p, base / p.with_name(p.name + ".yaml")] if base is not None else []), p]
-    if not p.is_absolute():
+    local = [p] if p.is_absolute() else [*([base / p, base / p.with_name(p.name + ".yaml")] if base is not None else []), p]
+    shipped = []
+    if not p.is_absolute() and not str(path).startswith(("./", "../", ".\\", "..\\")):  # `./x`: that file only
         name = p.as_posix().removeprefix("configs/")  # old `configs/x.yaml` spellings still resolve
-        candidates += [SHIPPED_CONFIG_DIR / name, SHIPPED_CONFIG_DIR / (name + ".yaml")]
+        shipped = [SHIPPED_CONFIG_DIR / name, SHIPPED_CONFIG_DIR / (name + ".yaml")]
+    name_first = base is None and not looks_like_path(path)
+    candidates = [*shipped, *local] if name_first else [*local, *shipped]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if p.is_dir():
+        raise MindEyeError(f"config {path} is a directory, not a YAML file or a shipped config name; shipped "
+                           f"configs: {', '.join(shipped_config_names())}")
     raise MindEyeError(f"config {path} not found: it is neither a file nor a shipped config name; shipped "
                        f"configs: {', '.join(shipped_config_names())}")
 

@@ -31,3 +31,5 @@ VIT_L14_VISION_CONFIG: dict[str, Any] = {
 
 # nsdgeneral voxel counts of the NSD subjects (1.8 mm func space), as used by the authors' checkpoints.
 NSDGENERAL_VOXELS = {1: 15724, 2: 14278, 3: 15226, 4: 13153, 5: 13039, 6: 17907, 7: 12682, 8: 14386}
+# NSD betas version prepared by default (a directory under nsddata_betas/ppdata/subjXX/func1pt8mm/).
+DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"

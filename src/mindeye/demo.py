@@ -9,6 +9,7 @@ store, CLIP ViT-L/14, SD VAE, Versatile Diffusion) on a GPU.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,9 @@ import torch
 
 from mindeye.config import SHIPPED_CONFIG_DIR, load_config, resolve_config_path
 from mindeye.errors import MindEyeError
+from mindeye.utils.logs import configure_logging
+
+log = logging.getLogger(__name__)  # stage lines; results and tables are printed
 
 
 @dataclass
@@ -51,6 +55,7 @@ class DemoConfig:
     offline_net: bool = True
     overrides: list[str] = field(default_factory=list)  # --set overrides applied to all three model configs
     report_umap: bool = True  # include the UMAP figure (paper Figure 9) in report.html
+    progress: bool = True  # progress bars (the CLI: off without a terminal, with --no-progress or -q)
     cpu_threads: int | None = 1  # torch threads on a CPU (1: small models run far faster without contention)
     # On a CPU with >= 2 cores, train the low-level model and run the EfficientNet-Lite0 target run
     # (embedding + training) in processes of their own beside the high-level training (each on
@@ -69,13 +74,25 @@ def load_demo_config(path: str | Path | None, overrides: list[str] | None = None
     return load_config(path, overrides, cls=DemoConfig), path.resolve().parent
 
 
+def _demo_device(demo: DemoConfig) -> str:
+    """The demo config's ``device``, resolved; `mindeye demo` has no --device, so its errors name --set."""
+    from mindeye.devices import resolve_device
+
+    try:
+        return resolve_device(demo.device)
+    except MindEyeError as exc:
+        reason = str(exc).split(";")[0].replace(f"--device {demo.device!r} ", "").replace(f"--device {demo.device} ", "")
+        raise MindEyeError(f"device: {demo.device} (from the demo config): {reason}; pass --set device=cpu "
+                           "(or --set device=auto: a GPU when there is one)") from None
+
+
 def _step(title: str) -> float:
-    print(f"\n== {title}", flush=True)
+    log.info(f"\n== {title}")
     return time.perf_counter()
 
 
 def _done(t0: float) -> None:
-    print(f"   ({time.perf_counter() - t0:.1f} s)", flush=True)
+    log.info(f"   ({time.perf_counter() - t0:.1f} s)")
 
 
 def _model_config(config_path: Path, demo: DemoConfig, store: Path | None = None) -> Any:
@@ -87,29 +104,41 @@ def _model_config(config_path: Path, demo: DemoConfig, store: Path | None = None
 
     cfg, line = sized_config(config_path, [f"seed={demo.seed}", *demo.overrides], store)
     if line:
-        print(f"   {line}")
+        log.info(f"   {line}")
     return cfg
 
 
-def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig, progress: bool = True) -> dict[str, Any]:
+def _train(config_path: Path, run: Path, store: Path, demo: DemoConfig, progress: bool | None = None) -> dict[str, Any]:
     from mindeye.training.trainer import Trainer
 
     cfg = _model_config(config_path, demo, store)
     if (run / "model.safetensors").exists() and cfg.model.kind == "ridge":
-        print(f"   {run} already trained")
+        log.info(f"   {run} already trained")
         return {}
     resume = (run / "checkpoint").exists()
-    return Trainer(cfg, run, store=store, device=demo.device, resume=resume, progress=progress).fit()
+    return Trainer(cfg, run, store=store, device=demo.device, resume=resume,
+                   progress=demo.progress if progress is None else progress).fit()
 
 
-def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[str] | None = None) -> dict:
+def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[str] | None = None,
+             progress: bool | None = None) -> dict:
+    """``progress``: progress bars (None: the config's ``progress``)."""
+    from dataclasses import replace
+
     from mindeye.encoders.cache import embed_store
 
     demo, base = load_demo_config(config, overrides)
+    if progress is not None:
+        demo = replace(demo, progress=progress)
     if demo.cpu_threads and not torch.cuda.is_available():
         # Two OpenMP threads on a 2-core machine that is doing anything else run these small
         # models up to 10x slower than one thread (measured: 2.9 s vs 0.26 s per step).
         torch.set_num_threads(demo.cpu_threads)
+    device = _demo_device(demo)  # checked before anything is created
+    if demo.store and not (Path(demo.store) / "meta.json").is_file():
+        raise MindEyeError(f"store: {demo.store} (from the demo config) is not a subject store; prepare one "
+                           "(e.g. `mindeye prepare nsd --nsd-root DIR --subject 1 --out stores/subj01`) and pass "
+                           "--set store=stores/subj01")
     if not demo.store:
         from mindeye.data.simulate import SCALES
 
@@ -129,11 +158,11 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
         store = out / "store"
         t0 = _step(f"simulate the '{demo.scale}' subject -> {store}")
         if (store / "meta.json").exists():
-            print("   already simulated")
+            log.info("   already simulated")
         else:
             from mindeye.data.simulate import simulate_subject
 
-            simulate_subject(store, scale=demo.scale, seed=demo.seed)
+            simulate_subject(store, scale=demo.scale, seed=demo.seed, progress=demo.progress)
         _done(t0)
 
     # 2. targets, computed once per encoder
@@ -144,13 +173,11 @@ def run_demo(out: str | Path, config: str | Path | None = None, overrides: list[
     wanted = {(high.targets.encoder, high.targets.weights), (low.targets.lowlevel_encoder, low.targets.lowlevel_weights)}
     if low.train.lowlevel_contrastive_weight > 0:
         wanted.add((low.targets.teacher_encoder, low.targets.teacher_weights))
-    from mindeye.devices import resolve_device
-
-    device = resolve_device(demo.device)
     from mindeye.encoders.targets import target_options
 
     for name, weights in sorted(wanted, key=lambda x: x[0]):
-        embed_store(store, name, weights=weights, device=device, **target_options(high, name))
+        embed_store(store, name, weights=weights, device=device, progress=demo.progress,
+                    **target_options(high, name))
     _done(t0)
 
     # 3. training
@@ -196,7 +223,11 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
         _done(t0)
 
     # 4. retrieval
-    t0 = _step("retrieval evaluation (300-way, both directions, 30 draws)")
+    from mindeye.data.store import SubjectStore
+
+    eval_cfg = _model_config(high_cfg_path, demo).eval  # the pool actually used: a 60-image store is 60-way
+    pool = min(eval_cfg.pool, len(SubjectStore(store).image_indices("test")))
+    t0 = _step(f"retrieval evaluation ({pool}-way, both directions, {eval_cfg.draws} draws)")
     retrieval = [evaluate_retrieval(runs / "highlevel", device=device)]
     if ridge_cfg_path:
         retrieval.append(evaluate_retrieval(runs / "ridge", device=device))
@@ -224,7 +255,7 @@ def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, 
     t0 = _step("high-level model on EfficientNet-Lite0 targets (offline substitute; retrieval only)")
     missing = available()
     if missing is not None:
-        print(f"   skipped: {missing}")
+        log.info(f"   skipped: {missing}")
         results["offline_target"] = {"skipped": missing}
         return
     retrieval = _offline_target_run(demo, store, runs, device)
@@ -232,14 +263,15 @@ def _stage_offline_target(demo: DemoConfig, out: Path, store: Path, runs: Path, 
     _done(t0)
 
 
-def _offline_target_run(demo: DemoConfig, store: Path, runs: Path, device: str, progress: bool = True) -> dict:
+def _offline_target_run(demo: DemoConfig, store: Path, runs: Path, device: str, progress: bool | None = None) -> dict:
     """Embed the EfficientNet-Lite0 targets, train the second high-level run on them, evaluate its retrieval."""
     from mindeye.encoders.cache import embed_store
     from mindeye.evaluation.run_eval import evaluate_retrieval
 
     cfg_path = _resolve(demo.offline_target_config, SHIPPED_CONFIG_DIR)
     cfg = _model_config(cfg_path, demo)
-    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device, progress=progress)
+    embed_store(store, cfg.targets.encoder, weights=cfg.targets.weights, device=device,
+                progress=demo.progress if progress is None else progress)
     _train(cfg_path, runs / "highlevel-effnet", store, demo, progress=progress)
     return evaluate_retrieval(runs / "highlevel-effnet", device=device)
 
@@ -273,13 +305,14 @@ def _start_train_lane(demo: DemoConfig, cfg_path: Path, run: Path, store: Path, 
 
     if not _lanes_enabled(demo, device):
         return None
-    log, result = out / f"{run.name}-train.log", out / f"{run.name}-train.json"
+    log_file, result = out / f"{run.name}-train.log", out / f"{run.name}-train.json"
     result.unlink(missing_ok=True)
-    print(f"\n== started in its own process: train {title} (log: {log})", flush=True)
+    log.info(f"\n== started in its own process: train {title} (log: {log_file})")
     lane = multiprocessing.get_context("spawn").Process(
-        target=_train_lane_main, args=(demo, str(cfg_path), str(run), str(store), str(log), str(result)), daemon=True)
+        target=_train_lane_main, args=(demo, str(cfg_path), str(run), str(store), str(log_file), str(result)),
+        daemon=True)
     lane.start()
-    lane.t0, lane.title, lane.log, lane.result = time.perf_counter(), title, log, result
+    lane.t0, lane.title, lane.log, lane.result = time.perf_counter(), title, log_file, result
     return lane
 
 
@@ -291,7 +324,8 @@ def _train_lane_main(demo: DemoConfig, cfg_path: str, run: str, store: str, log_
 
     if demo.cpu_threads:
         torch.set_num_threads(demo.cpu_threads)
-    with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open(log_path, "w") as log_file, contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+        configure_logging()  # this process's epoch lines go to its log file
         try:
             _train(Path(cfg_path), Path(run), Path(store), demo, progress=False)
             write_json_atomic(Path(result), {"done": True})
@@ -307,7 +341,7 @@ def _join_train_lane(lane: Any, out: Path) -> None:
     if "error" in done:
         raise MindEyeError(f"training {lane.title} failed ({done['error']}); its log is {lane.log}. Re-run the "
                            "demo to resume it")
-    print(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
+    log.info(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
     _done(t0)
 
 
@@ -325,8 +359,7 @@ def _start_offline_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, de
     if not _lanes_enabled(demo, device) or not demo.offline_target_config or available() is not None:
         return None
     (out / LANE_RESULT).unlink(missing_ok=True)
-    print(f"\n== started in a second process: the EfficientNet-Lite0 target run (log: {out / LANE_LOG})",
-          flush=True)
+    log.info(f"\n== started in a second process: the EfficientNet-Lite0 target run (log: {out / LANE_LOG})")
     ctx = multiprocessing.get_context("spawn")
     highlevel_done = ctx.Event()
     lane = ctx.Process(target=_offline_lane_main, args=(demo, str(out), str(store), str(runs), device,
@@ -347,7 +380,9 @@ def _offline_lane_main(demo: DemoConfig, out: str, store: str, runs: str, device
 
     if demo.cpu_threads:
         torch.set_num_threads(demo.cpu_threads)
-    with open(Path(out) / LANE_LOG, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    with open(Path(out) / LANE_LOG, "w") as log_file, contextlib.redirect_stdout(log_file), \
+            contextlib.redirect_stderr(log_file):
+        configure_logging()  # this process's epoch lines go to its log file
         try:
             retrieval = _offline_target_run(demo, Path(store), Path(runs), device, progress=False)
             write_json_atomic(Path(out) / LANE_RESULT, {"retrieval": retrieval})
@@ -386,7 +421,7 @@ def _join_offline_lane(lane: Any, demo: DemoConfig, out: Path, runs: Path, resul
         raise MindEyeError(f"the EfficientNet-Lite0 target run failed ({lane_result['error']}); its log is "
                            f"{out / LANE_LOG}. Re-run the demo to resume, or --set offline_target_config=null "
                            "to skip it")
-    print(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
+    log.info(f"   (finished {time.perf_counter() - lane.t0:.0f} s after it started, beside the stages above)")
     _offline_semantics(lane_result["retrieval"], runs, results, device)
     _done(t0)
 
@@ -397,7 +432,7 @@ def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, res
 
     t0 = _step(f"blurry reconstructions (low-level run, first {demo.recon_limit or 'all'} test images)")
     reconstruct_blurry(runs / "lowlevel", out / "recons" / "blurry", store=store, device=device,
-                       limit=demo.recon_limit)
+                       limit=demo.recon_limit, progress=demo.progress)
     _done(t0)
     t0 = _step(f"reconstructions: prior -> {demo.generator} -> img2img {demo.img2img_strength} -> "
                f"best of {demo.samples}")
@@ -406,7 +441,7 @@ def _stage_reconstruct(demo: DemoConfig, out: Path, store: Path, runs: Path, res
                                    batch_brains=demo.batch_brains)
     reconstruct_run(runs / "highlevel", out / "recons" / "final", demo.generator, settings,
                     lowlevel=out / "recons" / "blurry", weights=demo.generator_weights, store=store,
-                    device=device, limit=demo.recon_limit)
+                    device=device, limit=demo.recon_limit, progress=demo.progress)
     results["reconstructions"] = {"blurry": str(out / "recons" / "blurry"), "final": str(out / "recons" / "final"),
                                   "generator": demo.generator}
     _done(t0)
@@ -421,7 +456,7 @@ def _stage_ridge_lowlevel(demo: DemoConfig, out: Path, store: Path, runs: Path, 
     t0 = _step("low-level ridge baseline (voxels -> VAE latent, closed form) and its blurry images")
     _train(_resolve(demo.ridge_lowlevel_config, SHIPPED_CONFIG_DIR), runs / "ridge-lowlevel", store, demo)
     reconstruct_blurry(runs / "ridge-lowlevel", out / "recons" / "blurry-ridge", store=store, device=device,
-                       limit=demo.recon_limit)
+                       limit=demo.recon_limit, progress=demo.progress)
     results.setdefault("reconstructions", {})["blurry_ridge"] = str(out / "recons" / "blurry-ridge")
     _done(t0)
 
@@ -439,7 +474,7 @@ def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results
         store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
         pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
         mean_row=False,  # the rows are two methods, not subjects of one
-        offline_net=demo.offline_net and offline)  # the real metric networks win when their weights are given
+        offline_net=demo.offline_net and offline, progress=demo.progress)  # the real metric networks win when their weights are given
     json_path, md_path = write_metrics(res, out / "metrics.json", title="mindeye demo")
     results["metrics"] = str(json_path)
     print(md_path.read_text())

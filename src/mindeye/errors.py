@@ -3,13 +3,38 @@
 Anything the user can fix (bad input, missing weights, an existing output directory)
 raises :class:`MindEyeError`. The CLI prints its message without a traceback and exits
 with status 2; library callers can catch it like any exception.
+
+One error, two renderings: a message names the option to change with :func:`option`, which
+``str(err)`` renders the way Python callers pass it (``device="cpu"``, ``overwrite=True``) and
+the CLI (``err.render("cli")``) as a flag (``--device cpu``, ``--overwrite``).
 """
+
+import re
+
+_OPTION = re.compile("\u27e8([^|\u27e9]*)\\|([^\u27e9]*)\u27e9")  # ⟨python|cli⟩, written by option()
+
+
+def option(python: str, cli: str) -> str:
+    """An option named in an error message: ``python`` as the API takes it (``overwrite=True``), ``cli`` as
+    the command line does (``--overwrite``); :meth:`MindEyeError.render` picks one."""
+    return f"\u27e8{python}|{cli}\u27e9"
 
 
 class MindEyeError(Exception):
     """An error caused by input the user controls; the message says what is wrong and how to fix it."""
 
     exit_code = 2
+
+    def render(self, context: str = "python") -> str:
+        """The message for a Python caller (``"python"``, what ``str()`` gives) or the command line (``"cli"``)."""
+        text = super().__str__()
+        return _OPTION.sub(lambda m: m.group(2 if context == "cli" else 1), text)
+
+    def __str__(self) -> str:
+        return self.render("python")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class WeightsUnavailableError(MindEyeError):

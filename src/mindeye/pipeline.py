@@ -1,10 +1,12 @@
 """``MindEyePipeline``: trained runs called on voxels in memory, the way a diffusers pipeline is called.
 
-    pipe = MindEyePipeline.from_run("runs/high", lowlevel="runs/low", generator="versatile-diffusion")
+    pipe = MindEyePipeline.from_run("runs/high", lowlevel="runs/low", image_model="versatile-diffusion")
+    pipe.to("cuda")                               # like a diffusers pipeline (torch_dtype= for the image model)
     emb = pipe.embed(voxels)                      # backbone / projector outputs as arrays
     hits = pipe.retrieve(voxels, candidates)      # ranked indices + cosines, both directions
     blurry = pipe.blurry(voxels)                  # uint8 low-level reconstructions
-    out = pipe.reconstruct(voxels, samples=16)    # best-of-N reconstructions, scores, seeds
+    out = pipe(voxels, samples=16, generator=torch.Generator().manual_seed(0))   # best-of-N reconstructions
+    make_image_grid(truth=seen, reconstruction=out)   # one PIL image: truth / blurry / reconstruction rows
 
 Voxels are numpy arrays or torch tensors of shape (n_samples, n_voxels) (or one sample (n_voxels,)),
 checked before any model runs. Nothing is written to disk unless asked (:func:`save_images`).
@@ -17,6 +19,8 @@ indices and settings, ``reconstruct`` returns exactly the images ``mindeye recon
 
 from __future__ import annotations
 
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,10 @@ from tqdm.auto import tqdm
 from mindeye.errors import MindEyeError
 from mindeye.runs import Run, load_run
 from mindeye.utils.images import float_to_uint8
+from mindeye.utils.reprs import describe
 
 
-@dataclass
+@dataclass(repr=False)
 class Embeddings:
     """Brain embeddings of n samples (float32)."""
 
@@ -43,16 +48,24 @@ class Embeddings:
         """What retrieval compares with image embeddings: the projector output, else the backbone's."""
         return self.projector if self.projector is not None else self.backbone
 
+    def __repr__(self) -> str:
+        return f"Embeddings(n={len(self.backbone)}, backbone={describe(self.backbone)}, " \
+               f"projector={describe(self.projector)})"
 
-@dataclass
+
+@dataclass(repr=False)
 class Ranking:
     """For each query (row), the best ``k`` items, best first."""
 
     indices: np.ndarray  # (queries, k) int64
     scores: np.ndarray  # (queries, k) float32 cosine similarities
 
+    def __repr__(self) -> str:
+        q, k = self.indices.shape
+        return f"Ranking(queries={q}, k={k}, indices={describe(self.indices)}, scores={describe(self.scores)})"
 
-@dataclass
+
+@dataclass(repr=False)
 class Retrieval:
     """Cosine retrieval between n brain samples and m candidate images, in both directions."""
 
@@ -60,29 +73,168 @@ class Retrieval:
     image_to_brain: Ranking  # per candidate image: brain samples (indices into voxels)
     similarity: np.ndarray  # (n, m) float32: cosine of brain sample i and candidate j
 
+    def __repr__(self) -> str:
+        n, m = self.similarity.shape
+        return f"Retrieval(brain_samples={n}, candidates={m}, k={self.brain_to_image.indices.shape[1]}, " \
+               f"similarity={describe(self.similarity)})"
 
-@dataclass
+
+@dataclass(repr=False)
 class Reconstruction:
-    """Best-of-N reconstructions of n brain samples."""
+    """Best-of-N reconstructions of n brain samples. Images are uint8 (n, H, W, 3) arrays by default;
+    with ``output_type="pil"`` lists of PIL images, with ``"pt"`` float (n, 3, H, W) tensors in [0, 1]."""
 
-    images: np.ndarray  # (n, H, W, 3) uint8: the chosen candidate of each sample
+    images: Any  # (n, H, W, 3) uint8: the chosen candidate of each sample
     chosen: np.ndarray  # (n,) int64: which of the N candidates was chosen
     scores: np.ndarray  # (n, N) float32: cosine of each candidate's CLIP embedding to the brain's
     seeds: np.ndarray  # (n,) int64: the seed of each sample's prior and generator noise
     image_index: np.ndarray  # (n,) int64: the index each seed was derived from
-    blurry: np.ndarray | None  # (n, h, w, 3) uint8: the img2img starting images; None = pure noise
-    candidates: np.ndarray | None  # (n, N, H, W, 3) uint8 with return_all=True
+    blurry: Any  # (n, h, w, 3) uint8: the img2img starting images; None = pure noise
+    candidates: Any  # (n, N, H, W, 3) uint8 with return_all=True (a list per sample for "pil")
     settings: dict[str, Any]  # the settings that made these images
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __repr__(self) -> str:
+        text = (f"Reconstruction(n={len(self.chosen)}, images={describe(self.images)}, "
+                f"samples={self.scores.shape[1] if self.scores.ndim == 2 else '?'}, "
+                f"blurry={describe(self.blurry)}, image_model={self.settings.get('generator')!r}, "
+                f"seed={self.settings.get('seed')})")
+        return text
 
 
 class _ArrayBlurry:
-    """In-memory blurry images keyed by the image index of each row (the BlurrySource protocol)."""
+    """In-memory blurry images keyed by the image index of each row (the BlurrySource protocol); with the
+    decoder's float images too (what `mindeye reconstruct` starts img2img from), when it made floats."""
 
-    def __init__(self, images: np.ndarray, image_index: np.ndarray) -> None:
-        self.images, self.row = images, {int(i): r for r, i in enumerate(image_index)}
+    def __init__(self, images: np.ndarray, image_index: np.ndarray, floats: torch.Tensor | None = None) -> None:
+        self.images, self.row, self.floats = images, {int(i): r for r, i in enumerate(image_index)}, floats
 
     def get(self, image_index: int) -> np.ndarray:
         return self.images[self.row[int(image_index)]]
+
+    def get_float(self, image_index: int) -> torch.Tensor | None:
+        return None if self.floats is None else self.floats[self.row[int(image_index)]]
+
+
+OUTPUT_TYPES = ("np", "pil", "pt")
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter / Colab kernel (where progress bars are widgets and on by default)."""
+    shell = sys.modules.get("IPython")
+    try:
+        ip = shell.get_ipython() if shell is not None else None
+    except Exception:  # noqa: BLE001 - any IPython oddity means "not a notebook"
+        return False
+    return ip is not None and type(ip).__name__ in ("ZMQInteractiveShell", "Shell")  # Shell: Google Colab
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return in_notebook() if progress is None else bool(progress)
+
+
+def _check_output_type(output_type: str) -> str:
+    if output_type not in OUTPUT_TYPES:
+        raise MindEyeError(f'output_type must be "np" (uint8 arrays), "pil" (PIL images) or "pt" (float tensors), '
+                           f"got {output_type!r}")
+    return output_type
+
+
+def convert_images(images: np.ndarray | None, output_type: str) -> Any:
+    """uint8 (..., H, W, 3) -> the same (``"np"``), nested lists of PIL images (``"pil"``) or float tensors
+    (..., 3, H, W) in [0, 1] (``"pt"``)."""
+    if images is None or output_type == "np":
+        return images
+    if output_type == "pt":
+        return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 255
+    from PIL import Image
+
+    if images.ndim == 3:
+        return Image.fromarray(images)
+    return [convert_images(x, "pil") for x in images]
+
+
+def _renamed(kwargs: dict[str, Any], names: dict[str, str], where: str) -> dict[str, Any]:
+    """Old keyword arguments under their new names, each with a DeprecationWarning; unknown ones are errors."""
+    out = {}
+    for old, value in kwargs.items():
+        if old not in names:
+            raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
+        warnings.warn(f"{where}({old}=...) is deprecated and will be removed in the next release; use "
+                      f"{names[old]}=...", DeprecationWarning, stacklevel=3)
+        out[names[old]] = value
+    return out
+
+
+def _set(name: str, value: Any, default: Any, renamed: dict[str, Any]) -> Any:
+    if name not in renamed:
+        return value
+    if value is not default:
+        raise MindEyeError(f"{name}= and its old name were both given; pass {name}= only")
+    return renamed[name]
+
+
+def _grid_row(images: Any, what: str) -> list[np.ndarray]:
+    """uint8 (n, H, W, 3) / float (n, 3, H, W) or (n, H, W, 3) in [0, 1] / a list of PIL images -> uint8 arrays."""
+    if isinstance(images, Reconstruction):
+        images = images.images
+    if isinstance(images, list | tuple):
+        return [np.asarray(im.convert("RGB")) if hasattr(im, "convert") else as_images(np.asarray(im)[None], what)[0]
+                for im in images]
+    x = _as_array(images, what)
+    if isinstance(x, torch.Tensor):
+        x = x.cpu()
+        if x.is_floating_point():
+            x = x if x.shape[-1] == 3 else x.movedim(-3, -1)
+            x = x.float().clamp(0, 1).mul(255).round().to(torch.uint8)
+        x = x.numpy()
+    elif x.dtype.kind == "f":
+        x = np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+    return list(as_images(x, what))
+
+
+def make_image_grid(truth: Any = None, blurry: Any = None, reconstruction: Any = None, retrieved: Any = None, *,
+                    rows: dict[str, Any] | None = None, size: int = 128, labels: bool = True, gap: int = 2) -> Any:
+    """One PIL image: a row per kind (truth / blurry / reconstruction / retrieved, then ``rows``), a column per
+    brain sample, every image resized to ``size`` x ``size``; rows left out (None) are skipped.
+
+    Each row: uint8 (n, H, W, 3) images, float images in [0, 1] ((n, 3, H, W) tensors or (n, H, W, 3)
+    arrays), or a list of PIL images. A :class:`Reconstruction` passed as ``reconstruction`` also fills
+    the blurry row with its img2img starting images unless ``blurry`` is given.
+    """
+    from PIL import Image, ImageDraw
+
+    if isinstance(reconstruction, Reconstruction) and blurry is None and reconstruction.blurry is not None:
+        blurry = reconstruction.blurry
+    named = {"truth": truth, "blurry": blurry, "reconstruction": reconstruction, "retrieved": retrieved,
+             **(rows or {})}
+    grid = [(label, _grid_row(imgs, label)) for label, imgs in named.items() if imgs is not None]
+    if not grid:
+        raise MindEyeError("make_image_grid() got no images; pass truth=, blurry=, reconstruction=, retrieved= "
+                           "or rows={label: images}")
+    counts = {label: len(imgs) for label, imgs in grid}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise MindEyeError(f"make_image_grid() rows need the same number of images (one per brain sample), got "
+                           f"{', '.join(f'{k}: {v}' for k, v in counts.items())}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise MindEyeError(f"size must be a positive integer (pixels), got {size!r}")
+    n = len(grid[0][1])
+    margin = (max(len(label) for label, _ in grid) * 6 + 2 * gap + 4) if labels else 0
+    canvas = Image.new("RGB", (margin + n * size + (n - 1) * gap, len(grid) * size + (len(grid) - 1) * gap),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, imgs) in enumerate(grid):
+        top = r * (size + gap)
+        if labels:
+            draw.text((gap, top + size // 2 - 5), label, fill="black")
+        for c, img in enumerate(imgs):
+            tile = Image.fromarray(img)
+            if tile.size != (size, size):
+                tile = tile.resize((size, size), getattr(Image, "Resampling", Image).BICUBIC)
+            canvas.paste(tile, (margin + c * (size + gap), top))
+    return canvas
 
 
 def _as_array(x: Any, what: str) -> np.ndarray | torch.Tensor:
@@ -168,11 +320,20 @@ def _load(run: str | Path | Run, device: str, subject: str | None = None) -> Run
 
 
 class MindEyePipeline:
-    """A high-level run (mindeye or ridge), optionally a low-level run and an image generator."""
+    """A high-level run (mindeye or ridge), optionally a low-level run and an image model (the generator
+    conditioned on the prior's outputs), called like a diffusers pipeline: ``pipe(voxels)`` reconstructs."""
 
-    def __init__(self, high: Run, lowlevel: Run | None = None, generator: Any = None, device: str = "cpu",
-                 generator_weights: str | None = None, judge_weights: str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, high: Run, lowlevel: Run | None = None, image_model: Any = None, device: str = "cpu",
+                 image_model_weights: str | None = None, judge_weights: str | None = None,
+                 torch_dtype: torch.dtype | None = None, **deprecated: Any) -> None:
+        old = _renamed(deprecated, {"generator": "image_model", "generator_weights": "image_model_weights",
+                                    "dtype": "torch_dtype"}, "MindEyePipeline")
+        image_model = _set("image_model", image_model, None, old)
+        image_model_weights = _set("image_model_weights", image_model_weights, None, old)
+        torch_dtype = _set("torch_dtype", torch_dtype, None, old)
+        if isinstance(image_model, torch.Generator):
+            raise MindEyeError("a torch.Generator seeds sampling: pass it to the call, pipe(voxels, generator=...); "
+                               "image_model= names the image model (e.g. \"versatile-diffusion\")")
         if high.kind == "lowlevel":
             raise MindEyeError(f"{high.path} is a low-level run; pass it as lowlevel= and a high-level run first")
         if lowlevel is not None:
@@ -182,30 +343,89 @@ class MindEyePipeline:
                 raise MindEyeError(f"the runs take different voxel counts ({high.path}: {high.n_voxels}, "
                                    f"{lowlevel.path}: {lowlevel.n_voxels}); they must be for the same subject")
         self.high, self.lowlevel, self.device = high, lowlevel, device
-        self._generator = generator  # None (pick by the run's targets), a name, or an ImageGenerator
-        self._generator_weights, self._judge_weights, self._dtype = generator_weights, judge_weights, dtype
+        self._image_model = image_model  # None (pick by the run's targets), a name, or an ImageGenerator
+        self._image_model_weights, self._judge_weights, self._dtype = image_model_weights, judge_weights, torch_dtype
         self._judge: Any = None
         self._decoder: Any = None
+        self._loaded_by_name = False  # image model loaded here from its name (not an object the caller built)
         self._candidate_encoder: Any = None
 
     @classmethod
-    def from_run(cls, high_run: str | Path | Run, lowlevel: str | Path | Run | None = None, generator: Any = None,
-                 device: str = "auto", generator_weights: str | None = None, judge_weights: str | None = None,
-                 dtype: torch.dtype | None = None, subject: str | None = None) -> MindEyePipeline:
-        """Load the runs now; the generator and the encoders are loaded when first needed.
+    def from_run(cls, high_run: str | Path | Run, lowlevel: str | Path | Run | None = None, image_model: Any = None,
+                 device: str = "auto", image_model_weights: str | None = None, judge_weights: str | None = None,
+                 torch_dtype: torch.dtype | None = None, subject: str | None = None,
+                 **deprecated: Any) -> MindEyePipeline:
+        """Load the runs now; the image model and the encoders are loaded when first needed.
 
         ``subject``: which subject's voxels a shared-subject high-level run takes (required when it has
         several; the error lists them).
 
-        ``generator``: a name (``versatile-diffusion``, ``sd-image-variations``, ``demo-latent-diffusion``),
-        an ``ImageGenerator``, or None for the one conditioned on the run's target encoder.
+        ``image_model``: a name (``versatile-diffusion``, ``sd-image-variations``, ``demo-latent-diffusion``),
+        an ``ImageGenerator``, or None for the one conditioned on the run's target encoder;
+        ``image_model_weights``: its local pipeline directory (or a Hugging Face id in the local cache);
+        ``torch_dtype``: its dtype (default float16 on CUDA, float32 elsewhere). ``generator=``,
+        ``generator_weights=`` and ``dtype=`` are the old names of these three (deprecated).
         """
         from mindeye.devices import resolve_device
 
+        old = _renamed(deprecated, {"generator": "image_model", "generator_weights": "image_model_weights",
+                                    "dtype": "torch_dtype"}, "from_run")
+        image_model = _set("image_model", image_model, None, old)
+        image_model_weights = _set("image_model_weights", image_model_weights, None, old)
+        torch_dtype = _set("torch_dtype", torch_dtype, None, old)
+        if isinstance(image_model, torch.Generator):
+            raise MindEyeError("from_run() takes no torch.Generator: pass it to the call, pipe(voxels, "
+                               "generator=...); image_model= names the image model")
         device = resolve_device(device)
         high = _load(high_run, device, subject)
-        return cls(high, _load(lowlevel, device) if lowlevel is not None else None, generator, device,
-                   generator_weights, judge_weights, dtype)
+        return cls(high, _load(lowlevel, device) if lowlevel is not None else None, image_model, device,
+                   image_model_weights, judge_weights, torch_dtype)
+
+    def to(self, device: str | torch.device | torch.dtype | None = None,
+           torch_dtype: torch.dtype | None = None) -> MindEyePipeline:
+        """Move everything to ``device`` (``pipe.to("cuda")``) and/or set the image model's dtype
+        (``pipe.to(torch.float16)``, ``pipe.to("cuda", torch.float16)``); returns the pipeline."""
+        from mindeye.devices import resolve_device
+
+        if isinstance(device, torch.dtype):
+            device, torch_dtype = None, device
+        if torch_dtype is not None:
+            if not isinstance(torch_dtype, torch.dtype):
+                raise MindEyeError(f"torch_dtype must be a torch.dtype (e.g. torch.float16), got {torch_dtype!r}")
+            self._dtype = torch_dtype
+        if device is not None:
+            device = resolve_device(str(device))
+            for run in (self.high, self.lowlevel):
+                if run is not None:
+                    run.model.to(device)
+                    run.device = device
+            if device != self.device:  # encoders are rebuilt on the new device when next needed
+                self._judge = self._decoder = self._candidate_encoder = None
+            self.device = device
+        if self._image_model is not None and not isinstance(self._image_model, str):
+            if self._loaded_by_name:  # reloaded (weights, codec and all) on the device / in the dtype when next used
+                if device is not None or torch_dtype is not None:
+                    self._image_model = self._image_model.name
+            else:
+                self._image_model.to(self.device, self._dtype)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The image model's dtype (None: chosen when it is loaded, float16 on CUDA, float32 elsewhere)."""
+        if self._image_model is not None and not isinstance(self._image_model, str):
+            return self._image_model.dtype
+        return self._dtype
+
+    def __repr__(self) -> str:
+        def run(r: Run | None) -> str:
+            return "None" if r is None else f"{r.name!r} ({r.kind}, {r.n_voxels} voxels)"
+
+        model = self._image_model
+        model = (f"{model!r} (not loaded)" if isinstance(model, str) else
+                 "None (chosen by the run's targets)" if model is None else repr(getattr(model, "name", model)))
+        return f"MindEyePipeline(high={run(self.high)}, lowlevel={run(self.lowlevel)}, image_model={model}, " \
+               f"device={self.device!r})"
 
     @property
     def n_voxels(self) -> int:
@@ -278,39 +498,62 @@ class MindEyePipeline:
         return Retrieval(brain_to_image=rank(sim), image_to_brain=rank(sim.T), similarity=sim.numpy())
 
     # -- images ------------------------------------------------------------------------------------
-    def blurry(self, voxels: Any, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Low-level reconstructions: uint8 (n, H, W, 3), decoded with the VAE the low-level targets came from."""
+    def _blurry(self, x: torch.Tensor, batch_size: int, progress: bool) -> tuple[np.ndarray, torch.Tensor | None]:
+        """(uint8 (n, H, W, 3) blurry images, the decoder's float (n, 3, H, W) images when it makes floats)."""
         from mindeye.encoders.registry import get_encoder
         from mindeye.inference.blurry import blurry_batch
 
         if self.lowlevel is None:
             raise MindEyeError("blurry() needs a low-level run: MindEyePipeline.from_run(HIGH, lowlevel=LOW_RUN)")
-        batch_size = _batch_size(batch_size)
-        x = as_voxels(voxels, self.n_voxels)
         if self._decoder is None:
             t = self.lowlevel.config.targets
             self._decoder = get_encoder(t.lowlevel_encoder, weights=t.lowlevel_weights, device=self.device)
         out = []
+
         def predict(v: torch.Tensor) -> torch.Tensor:
             return self.lowlevel.model(v.to(self.device))[0]
 
         for s in tqdm(range(0, len(x), batch_size), desc="blurry", unit="batch", disable=not progress):
             out.append(torch.as_tensor(blurry_batch(predict, self._decoder.decode, x[s:s + batch_size])).cpu())
-        return torch.cat(out).numpy()
+        images = torch.cat(out)
+        if images.is_floating_point():  # a VAE that decodes to floats (N, 3, H, W): keep them for img2img
+            return float_to_uint8(images).numpy(), images
+        return images.numpy(), None
+
+    def blurry(self, voxels: Any, batch_size: int = 32, progress: bool | None = None, output_type: str = "np") -> Any:
+        """Low-level reconstructions: uint8 (n, H, W, 3), decoded with the VAE the low-level targets came from
+        (``output_type="pil"``: PIL images, ``"pt"``: float (n, 3, H, W) in [0, 1]). ``progress``: a bar
+        (default: in notebooks only)."""
+        _check_output_type(output_type)
+        batch_size = _batch_size(batch_size)
+        x = as_voxels(voxels, self.n_voxels)
+        if self.lowlevel is None:
+            raise MindEyeError("blurry() needs a low-level run: MindEyePipeline.from_run(HIGH, lowlevel=LOW_RUN)")
+        return convert_images(self._blurry(x, batch_size, _show_progress(progress))[0], output_type)
+
+    @property
+    def image_model(self) -> Any:
+        """The image model (an ``ImageGenerator``, loaded on first use)."""
+        from mindeye.inference.generators import GENERATORS, load_generator
+
+        if self._image_model is None:
+            enc = self.high.config.targets.encoder
+            self._image_model = next((n for n, s in GENERATORS.items() if s.condition_encoder == enc),
+                                     "versatile-diffusion")
+        if isinstance(self._image_model, str):
+            self._loaded_by_name = True
+            self._image_model = load_generator(self._image_model, self._image_model_weights, device=self.device,
+                                               dtype=self._dtype)
+            if self._dtype is not None and self._image_model.dtype != self._dtype:  # (the demo model loads as float32)
+                self._image_model.to(self.device, self._dtype)
+        return self._image_model
 
     @property
     def generator(self) -> Any:
-        """The image generator (loaded on first use)."""
-        from mindeye.inference.generators import GENERATORS, load_generator
-
-        if self._generator is None:
-            enc = self.high.config.targets.encoder
-            self._generator = next((n for n, s in GENERATORS.items() if s.condition_encoder == enc),
-                                   "versatile-diffusion")
-        if isinstance(self._generator, str):
-            self._generator = load_generator(self._generator, self._generator_weights, device=self.device,
-                                             dtype=self._dtype)
-        return self._generator
+        """Deprecated name of :attr:`image_model` (``generator=`` on calls is now a ``torch.Generator``)."""
+        warnings.warn("MindEyePipeline.generator is deprecated and will be removed in the next release; use "
+                      ".image_model", DeprecationWarning, stacklevel=2)
+        return self.image_model
 
     def _check_reconstructable(self) -> Any:
         from mindeye.inference.generators import GENERATORS
@@ -319,12 +562,12 @@ class MindEyePipeline:
         if cfg.model.kind != "mindeye" or getattr(self.high.model, "prior", None) is None:
             raise MindEyeError(f"{self.high.path} has no diffusion prior (model.kind={cfg.model.kind}, prior."
                                f"enabled={cfg.model.prior.enabled}); reconstruct() needs a MindEye run with a prior")
-        gen = self.generator
+        gen = self.image_model
         tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
         if tuple(gen.condition_shape) != tokens:
-            raise MindEyeError(f"{self.high.path} predicts {tokens[0]}x{tokens[1]} embeddings but generator "
+            raise MindEyeError(f"{self.high.path} predicts {tokens[0]}x{tokens[1]} embeddings but image model "
                                f"'{gen.name}' is conditioned on {gen.condition_shape[0]}x{gen.condition_shape[1]}; "
-                               "pass the matching generator=")
+                               "pass the matching image_model=")
         if self._judge is None:
             from mindeye.encoders.registry import get_encoder
 
@@ -333,42 +576,78 @@ class MindEyePipeline:
             self._judge = get_encoder(judge_name, weights=self._judge_weights, device=self.device)
         return gen
 
-    def reconstruct(self, voxels: Any, samples: int = 16, steps: int = 20, guidance: float = 3.5,
-                    img2img_strength: float = 0.15, prior_steps: int | None = None,
-                    prior_guidance: float | None = None, seed: int = 0, batch_brains: int = 1,
-                    blurry: Any = None, image_index: Any = None, return_all: bool = False,
-                    progress: bool = False) -> Reconstruction:
+    def __call__(self, voxels: Any, **kwargs: Any) -> Reconstruction:
+        """The main job, as a diffusers pipeline is called: :meth:`reconstruct` (same arguments)."""
+        return self.reconstruct(voxels, **kwargs)
+
+    def reconstruct(self, voxels: Any, samples: int = 16, num_inference_steps: int = 20, guidance_scale: float = 3.5,
+                    img2img_strength: float = 0.15, prior_num_inference_steps: int | None = None,
+                    prior_guidance_scale: float | None = None, seed: int | None = None,
+                    generator: torch.Generator | None = None, batch_size: int = 1, blurry: Any = None,
+                    image_index: Any = None, return_all: bool = False, progress: bool | None = None,
+                    output_type: str = "np", **deprecated: Any) -> Reconstruction:
         """Prior samples -> generated images (img2img from the blurry image) -> the best of ``samples``.
 
+        ``num_inference_steps`` / ``guidance_scale``: the image model's UniPC steps and classifier-free
+        guidance; ``prior_num_inference_steps`` / ``prior_guidance_scale`` default to the run's.
+        ``img2img_strength`` (paper Table 5): 0 = pure noise, 1 = the blurry image itself (the reverse of
+        diffusers' ``strength``). Randomness: ``seed`` (default 0) or a ``torch.Generator`` as ``generator``
+        (one seed is drawn from it, so a generator seeded the same gives the same images); every sample's
+        noise then comes from its own seed (``out.seeds``), derived from that seed and ``image_index``
+        (default 0..n-1; pass store image indices to reproduce `mindeye reconstruct` exactly).
+        ``batch_size``: brain samples per image-model batch (the batch holds ``batch_size * samples`` images).
         ``blurry``: None = make them with the low-level run if there is one (else pure noise), False = pure
-        noise, or uint8 (n, h, w, 3) starting images. ``image_index``: the number each sample's seed is
-        derived from (default 0..n-1; pass store image indices to reproduce `mindeye reconstruct` exactly).
-        ``prior_steps`` / ``prior_guidance`` default to the run's. ``return_all`` also returns all candidates.
+        noise, or uint8 (n, h, w, 3) starting images. ``return_all`` also returns all candidates.
+        ``output_type``: "np" (uint8 arrays), "pil" (PIL images) or "pt" (float tensors (n, 3, H, W) in [0, 1]).
+        ``progress``: a bar (default: in notebooks only). ``steps``, ``guidance``, ``prior_steps``,
+        ``prior_guidance`` and ``batch_brains`` are the old names (deprecated).
         """
         from mindeye.inference.img2img import img2img_start
         from mindeye.inference.reconstruct import ReconstructSettings, item_seed, reconstruct_batch
 
+        old = _renamed(deprecated, {"steps": "num_inference_steps", "guidance": "guidance_scale",
+                                    "prior_steps": "prior_num_inference_steps",
+                                    "prior_guidance": "prior_guidance_scale", "batch_brains": "batch_size"},
+                       "reconstruct")
+        num_inference_steps = _set("num_inference_steps", num_inference_steps, 20, old)
+        guidance_scale = _set("guidance_scale", guidance_scale, 3.5, old)
+        prior_num_inference_steps = _set("prior_num_inference_steps", prior_num_inference_steps, None, old)
+        prior_guidance_scale = _set("prior_guidance_scale", prior_guidance_scale, None, old)
+        batch_size = _set("batch_size", batch_size, 1, old)
+        _check_output_type(output_type)
+        progress = _show_progress(progress)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise MindEyeError(f"generator= takes a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                                   f"{type(generator).__name__}; the image model is from_run(..., image_model=...)")
+            if seed is not None:
+                raise MindEyeError("pass seed= or generator=, not both")
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        seed = 0 if seed is None else seed
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise MindEyeError(f"seed must be a non-negative integer, got {seed!r}")
         prior_cfg = self.high.config.model.prior
         settings = ReconstructSettings(
-            samples=samples, steps=steps, guidance=guidance, img2img_strength=img2img_strength,
-            prior_steps=prior_cfg.sample_steps if prior_steps is None else prior_steps,
-            prior_guidance=prior_cfg.guidance if prior_guidance is None else prior_guidance, seed=seed,
-            batch_brains=batch_brains)
+            samples=samples, steps=num_inference_steps, guidance=guidance_scale, img2img_strength=img2img_strength,
+            prior_steps=prior_cfg.sample_steps if prior_num_inference_steps is None else prior_num_inference_steps,
+            prior_guidance=prior_cfg.guidance if prior_guidance_scale is None else prior_guidance_scale,
+            seed=int(seed), batch_brains=_batch_size(batch_size))
         settings.validate()
         x = as_voxels(voxels, self.n_voxels)
         index = np.arange(len(x)) if image_index is None else _integers(image_index, "image_index")
         if len(index) != len(x) or len(np.unique(index)) != len(index):
             raise MindEyeError(f"image_index must hold {len(x)} distinct integers (one per sample), got {len(index)}")
-        generator = self._check_reconstructable()
+        image_model = self._check_reconstructable()
+        floats = None
         if blurry is None and self.lowlevel is not None:
-            blurry = self.blurry(x, progress=progress)
+            blurry, floats = self._blurry(x, 32, progress)
         if blurry is not None and blurry is not False:
             blurry = as_images(blurry, "blurry")
             if len(blurry) != len(x):
                 raise MindEyeError(f"got {len(blurry)} blurry images for {len(x)} brain samples")
         else:
             blurry = None
-        source = _ArrayBlurry(blurry, index) if blurry is not None else None
+        source = _ArrayBlurry(blurry, index, floats) if blurry is not None else None
         start = img2img_start(settings.img2img_strength if source else 0.0, settings.steps)
         emb = self.embed(x)
         # Half precision, as `mindeye reconstruct` stores them, so both give the same images.
@@ -380,7 +659,7 @@ class MindEyePipeline:
         bar = tqdm(total=len(x), desc="reconstruct", unit="img", disable=not progress)
         for b0 in range(0, len(x), settings.batch_brains):
             rows = list(range(b0, min(b0 + settings.batch_brains, len(x))))
-            cand, best_of, row_scores_of = reconstruct_batch(rows, backbone, projector, index, prior, generator,
+            cand, best_of, row_scores_of = reconstruct_batch(rows, backbone, projector, index, prior, image_model,
                                                              self._judge.encode, settings, source, start)
             for j in range(len(rows)):
                 best, row_scores = best_of[j], row_scores_of[j]
@@ -392,9 +671,9 @@ class MindEyePipeline:
             bar.update(len(rows))
         bar.close()
         return Reconstruction(
-            images=np.stack(images), chosen=np.asarray(chosen, dtype=np.int64),
+            images=convert_images(np.stack(images), output_type), chosen=np.asarray(chosen, dtype=np.int64),
             scores=np.asarray(scores, dtype=np.float32),
             seeds=np.asarray([item_seed(settings.seed, i) for i in index], dtype=np.int64), image_index=index,
-            blurry=blurry, candidates=np.stack(everything) if return_all else None,
-            settings={**settings.identity(), "generator": generator.name, "img2img": source is not None})
-
+            blurry=convert_images(blurry, output_type),
+            candidates=convert_images(np.stack(everything), output_type) if return_all else None,
+            settings={**settings.identity(), "generator": image_model.name, "img2img": source is not None})

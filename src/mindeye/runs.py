@@ -25,18 +25,20 @@ from torch import nn
 
 from mindeye.config import Config, load_config
 from mindeye.devices import resolve_device
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.finite import non_finite_tensors, require_finite_outputs
 from mindeye.safe_load import load_safetensors_file
+from mindeye.utils.reprs import short_path
 
 if TYPE_CHECKING:
     from mindeye.data.store import SubjectStore
 
 # The weight whose input dimension is the voxel count, per model kind (see mindeye.models.factory).
+_CREATE_RUN = option("mindeye.train(CONFIG, data=STORE, out=RUN_DIR)", "`mindeye train --config CONFIG --out RUN_DIR`")
 _INPUT_WEIGHT = {"mindeye": ("backbone.stem.0.weight", 1), "lowlevel": ("stem.0.weight", 1), "ridge": ("weight", 1)}
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     """A trained model with the facts recorded next to it."""
 
@@ -53,6 +55,13 @@ class Run:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters()) if hasattr(self.model, "parameters") else None
+        subject = f", subject={self.subject!r}" if self.subject is not None else ""
+        return (f"Run({short_path(self.path)!r}, config={self.name!r}, kind={self.kind!r}, n_voxels={self.n_voxels}"
+                f"{subject}, targets={self.config.targets.encoder!r}, "
+                f"params={f'{params:,}' if params is not None else '?'}, device={self.device!r})")
 
 
 def refuse_diverged(run_dir: Path, info: dict[str, Any]) -> None:
@@ -82,7 +91,7 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except FileNotFoundError:
         raise MindEyeError(f"{run_dir} is not a mindeye run directory (no run.json); create one with "
-                           "`mindeye train --config CONFIG --out RUN_DIR`") from None
+                           f"{_CREATE_RUN}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _bad_run_json(path, f"is not valid JSON ({exc}; truncated?)") from None
     if not isinstance(info, dict):
@@ -137,7 +146,7 @@ def read_run(run_dir: str | Path) -> tuple[Config, dict[str, Any]]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists() or not (run_dir / "run.json").exists():
         raise MindEyeError(f"{run_dir} is not a mindeye run directory (no config.yaml/run.json); "
-                           "create one with `mindeye train --config CONFIG --out RUN_DIR`")
+                           f"create one with {_CREATE_RUN}")
     info = read_run_json(run_dir)
     return read_run_config(run_dir, info), info
 
@@ -189,7 +198,7 @@ def run_subject(info: dict[str, Any], subject: str | None, run_dir: str | Path) 
         if len(ids) == 1:
             return dict(subjects[0])
         raise MindEyeError(f"{run_dir} was trained on several subjects ({', '.join(ids)}); "
-                           "say which one with --subject ID (Python: subject=ID)")
+                           f"say which one with {option('subject=ID', '--subject ID')}")
     if subject not in ids:
         raise MindEyeError(f"subject {subject!r} is not in {run_dir}; its subjects are {', '.join(ids)}")
     return dict(subjects[ids.index(subject)])
@@ -300,7 +309,13 @@ def check_same_store(run_dir: Path, info: dict[str, Any], subject: SubjectStore)
 @torch.no_grad()
 def embed_voxels(model: nn.Module, voxels: torch.Tensor, device: str, batch_size: int = 256,
                  which: str = "projector") -> torch.Tensor:
-    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU."""
+    """Projector (retrieval) or backbone outputs for voxel rows, in eval mode, float32 on the CPU.
+
+    ``voxels`` (M, R, V), repetitions side by side (``data.test_average: outputs``): the mean of the
+    outputs on each repetition (MindEye2's test protocol)."""
+    if voxels.ndim == 3:
+        reps = [embed_voxels(model, voxels[:, r], device, batch_size, which) for r in range(voxels.shape[1])]
+        return torch.stack(reps).mean(0)
     was_training = model.training
     model.eval()
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:

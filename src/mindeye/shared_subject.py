@@ -12,6 +12,7 @@ so a finished one is reused when the comparison is run again (interrupting loses
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from mindeye.config import load_config
 from mindeye.errors import MindEyeError
 
 METHODS = ("finetuned", "scratch", "ridge")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,8 +100,7 @@ def run_comparison(out: str | Path, plan: CohortPlan | None = None, progress: bo
     for seed in plan.seeds:
         pre = out / f"pretrain-s{seed}"
         pre_over = base + [f"seed={seed}"] + ([f"train.epochs={plan.pretrain_epochs}"] if plan.pretrain_epochs else [])
-        if progress:
-            print(f"seed {seed}: pretraining on {', '.join(p.name for p in pretrain_stores)}", flush=True)
+        log.info(f"seed {seed}: pretraining on {', '.join(p.name for p in pretrain_stores)}")
         _train(plan.config, pre_over, pre, pretrain_stores)
         ft_over = base + [f"seed={seed}"] + ([f"train.epochs={plan.finetune_epochs}"] if plan.finetune_epochs else [])
         for n in plan.sessions:
@@ -115,9 +117,8 @@ def run_comparison(out: str | Path, plan: CohortPlan | None = None, progress: bo
                 row = {"method": method, "sessions": n if n is not None else "all", "seed": seed, "run": run.name,
                        "train_trials": _train_trials(store), **_score(run)}
                 rows.append(row)
-                if progress:
-                    print(f"  {method:<9} {tag:>5}: brain_to_image {row['brain_to_image']:.3f}, "
-                          f"image_to_brain {row['image_to_brain']:.3f}", flush=True)
+                log.info(f"  {method:<9} {tag:>5}: brain_to_image {row['brain_to_image']:.3f}, "
+                         f"image_to_brain {row['image_to_brain']:.3f}")
     result = {"plan": dict(plan.__dict__), "held_out": held_out,
               "pretrain_subjects": [p.name for p in pretrain_stores], "rows": rows, "summary": summarise(rows)}
     (out / "shared_subject.json").write_text(json.dumps(result, indent=2))

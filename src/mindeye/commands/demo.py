@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mindeye.commands.options import add_out
+from mindeye.commands.options import add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,11 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="demo config: a shipped name or a path (default demo; demo-nsd-subj01 for real NSD on a GPU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a demo config value, e.g. --set recon_limit=20")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from mindeye.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides)
+    run_demo(args.out, args.config, args.overrides, progress=not args.no_progress)
     return 0

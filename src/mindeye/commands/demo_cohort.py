@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mindeye.commands.options import add_out
+from mindeye.commands.options import add_out, add_progress
 
 
 def _sessions(text: str) -> int | None:
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out subject's epochs, every method (default: the config's, 20)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the training config (demo-cohort-highlevel) for every run")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     plan = CohortPlan(scale=args.scale, n_subjects=args.subjects, sessions=args.sessions, seeds=args.seeds,
                       overrides=args.overrides, pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.epochs)
-    result = run_comparison(args.out, plan, progress=not args.quiet)
+    result = run_comparison(args.out, plan, progress=not args.no_progress)
     print(format_table(result))
     points, figure = write_sessions(result, args.out)
     print(json.dumps({"results": str(Path(args.out) / "shared_subject.json"), "sessions": str(points),

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_data, add_device, add_progress
-from mindeye.encoders.registry import ENCODERS
+from mindeye.encoders.catalog import ENCODER_SUMMARIES as ENCODERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    encoders = "\n".join(f"  {name:<20} {spec.summary}" for name, spec in ENCODERS.items())
+    encoders = "\n".join(f"  {name:<20} {summary}" for name, summary in ENCODERS.items())
     p = sub.add_parser(
         "embed",
         help="cache a frozen encoder's targets (CLIP, SD VAE, VICRegL, stand-ins) inside a store",

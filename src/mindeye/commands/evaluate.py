@@ -6,16 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from mindeye.commands.options import add_data, add_device, add_out
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="retrieval (300-way, both directions) and reconstruction metrics",
-                       description="Evaluate runs: retrieval top-1 among 300 (30 draws, 95% CI) and over the "
+    p = sub.add_parser("evaluate", help="retrieval (N-way, both directions; 300 by default) and reconstruction metrics",
+                       description="Evaluate runs: retrieval top-1 among the config's pool (eval.pool, 300 as the paper; "
+                                   "the whole test set when it is smaller; 30 draws, 95% CI) and over the "
                                    "whole test set, or the eight reconstruction metrics of paper Table 1.")
     esub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     r = esub.add_parser("retrieval", help="image and brain retrieval of one or more runs on the test set",
-                      description="Top-1 retrieval in both directions among 300 test samples (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
+                      description="Top-1 retrieval in both directions among eval.pool (300) test samples, or all of them when the test set is smaller (mean of 30 random draws, 95% CI) and top-1/top-5 over the whole test set, by cosine of the flattened brain embedding vs its target. JSON keys name the direction: image_to_brain (Table 1's 'Image retrieval', as the authors computed it) and brain_to_image ('Brain retrieval'). Also written to RUN/eval/retrieval.json.")
     r.add_argument("--run", action="append", required=True, help="run directory (repeatable)")
     add_data(r, help="subject store (default: the one the run was trained on)")
     r.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
@@ -23,7 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
     add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
+    r.add_argument("--pool", action="append", default=None, metavar="N|all",
+                   help="also N-way top-1 among N candidates (e.g. 1000; pools drawn without replacement, so the "
+                        "test set must hold N images) or 'all' (the whole test set), with bootstrap 95%% CIs over "
+                        "test images; repeatable (JSON key nway)")
+    r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for the N-way and in-/out-of-distribution CIs (default 1000)")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
+    add_progress(r)
     r.set_defaults(func=run_retrieval)
     try:
         from mindeye.commands.evaluate_recon import add_recon_parser
@@ -33,14 +41,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
-    from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table, ridge_warnings
+    from mindeye.evaluation.run_eval import evaluate_retrieval, nway_table, retrieval_table, ridge_warnings
 
+    pools = [p if p == "all" else _pool_number(p) for p in (args.pool or [])]
     results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
-                                  subject=args.subject)
+                                  subject=args.subject, pools=pools, n_boot=args.bootstrap)
                for run in args.run]
     print(retrieval_table(results))
+    extra = nway_table(results)
+    if extra:
+        print(extra)
     for line in ridge_warnings(results):
         print(line)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _pool_number(text: str) -> int:
+    from mindeye.errors import MindEyeError
+
+    try:
+        return int(text)
+    except ValueError:
+        raise MindEyeError(f"--pool takes a number of candidates (e.g. 1000) or 'all', got {text!r}") from None

@@ -45,6 +45,10 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
                    help="the metric networks' own downscales (CLIP and SwAV 256->224, EfficientNet 256->255): "
                         "'reference' = without antialiasing (the authors' torchvision 0.15), 'antialias' = "
                         "antialiased (default: reference)")
+    p.add_argument("--blend-blurry", default=None, metavar="DIR",
+                   help="score every reconstruction as (1 - w) x recon + w x this blurry directory's image, both at "
+                        "256 px: MindEye2's 'enhanced' evaluation (final_evaluations.ipynb, w = 0.25)")
+    p.add_argument("--blend-weight", type=float, default=0.25, help="w of --blend-blurry (default 0.25, theirs)")
     add_progress(p)
     p.set_defaults(func=run_recon)
 
@@ -67,7 +71,8 @@ def run_recon(args: argparse.Namespace) -> int:
         args.recons, names=args.name or None, store=args.data, weights_dir=args.weights_dir, clip=args.clip,
         device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
         retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress,
-        first_resize=args.first_resize, offline_net=args.offline_net, net_resize=args.net_resize)
+        first_resize=args.first_resize, offline_net=args.offline_net, net_resize=args.net_resize,
+        blend_blurry=args.blend_blurry, blend_weight=args.blend_weight)
     json_path, md_path = write_metrics(result, args.out, title=args.title)
     print(md_path.read_text())
     print(json.dumps({"metrics": str(json_path), "table": str(md_path),

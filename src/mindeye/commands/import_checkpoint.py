@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mindeye.commands.options import add_data, add_out
-from mindeye.config import load_config
-from mindeye.data.store import check_output_dir
+from mindeye.commands.options import add_data, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-voxels", type=int, default=None,
                    help="expected voxel count (default: read from the checkpoint; subj01 15724)")
     add_data(p, help="subject store the run should evaluate on (recorded in run.json)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -38,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from mindeye.config import load_config
+    from mindeye.data.store import check_output_dir
     from mindeye.models.convert import convert_mindeye_v1_state_dict, load_mindeye_v1_checkpoint
     from mindeye.models.factory import build_model
     from mindeye.training.checkpoint import write_run_files
@@ -48,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_mindeye2(args, out)
     cfg = load_config(args.config) if args.config else load_config(
         None, ["model.kind=mindeye", "targets.weights=openai/clip-vit-large-patch14"])
+    import logging
+
+    log = logging.getLogger("mindeye.commands.import_checkpoint")
+    log.info(f"reading {args.checkpoint}")
     state = load_mindeye_v1_checkpoint(args.checkpoint)
     n_voxels = args.n_voxels
     if n_voxels is None and "voxel2clip.lin0.0.weight" in state:
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     converted = convert_mindeye_v1_state_dict(state, n_voxels=n_voxels, **sizes)
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     model.load_state_dict(converted, strict=True, assign=True)
+    log.info(f"writing the run directory {out}")
     write_run_files(out, cfg, {"kind": "mindeye", "store": args.data, "n_voxels": n_voxels,
                                "imported_from": str(Path(args.checkpoint).resolve()), "format": "mindeye-v1"})
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))

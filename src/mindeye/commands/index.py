@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_device, add_out, add_progress
-from mindeye.encoders.registry import ENCODERS
+from mindeye.encoders.catalog import ENCODER_SUMMARIES as ENCODERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

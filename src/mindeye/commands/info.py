@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from mindeye.data.store import SubjectStore
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="summarise a subject store (trials, images, voxels, splits, checksums)",
@@ -16,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.data.store import SubjectStore
+
     store = SubjectStore(args.store)
     text = store.summary(check=not args.no_checksums)
     print(text)

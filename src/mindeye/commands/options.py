@@ -45,4 +45,5 @@ def add_data(p: argparse.ArgumentParser, help: str = "subject store (default: th
 
 
 def add_progress(p: argparse.ArgumentParser, *aliases: str) -> None:
-    p.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", *aliases, dest="no_progress", action="store_true", help="no progress bars (default: bars only on a terminal); the "
+                   "one-line-per-epoch/stage log stays (-q hides it)")

@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_out, add_progress
-from mindeye.data.nsd import DEFAULT_BETAS, prepare_nsd
-from mindeye.data.store import SubjectStore
-from mindeye.data.webdataset_shards import prepare_webdataset
+from mindeye.constants import DEFAULT_BETAS
 
 
 def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
@@ -70,6 +68,9 @@ def add_prepare_parsers(psub: argparse._SubParsersAction) -> None:
 
 
 def run_nsd(args: argparse.Namespace) -> int:
+    from mindeye.data.nsd import prepare_nsd
+    from mindeye.data.store import SubjectStore
+
     out = prepare_nsd(
         args.nsd_root, args.subject, args.out, sessions=args.sessions, betas=args.betas,
         image_size=args.image_size, val_fraction=args.val_fraction, train_fraction=args.train_fraction,
@@ -84,6 +85,9 @@ def run_nsd(args: argparse.Namespace) -> int:
 
 
 def run_webdataset(args: argparse.Namespace) -> int:
+    from mindeye.data.store import SubjectStore
+    from mindeye.data.webdataset_shards import prepare_webdataset
+
     out = prepare_webdataset(args.shards, args.subject, args.out, image_size=args.image_size,
                              voxel_dtype=args.voxel_dtype, overwrite=args.overwrite,
                              progress=not args.no_progress)

@@ -7,7 +7,7 @@ import json
 
 from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
-GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion"]
+GENERATOR_NAMES = ["versatile-diffusion", "sd-image-variations", "demo-latent-diffusion", "unclip-sdxl"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,16 +20,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="high-level run directory (with a diffusion prior)")
     p.add_argument("--lowlevel", default=None,
                    help="low-level run directory, or a `reconstruct-blurry` output directory (enables img2img)")
-    p.add_argument("--generator", default="versatile-diffusion", choices=GENERATOR_NAMES)
+    p.add_argument("--generator", default=None, choices=GENERATOR_NAMES,
+                   help="image generator (default: the one conditioned on the run's target space: "
+                        "versatile-diffusion for 257x768 CLIP ViT-L/14 hidden targets, sd-image-variations for "
+                        "1x768 final embeddings, demo-latent-diffusion for the demo's stand-in targets)")
     p.add_argument("--weights", default=None, help="generator weights: HF id or local pipeline directory")
     p.add_argument("--clip-weights", default=None, help="weights of the best-of-N CLIP judge (HF id or path)")
-    p.add_argument("--samples", type=int, default=16, help="prior samples / images per brain sample")
-    p.add_argument("--steps", type=int, default=20, help="UniPC steps")
-    p.add_argument("--guidance", type=float, default=3.5,
-                   help="generator (Versatile Diffusion) classifier-free guidance scale; not the prior's (default 3.5)")
-    p.add_argument("--img2img-strength", type=float, default=0.15,
-                   help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper)")
-    p.add_argument("--prior-steps", type=int, default=None, help="prior sampling steps (default: the run's)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="prior samples / images per brain sample (default 16; unclip-sdxl: 1, as MindEye2)")
+    p.add_argument("--steps", type=int, default=None, help="generator steps (default 20 UniPC; unclip-sdxl: 38 Euler)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="generator classifier-free guidance scale; not the prior's (default 3.5; unclip-sdxl: 5)")
+    p.add_argument("--img2img-strength", type=float, default=None,
+                   help="0 = pure noise, 1 = the blurry image only, 0.15 = skip the first 15%% (paper; the default; "
+                        "unclip-sdxl: 0)")
+    p.add_argument("--prior-steps", type=int, default=None,
+                   help="prior sampling steps (default: the run's; unclip-sdxl: 20, as MindEye2)")
     p.add_argument("--prior-guidance", type=float, default=None,
                    help="prior classifier-free guidance (default: the run's model.prior.guidance; paper 1.0 = none)")
     p.add_argument("--init-encoding", choices=["reference", "vae"], default="reference",
@@ -42,6 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-brains", type=int, default=1, help="brain samples per generator batch")
     p.add_argument("--save-all", action="store_true", help="also save all N candidates (OUT/samples/)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
+    p.add_argument("--caption-weights", default=None, metavar="GIT",
+                   help="MindEye2 captions of the prior outputs: GIT weights (HF id or directory, e.g. "
+                        "microsoft/git-large-coco); needs --caption-converter")
+    p.add_argument("--caption-converter", default=None, metavar="FILE",
+                   help="the authors' bigG -> CLIP-L converter bigG_to_L_epoch8.pth (pscotti/mindeyev2)")
     p.add_argument("--subject", default=None, metavar="ID", help="subject of a shared-subject run (required when it has several; RUN/run.json lists them)")
     add_data(p, help="subject store (default: the run's)")
     add_device(p)
@@ -72,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mindeye.devices import resolve_device
+    from mindeye.inference.generators import generator_for
     from mindeye.inference.reconstruct import ReconstructSettings, reconstruct_run
     from mindeye.runs import read_run
 
     cfg, _ = read_run(args.run)
+    if args.generator is None:  # the generator conditioned on the run's target space (None: reconstruct_run explains)
+        args.generator = generator_for(cfg.targets.encoder, (cfg.model.backbone.tokens, cfg.model.backbone.dim))
+    d = generator_defaults(args)
     settings = ReconstructSettings(
-        samples=args.samples, steps=args.steps, guidance=args.guidance, img2img_strength=args.img2img_strength,
-        prior_steps=args.prior_steps,
+        samples=d["samples"], steps=d["steps"], guidance=d["guidance"], img2img_strength=d["img2img_strength"],
+        prior_steps=d["prior_steps"],
         prior_guidance=cfg.model.prior.guidance if args.prior_guidance is None else args.prior_guidance,
         init_encoding=args.init_encoding, final_sigmas=args.final_sigmas, seed=args.seed,
         batch_brains=args.batch_brains, save_all=args.save_all)
@@ -86,9 +101,22 @@ def run(args: argparse.Namespace) -> int:
     index = reconstruct_run(args.run, args.out, args.generator, settings, lowlevel=args.lowlevel,
                             weights=args.weights, judge_weights=args.clip_weights, store=args.data,
                             device=resolve_device(args.device), dtype=dtype, limit=args.limit,
-                            progress=not args.no_progress, subject=args.subject)
-    print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": args.generator}))
+                            progress=not args.no_progress, subject=args.subject,
+                            caption_weights=args.caption_weights, caption_converter=args.caption_converter)
+    generator = index.get("config", {}).get("generator", args.generator)
+    print(json.dumps({"out": str(args.out), "images": len(index["images"]), "generator": generator}))
     return 0
+
+
+BASE_DEFAULTS = {"samples": 16, "steps": 20, "guidance": 3.5, "img2img_strength": 0.15, "prior_steps": None}
+
+
+def generator_defaults(args: argparse.Namespace) -> dict:
+    """The settings flags as given, else the generator's own defaults (GeneratorSpec.defaults), else VD's."""
+    from mindeye.inference.generators import generator_spec
+
+    own = {**BASE_DEFAULTS, **(generator_spec(args.generator).defaults if args.generator else {})}
+    return {k: own[k] if getattr(args, k) is None else getattr(args, k) for k in BASE_DEFAULTS}
 
 
 def run_blurry(args: argparse.Namespace) -> int:

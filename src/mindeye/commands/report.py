@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mindeye.commands.options import add_data, add_device, add_out
+from mindeye.commands.options import add_data, add_device, add_out, add_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the prior samples and the UMAP")
     p.add_argument("--title", default=None)
     add_out(p, help="HTML file to write (default: RUN/report.html)", required=False, kind="file")
+    add_progress(p)
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mindeye.commands.options import add_out, add_progress
-from mindeye.data.simulate import MAX_COHORT, SCALES, simulate_cohort, simulate_subject
+from mindeye.data.scales import MAX_COHORT, SCALES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,13 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep training trials from the first N sessions only (few-session stores); the test "
                         "trials of every session are kept")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    add_progress(p, "--quiet")
+    add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
+
+    from mindeye.data.simulate import simulate_cohort, simulate_subject
 
     partial = Path(args.out).with_name(Path(args.out).name + ".partial")
     try:

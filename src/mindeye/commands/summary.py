@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from mindeye.config import load_config
-from mindeye.errors import MindEyeError
-from mindeye.models.factory import build_model, parameter_counts
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="print parameter counts per module for a config",
@@ -27,6 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def summary_counts(cfg, n_voxels: int | dict[str, int]) -> dict[str, int]:
+    import torch
+
+    from mindeye.models.factory import build_model, parameter_counts
+
     model = build_model(cfg.model, n_voxels, device=torch.device("meta"))
     counts = parameter_counts(model)
     if cfg.model.kind in ("mindeye", "mindeye2") and getattr(model, "prior", None) is not None:
@@ -35,6 +33,9 @@ def summary_counts(cfg, n_voxels: int | dict[str, int]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.config import load_config
+    from mindeye.errors import MindEyeError
+
     if (args.config is None) == (args.config_option is None):
         raise MindEyeError("give one config: `mindeye summary CONFIG` or `mindeye summary --config CONFIG`")
     cfg = load_config(args.config or args.config_option, args.overrides)
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _parse_voxels(text: str | None, kind: str) -> int | dict[str, int] | None:
     """``--n-voxels``: N, or (mindeye2) N1,N2,... -> {subject1: N1, ...}."""
+    from mindeye.errors import MindEyeError
+
     if text is None:
         return None
     try:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from mindeye.commands.options import add_device, add_out, add_progress
-from mindeye.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mindeye.config import load_config
     from mindeye.errors import MindEyeError
     from mindeye.training.trainer import Trainer
 
@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
         cfg, line = sized_config(config, args.overrides, stores)
         if line:
-            print(line, flush=True)
+            import logging
+
+            logging.getLogger("mindeye.commands.train").info(line)
     trainer = Trainer(cfg, args.out, store=stores, device=args.device, resume=args.resume,
                       progress=not args.no_progress, init_from=args.init_from)
     result = trainer.fit()

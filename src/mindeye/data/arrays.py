@@ -187,7 +187,11 @@ def prepare_arrays(
 
 
 def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, zscore: bool, image_size: int,
-             voxel_dtype: str, source: str, subject: str, overwrite: bool, progress: bool) -> Path:
+             voxel_dtype: str, source: str, subject: str, overwrite: bool, progress: bool,
+             rows: list[dict[str, str]] | None = None, meta_extra: dict[str, Any] | None = None,
+             extra_files: dict[str, str | bytes] | None = None) -> Path:
+    """``rows`` replaces reading ``trials`` (prepare nifti builds them from its events tables);
+    ``meta_extra`` and ``extra_files`` go into the store's meta.json and directory."""
     if vox.ndim != 2:
         raise MindEyeError(f"voxels in {voxels} have shape {tuple(vox.shape)}; expected 2-D (n_trials, n_voxels)")
     if not np.issubdtype(vox.dtype, np.floating):
@@ -195,7 +199,7 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
             f"voxels in {voxels} have dtype {vox.dtype}; expected float16/32/64 (convert integer-scaled "
             "betas to float, e.g. percent signal change, first)"
         )
-    rows = _read_trials(trials)
+    rows = _read_trials(trials) if rows is None else rows
     if len(rows) != vox.shape[0]:
         raise MindEyeError(
             f"trial table {trials} has {len(rows)} rows but {voxels} has {vox.shape[0]} voxel rows; "
@@ -298,7 +302,8 @@ def _prepare(vox: Any, voxels: Path, images: Path, trials: Path, out: Path, *, z
             "subject_id": str(subject),
             "preprocessing": "per-session z-score" if zscore else "as provided",
             "inputs": {"voxels": str(voxels), "images": str(images), "trials": str(trials)},
-        })
+            **(meta_extra or {}),
+        }, extra_files=extra_files)
     except BaseException:
         writer.abort()
         raise

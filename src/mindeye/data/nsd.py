@@ -38,19 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from mindeye.constants import NSDGENERAL_VOXELS
+from mindeye.constants import DEFAULT_BETAS, NSDGENERAL_VOXELS
 from mindeye.data.sessions import number_repetitions, zscore_session
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
 from mindeye.errors import MindEyeError
 from mindeye.utils.images import resize_image
+from mindeye.utils.logs import progress_bar
 
 log = logging.getLogger(__name__)
 
 TRIALS_PER_SESSION = 750
 N_NSD_IMAGES = 73000
-DEFAULT_BETAS = "betas_fithrf_GLMdenoise_RR"
 RELEASED_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 # NSD withheld every subject's last 3 sessions until the full release; the MindEye paper used
 # what was out then (sessions 1-37 of subject 1).
@@ -506,7 +505,7 @@ def prepare_nsd(
     first_seen[np.flatnonzero(keep)[np.unique(trials.nsd_id[keep], return_index=True)[1]]] = True
     kept_rows_before = np.concatenate([[0], np.cumsum(keep)])  # store row of trial i = kept_rows_before[i]
     done = [s for s in session_list if writer.progress.get(f"session{s}")]
-    bar = tqdm(total=len(session_list), initial=len(done), desc=f"subj{subject:02d} sessions", unit="session",
+    bar = progress_bar(total=len(session_list), initial=len(done), desc=f"subj{subject:02d} sessions", unit="session",
                disable=not progress)
     stim_file = h5py.File(paths.stimuli, "r")
     brick = stim_file["imgBrick"]

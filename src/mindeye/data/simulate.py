@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mindeye.constants import NSDGENERAL_VOXELS
+from mindeye.data.scales import MAX_COHORT, SCALES, BrainSpec, ScaleSpec  # noqa: F401 (re-exported)
 from mindeye.data.scenes import attribute_names, attribute_vector, caption, render_scenes, sample_scenes
 from mindeye.data.sessions import number_repetitions
 from mindeye.data.store import StoreWriter, TrialTable, check_output_dir
@@ -49,81 +50,7 @@ MODEL_STREAM, STIMULUS_STREAM, NOISE_STREAM, DESIGN_STREAM = 0, 1, 2, 3
 FEATURE_MAPS = ("luminance", "red-green", "blue-yellow", "contrast-fine", "contrast-coarse",
                 "orientation-0", "orientation-45", "orientation-90", "orientation-135")
 
-
-@dataclass(frozen=True)
-class BrainSpec:
-    """The synthetic brain: encoding model and measurement noise (identical at every scale)."""
-
-    grid: int = 32  # feature maps of the low-level model are computed on a grid x grid downsampling
-    frac_low: float = 0.4  # early visual (V1-V3-like) voxels: retinotopic, low-level features only
-    frac_mid: float = 0.2  # V4/LO-like voxels: a mixture of low- and high-level responses
-    ncsnr_median: tuple[float, float, float] = (0.5, 0.4, 0.32)  # per area (low, mid, high), NSD-like
-    ncsnr_log_sd: float = 0.55  # spread of log ncsnr across voxels
-    # Share of each voxel's repeatable variance that the encoding model explains; the rest is
-    # image-specific variance that no stimulus feature predicts (as for real voxels, whose best
-    # encoding models fall well short of the noise ceiling). It caps how decodable images are.
-    explained_fraction: float = 0.6
-    unexplained_factors: int = 16  # part of that rest is shared by voxels (low rank)
-    shared_noise_fraction: float = 0.3  # part of the noise variance shared across voxels (low rank)
-    noise_factors: int = 8
-    drift_offset_sd: float = 0.3  # per-session random-walk step of each voxel's offset (signal sd units)
-    drift_gain_sd: float = 0.08  # per-session random-walk step of each voxel's log gain
-
-
-@dataclass(frozen=True)
-class ScaleSpec:
-    """Shapes of one simulated subject."""
-
-    name: str
-    image_size: int
-    n_voxels: int
-    n_train_images: int
-    n_train_trials: int
-    n_test_images: int
-    n_test_trials: int
-    n_sessions: int
-    session_length: int  # trials per session; the last session holds the remainder
-    brain: BrainSpec = field(default_factory=BrainSpec)
-
-    @property
-    def n_images(self) -> int:
-        return self.n_train_images + self.n_test_images
-
-    @property
-    def n_trials(self) -> int:
-        return self.n_train_trials + self.n_test_trials
-
-    def session_sizes(self) -> list[int]:
-        last = self.n_trials - (self.n_sessions - 1) * self.session_length
-        return [self.session_length] * (self.n_sessions - 1) + [last]
-
-    def validate(self) -> None:
-        for split, images, trials in (("train", self.n_train_images, self.n_train_trials),
-                                      ("test", self.n_test_images, self.n_test_trials)):
-            if not images <= trials <= 3 * images:
-                raise MindEyeError(f"scale {self.name!r}: {trials} {split} trials for {images} images; "
-                                   "each image needs 1-3 trials")
-        if self.n_sessions < 3:
-            raise MindEyeError(f"scale {self.name!r}: need >= 3 sessions to spread 3 repetitions")
-        if not 0 < self.session_sizes()[-1] <= self.session_length:
-            raise MindEyeError(f"scale {self.name!r}: {self.n_trials} trials do not fill {self.n_sessions} "
-                               f"sessions of {self.session_length}")
-        if self.image_size % self.brain.grid:
-            raise MindEyeError(f"scale {self.name!r}: image size must be a multiple of {self.brain.grid}")
-
-
-SCALES: dict[str, ScaleSpec] = {
-    # unit tests: generated in about a second
-    "tiny": ScaleSpec("tiny", image_size=64, n_voxels=600, n_train_images=240, n_train_trials=640,
-                      n_test_images=60, n_test_trials=176, n_sessions=4, session_length=204),
-    # CPU demo: trains in minutes on 2 cores; 300 test images for 300-way retrieval
-    "small": ScaleSpec("small", image_size=128, n_voxels=2000, n_train_images=1500, n_train_trials=4200,
-                       n_test_images=300, n_test_trials=900, n_sessions=12, session_length=425),
-    # NSD subject 1 as used by MindEye: 37 sessions x 750 trials, 15,724 nsdgeneral voxels,
-    # 8,859 training images / 24,980 trials, 982 shared test images / 2,770 trials
-    "nsd": ScaleSpec("nsd", image_size=256, n_voxels=NSDGENERAL_VOXELS[1], n_train_images=8859, n_train_trials=24980,
-                     n_test_images=982, n_test_trials=2770, n_sessions=37, session_length=750),
-}
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,10 +333,9 @@ def simulate_subject(out: str | Path, scale: str = "small", seed: int = 0, overw
         out, spec, lambda *keys: np.random.default_rng([seed, *keys]), image_seed=seed,
         scene_indices=np.arange(spec.n_images), meta=meta, simulation={"scale": scale, "seed": seed},
         train_sessions=train_sessions, overwrite=overwrite, progress=progress, chunk=chunk)
-    if progress:
-        print(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
-              f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
-              f"ncsnr median {reliability['ncsnr_median']:.3f}")
+    log.info(f"simulated subject '{scale}' (seed {seed}) in {time.perf_counter() - t0:.1f} s: "
+             f"single-trial split-half r median {reliability['split_half_r_median']:.3f}, "
+             f"ncsnr median {reliability['ncsnr_median']:.3f}")
     return path
 
 
@@ -551,7 +477,6 @@ class CohortSpec:
 
 COHORT_STREAM = 4  # second entry of a cohort subject's seed tuple: (seed, 4, subject, stream, ...)
 VARIATION_STREAM = 4  # per-cohort draw of the subject factors: (seed, 4, 0, 4)
-MAX_COHORT = 99
 
 
 def cohort_variations(n_subjects: int, seed: int, cohort: CohortSpec | None = None) -> list[dict[str, float]]:
@@ -624,8 +549,7 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
                         "ncsnr_median": reliability["ncsnr_median"],
                         "split_half_r_median": reliability["split_half_r_median"],
                         "splits": meta["splits"], "checksums": meta["checksums"]})
-        if progress:
-            print(f"  {sid}: {sub_spec.n_voxels} voxels, ncsnr median {reliability['ncsnr_median']:.3f}")
+        log.info(f"  {sid}: {sub_spec.n_voxels} voxels, ncsnr median {reliability['ncsnr_median']:.3f}")
     shared_ids = [f"sim{seed}_{k:05d}" for k in range(spec.n_test_images)]
     cohort = {
         "format_version": 1,
@@ -642,9 +566,8 @@ def simulate_cohort(out: str | Path, n_subjects: int, scale: str = "small", seed
     }
     (tmp / "cohort.json").write_text(json.dumps(cohort, indent=2))
     replace_dir(tmp, out)  # an existing cohort (overwrite=True) goes once the new one is complete
-    if progress:
-        print(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
-              f"{time.perf_counter() - t0:.1f} s")
+    log.info(f"simulated a cohort of {n_subjects} '{scale}' subjects (seed {seed}) in "
+             f"{time.perf_counter() - t0:.1f} s")
     return out
 
 

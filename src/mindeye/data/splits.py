@@ -68,12 +68,36 @@ def load_averaged(store: SubjectStore, images: np.ndarray, repetitions: str = "a
     return Split(torch.from_numpy((sums / counts[:, None]).astype(np.float16)), uniq)
 
 
+AVERAGE_MODES = ("inputs", "outputs")
+
+
+def load_repetition_stack(store: SubjectStore, images: np.ndarray) -> Split:
+    """One row per image holding its repetitions side by side, ``(M, R, V)``, for averaging the model's
+    OUTPUTS (MindEye2 ``src/recon_inference.ipynb``: the model runs on each of three repetitions and its
+    outputs are averaged; an image seen once is ``[a, a, a]``, twice ``locs.repeat(2)[:3]`` = ``[a, a, b]``).
+    R = max(3, most repetitions of an image); an image with fewer is padded by cycling its trials in
+    store order (``[a, b]`` -> ``[a, b, a]``: the same mean as theirs)."""
+    vox, mask, uniq = load_repetitions(store, images)
+    counts = mask.sum(1).numpy()
+    reps = max(3, int(counts.max()) if len(counts) else 0)
+    cycle = np.stack([np.arange(reps) % max(int(c), 1) for c in counts]) if len(counts) else np.zeros((0, reps), int)
+    stacked = torch.stack([vox[k, torch.from_numpy(cycle[k])] for k in range(len(uniq))]) if len(uniq) \
+        else torch.zeros((0, reps, store.n_voxels), dtype=torch.float16)
+    return Split(stacked, uniq)
+
+
 def load_eval_split(store: SubjectStore, images: np.ndarray, mode: str = "averaged",
-                    repetitions: str = "available") -> Split:
+                    repetitions: str = "available", average: str = "inputs") -> Split:
     """The test (or validation) split: ``mode`` averaged or single trials; ``repetitions`` (averaged
-    only) pads images seen fewer than three times to three (``pad3``, the authors') or not."""
+    only) pads images seen fewer than three times to three (``pad3``, the authors') or not.
+    ``average="outputs"`` (averaged only): the repetitions side by side, ``(M, R, V)``, padded to three
+    (:func:`load_repetition_stack`); :func:`mindeye.runs.embed_voxels` averages the model's outputs on them."""
+    if average not in AVERAGE_MODES:
+        raise MindEyeError(f"data.test_average must be one of {', '.join(AVERAGE_MODES)}, got {average!r}")
     if mode == "single":
         return load_trials(store, images)
+    if average == "outputs":
+        return load_repetition_stack(store, images)
     return load_averaged(store, images, repetitions)
 
 

@@ -9,6 +9,7 @@ One directory per prepared subject (format documented in docs/subject-store.md):
       images.npy      (n_images, S, S, 3) uint8, one per unique image (memory-mapped)
       images.csv      image_index, image_id, split, caption
       targets/        target cache written by `mindeye embed` (one sub-directory per encoder key)
+      mask.nii.gz     (stores prepared from NIfTI only) the brain mask: voxel k is its k-th nonzero voxel
 
 Writes are atomic: everything is built in ``STORE.partial/`` and renamed to ``STORE`` only once
 complete, so a directory named STORE always holds a finished store. ``STORE.partial/`` is kept
@@ -34,13 +35,14 @@ import numpy as np
 
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.files import replace_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _DATA_FILES = ("voxels.npy", "trials.csv", "images.npy", "images.csv")
+MASK_FILE = "mask.nii.gz"  # the brain mask of a store prepared from NIfTI (SubjectStore.unmask)
 _TRIAL_COLUMNS = ("trial", "image_index", "image_id", "session", "repetition", "split")
 
 
@@ -72,8 +74,8 @@ def check_output_dir(out: Path, overwrite: bool = False) -> None:
     if out.exists():
         if not overwrite:
             raise MindEyeError(
-                f"output directory {out} already exists; choose another --out path, delete it, "
-                "or pass --overwrite to replace it"
+                f"output directory {out} already exists; choose another {option('output path', '--out path')}, "
+                f"delete it, or pass {option('overwrite=True', '--overwrite')} to replace it"
             )
     check_writable_location(out, suffix=".partial")
 
@@ -279,7 +281,7 @@ class StoreWriter:
                 delattr(self, name)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def finalize(self, meta: dict[str, Any], extra_files: dict[str, str] | None = None) -> Path:
+    def finalize(self, meta: dict[str, Any], extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write tables, checksums and meta.json, then rename ``.partial`` to the final path."""
         if self.trials is None or self.image_ids is None:
             raise RuntimeError("set_trials() and set_images() must be called before finalize()")
@@ -301,7 +303,10 @@ class StoreWriter:
                 cap = self.image_captions[i] if self.image_captions else ""
                 w.writerow([i, iid, image_split.get(i, "unused"), cap])
         for name, text in (extra_files or {}).items():
-            (self.tmp / name).write_text(text)
+            if isinstance(text, bytes):
+                (self.tmp / name).write_bytes(text)
+            else:
+                (self.tmp / name).write_text(text)
         n_trials, n_voxels = self.shapes["voxels"]
         full_meta = {
             "format_version": FORMAT_VERSION,
@@ -346,6 +351,37 @@ def _cache_note(directory: Path) -> str:
     return ""
 
 
+def data_root(path: str | Path) -> Path:
+    """The directory holding a store's data files: the store itself, or for a store view the store it is a
+    view of (followed through meta.json's ``view_of``, without opening the arrays)."""
+    path = Path(path)
+    try:
+        parent = json.loads((path / "meta.json").read_text()).get("view_of")
+    except (OSError, ValueError, AttributeError):
+        return path
+    if not parent:
+        return path
+    parent = Path(parent)
+    return data_root(parent if parent.is_absolute() else path / parent)
+
+@dataclass(repr=False)
+class VoxelSplit:
+    """Voxel rows of one split of a store (``SubjectStore.train_split()`` / ``test_split()``)."""
+
+    split: str  # train / val / test
+    mode: str  # averaged (one row per image) or single (one row per trial)
+    voxels: np.ndarray  # (N, n_voxels) float32
+    image_index: np.ndarray  # (N,) int64: the store image of each row (``store.images[image_index]``)
+    image_ids: list[str]  # (N,) its id (images.csv)
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def __repr__(self) -> str:
+        return (f"VoxelSplit({self.split!r}, mode={self.mode!r}, voxels={self.voxels.shape} {self.voxels.dtype}, "
+                f"images={len(np.unique(self.image_index))})")
+
+
 class SubjectStore:
     """Read access to a prepared subject. Voxels and images are memory-mapped, never copied whole."""
 
@@ -377,12 +413,19 @@ class SubjectStore:
                 f"{self.path} was written in store format version {version}, newer than this mindeye "
                 f"({__version__}) reads (version {FORMAT_VERSION}); upgrade mindeye (pip install -U mindeye)"
             )
+        # A store VIEW (docs/subject-store.md#store-views) holds only its own trials.csv / images.csv (other
+        # splits) and reads voxels, images and target caches from the store it is a view of.
+        self.view: dict[str, Any] | None = None
+        self.data_path = self.path  # the directory holding voxels.npy, images.npy and targets/
+        if "view_of" in self.meta:
+            self._open_view()
         for name in _DATA_FILES:
-            if not (self.path / name).exists():
-                raise MindEyeError(f"{self.path} is incomplete: {name} is missing; prepare the store again")
+            folder = self.path if name.endswith(".csv") else self.data_path
+            if not (folder / name).exists():
+                raise MindEyeError(f"{folder} is incomplete: {name} is missing; prepare the store again")
         try:
-            self.voxels: np.ndarray = np.load(self.path / "voxels.npy", mmap_mode="r")
-            self.images: np.ndarray = np.load(self.path / "images.npy", mmap_mode="r")
+            self.voxels: np.ndarray = np.load(self.data_path / "voxels.npy", mmap_mode="r")
+            self.images: np.ndarray = np.load(self.data_path / "images.npy", mmap_mode="r")
         except NPY_LOAD_ERRORS as exc:  # a damaged header fails to parse
             raise MindEyeError(f"{self.path}: cannot read voxels.npy/images.npy ({npy_error(exc)}); "
                                "the store is damaged: prepare it again") from None
@@ -414,6 +457,40 @@ class SubjectStore:
                 f"{self.path} is inconsistent: {len(self.trials)} trial rows for {self.voxels.shape[0]} voxel "
                 f"rows, {len(self.image_ids)} image rows for {self.images.shape[0]} images; prepare the store again"
             )
+
+        if self.view is not None and self.image_ids != self._parent_image_ids:
+            raise MindEyeError(f"{self.path}/images.csv does not list the images of {self.data_path} in the same "
+                               "order; the view is damaged or its store was re-prepared: write the view again")
+
+    def _open_view(self) -> None:
+        """Read a view's meta.json: the parent store's facts, this view's splits (see views.py)."""
+        view_meta = self.meta
+        parent_path = Path(view_meta["view_of"])
+        if not parent_path.is_absolute():
+            parent_path = self.path / parent_path
+        if not (parent_path / "meta.json").exists():
+            raise MindEyeError(f"{self.path} is a view of the store {parent_path}, which is not there (moved or "
+                               f"deleted); restore it, or write the view again from its new location")
+        parent = SubjectStore(parent_path)
+        recorded = (view_meta.get("view") or {}).get("parent_voxels_sha256")
+        now = (parent.meta.get("checksums") or {}).get("voxels.npy")
+        if recorded and now and recorded != now:
+            raise MindEyeError(f"{self.path} was written from another version of {parent_path} (its voxels "
+                               "changed since); write the view again")
+        self.view = dict(view_meta.get("view") or {})
+        self.data_path = parent.data_path
+        self._parent_image_ids = parent.image_ids
+        self.meta = {**parent.meta, "view_of": str(parent_path), "view": self.view,
+                     "checksums": {**(parent.meta.get("checksums") or {}), **(self.view.get("checksums") or {})}}
+
+    def test_groups(self, image_index: np.ndarray) -> dict[str, np.ndarray] | None:
+        """For a category-disjoint view: {"in-distribution": mask, "out-of-distribution": mask} over
+        ``image_index`` (test images), else None. OOD images belong to clusters held out of training."""
+        held = (self.view or {}).get("ood_images")
+        if held is None:
+            return None
+        ood = np.isin(np.asarray(image_index), np.asarray(held, dtype=np.int64))
+        return {"in-distribution": ~ood, "out-of-distribution": ood}
 
     # -- basic facts -------------------------------------------------------------------------
     @property
@@ -448,8 +525,59 @@ class SubjectStore:
     def verify_checksums(self) -> dict[str, bool | None]:
         """Per data file: True (matches meta.json), False (differs) or None (meta.json records no checksum)."""
         expected = self.meta.get("checksums") or {}
-        return {name: (file_sha256(self.path / name) == expected[name]) if expected.get(name) else None
+        folder = {name: self.path if name.endswith(".csv") else self.data_path for name in _DATA_FILES}
+        return {name: (file_sha256(folder[name] / name) == expected[name]) if expected.get(name) else None
                 for name in _DATA_FILES}
+
+    # -- brain space (stores prepared from NIfTI) --------------------------------------------------
+    @property
+    def mask_path(self) -> Path | None:
+        """The store's brain mask (``mask.nii.gz``), or None for stores without one (simulated, NSD, arrays)."""
+        path = self.data_path / MASK_FILE  # a store view's mask is its parent's
+        return path if path.exists() else None
+
+    def unmask(self, values: Any) -> Any:
+        """A per-voxel vector (n_voxels,) -> a 3-D NIfTI image on the mask's grid (0 outside the mask);
+        a (k, n_voxels) array -> a 4-D image of k volumes. The inverse of the masking that prepared the
+        store (nilearn's ``NiftiMasker.inverse_transform``), done with nibabel alone."""
+        import nibabel as nib
+
+        if self.mask_path is None:
+            raise MindEyeError(
+                f"{self.path} has no brain mask ({MASK_FILE}): only stores made by `mindeye prepare nifti` map "
+                "voxels back to brain space")
+        try:
+            mask_img = nib.load(self.mask_path)
+            mask = np.asarray(mask_img.dataobj) != 0
+        except Exception as exc:  # nibabel raises several types for a damaged file
+            raise MindEyeError(f"{self.mask_path} cannot be read ({type(exc).__name__}: {exc}); prepare the "
+                               "store again") from None
+        if int(mask.sum()) != self.n_voxels:
+            raise MindEyeError(f"{self.mask_path} selects {int(mask.sum())} voxels but the store has "
+                               f"{self.n_voxels}; the mask does not belong to this store: prepare it again")
+        if hasattr(values, "detach"):  # a torch tensor
+            values = values.detach().cpu().numpy()
+        arr = np.asarray(values)
+        if arr.ndim not in (1, 2) or arr.shape[-1] != self.n_voxels:
+            raise MindEyeError(f"values of shape {arr.shape} cannot be put back in the brain: give "
+                               f"({self.n_voxels},) (one value per voxel) or (k, {self.n_voxels})")
+        dtype = np.float32 if arr.dtype.kind in "fiub" and arr.dtype.itemsize <= 4 else np.float64
+        if arr.ndim == 1:
+            data = np.zeros(mask.shape, dtype=dtype)
+            data[mask] = arr
+        else:
+            data = np.zeros((*mask.shape, arr.shape[0]), dtype=dtype)
+            data[mask] = arr.T
+        header = mask_img.header.copy()  # keeps the space codes (scanner / MNI); the values are floats
+        header.set_data_dtype(data.dtype)
+        return nib.Nifti1Image(data, mask_img.affine, header)
+
+    def to_nifti(self, values: Any, path: str | Path | None = None) -> Any:
+        """:meth:`unmask`, saved to ``path`` (.nii or .nii.gz) when one is given; returns the image."""
+        img = self.unmask(values)
+        if path is not None:
+            img.to_filename(str(path))
+        return img
 
     # -- splits --------------------------------------------------------------------------------
     def trial_indices(self, split: str) -> np.ndarray:
@@ -497,12 +625,56 @@ class SubjectStore:
         out /= np.maximum(counts, 1)[:, None]
         return out, images
 
+    def train_split(self) -> VoxelSplit:
+        """Every training trial, one row each (float32 voxels, image index and id of each row)."""
+        return self._split("train", "single")
+
+    def test_split(self, mode: Literal["averaged", "single"] = "averaged", repetitions: str = "pad3") -> VoxelSplit:
+        """The test images: one row per image, the mean of its repetitions (the paper's test setting), or one
+        row per trial (``mode="single"``); float32 voxels with the image index and id of each row.
+        ``repetitions`` (as ``data.test_repetitions``, what evaluation uses): ``"pad3"`` pads an image seen
+        fewer than three times to three as the authors' data did ([a, b] -> (2a + b) / 3); ``"available"``
+        averages the repetitions it has."""
+        if repetitions not in ("pad3", "available"):
+            raise MindEyeError(f"repetitions must be 'pad3' or 'available', got {repetitions!r}")
+        if mode == "averaged" and repetitions == "pad3":
+            images, mat = self.repetitions("test")
+            counts = (mat >= 0).sum(1)
+            out = np.zeros((len(images), self.n_voxels), dtype=np.float64)
+            for r in range(mat.shape[1]):
+                have = mat[:, r] >= 0
+                weight = np.where(counts[have] == 1, 3.0, np.where((counts[have] == 2) & (r == 0), 2.0, 1.0))
+                out[have] += weight[:, None] * np.asarray(self.voxels[mat[have, r]], dtype=np.float64)
+            out /= np.maximum(counts, 3)[:, None]
+            return VoxelSplit("test", mode, out.astype(np.float32), images.astype(np.int64),
+                              [self.image_ids[i] for i in images.tolist()])
+        return self._split("test", mode)
+
+    def _split(self, split: str, mode: Literal["averaged", "single"]) -> VoxelSplit:
+        voxels, index = self.split_voxels(split, mode)
+        return VoxelSplit(split, mode, voxels, np.asarray(index, dtype=np.int64),
+                          [self.image_ids[i] for i in index.tolist()])
+
+    def __repr__(self) -> str:
+        from mindeye.utils.reprs import short_path
+
+        t = self.trials
+        splits = ", ".join(f"{sp}={int((t.split == sp).sum())}" for sp in SPLITS if (t.split == sp).any())
+        try:
+            subject = self.subject_id
+        except MindEyeError:
+            subject = self.meta.get("subject", "?")
+        return (f"SubjectStore({short_path(self.path)!r}, subject={subject!r}, "
+                f"source={self.meta.get('source', '?')!r}, voxels={self.n_voxels}, trials={self.n_trials} "
+                f"({splits}), images={self.n_images} ({self.image_size}px))")
+
     # -- summary -------------------------------------------------------------------------------
     def summary(self, check: bool = True) -> str:
         t = self.trials
         lines = [
             f"subject store  {self.path}",
             f"  source       {self.meta.get('source', '?')}  subject {self.meta.get('subject', '?')}",
+            *([f"  view of      {self.data_path} ({self.view.get('description', 'other splits')})"] if self.view else []),
             f"  format       v{self.meta.get('format_version')} (written by mindeye "
             f"{self.meta.get('mindeye_version', '?')})",
             f"  trials       {self.n_trials}",
@@ -522,9 +694,12 @@ class SubjectStore:
         pre = self.meta.get("preprocessing")
         if pre:
             lines.append(f"  preprocessing {pre}")
+        if self.mask_path is not None:
+            grid = (self.meta.get("mask") or {}).get("shape")
+            lines.append(f"  brain mask   {MASK_FILE}" + (f" (grid {'x'.join(map(str, grid))})" if grid else ""))
         cached = [p.name + _cache_note(p)
-                  for p in sorted((self.path / "targets").glob("*")) if p.is_dir()] \
-            if (self.path / "targets").exists() else []
+                  for p in sorted((self.data_path / "targets").glob("*")) if p.is_dir()] \
+            if (self.data_path / "targets").exists() else []
         lines.append(f"  targets      {', '.join(cached) if cached else 'none cached (run mindeye embed)'}")
         if check:
             res = self.verify_checksums()

@@ -9,9 +9,13 @@
 See docs/encoders.md.
 """
 
-from mindeye.encoders.base import ImageEncoder
-from mindeye.encoders.cache import embed_command, embed_store, find_cache, load_targets, sample_views
-from mindeye.encoders.registry import ENCODERS, encoder_fingerprint, encoder_names, get_encoder
+# Imported on first use, so light submodules (``mindeye.encoders.catalog``: the names `mindeye --help`
+# lists) load without torch.
+_LAZY = {
+    "ImageEncoder": "base", "embed_command": "cache", "embed_store": "cache", "find_cache": "cache",
+    "load_targets": "cache", "sample_views": "cache", "ENCODERS": "registry", "encoder_fingerprint": "registry",
+    "encoder_names": "registry", "get_encoder": "registry",
+}
 
 __all__ = [
     "ENCODERS",
@@ -25,3 +29,15 @@ __all__ = [
     "load_targets",
     "sample_views",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"mindeye.encoders.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mindeye.encoders' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

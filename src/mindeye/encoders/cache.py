@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mindeye import __version__
 from mindeye.data.store import SubjectStore, file_sha256
@@ -41,6 +40,7 @@ from mindeye.safe_load import NPY_LOAD_ERRORS, npy_error
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
 from mindeye.utils.files import write_json_atomic
 from mindeye.utils.locks import FileLock
+from mindeye.utils.logs import progress_bar
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -71,7 +71,7 @@ def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
 
 def images_checksum(store: SubjectStore) -> str:
     checksum = store.meta.get("checksums", {}).get("images.npy")
-    return checksum or file_sha256(store.path / "images.npy")
+    return checksum or file_sha256(store.data_path / "images.npy")
 
 
 def embed_command(store_path: str | Path, encoder_name: str, weights: str | None = None, views: int = 0,
@@ -168,7 +168,7 @@ def embed_store(
             "drop --views"
         )
     fingerprint = enc.fingerprint
-    out = cache_dir(store.path, enc.name, fingerprint)
+    out = cache_dir(store.data_path, enc.name, fingerprint)  # a store view's targets are its parent's
     # One writer per cache: a second `embed` of the same cache (other --views, --overwrite) waits for none
     # and is refused, so a manifest never describes arrays another process rewrote meanwhile.
     with FileLock(cache_lock_path(out), f"the target cache {out}",
@@ -248,7 +248,7 @@ def _embed_locked(store: SubjectStore, enc: ImageEncoder, out: Path, fingerprint
     n_views = manifest["views"]
     seed = (manifest["augmentation"] or {}).get("seed", views_seed)
     done = min(manifest["chunks_done"] * chunk_size, n) + n_views * min(manifest["view_chunks_done"] * chunk_size, n)
-    bar = tqdm(total=n * (1 + n_views), initial=done, unit="img", desc=f"embed {enc.name}", disable=not progress,
+    bar = progress_bar(total=n * (1 + n_views), initial=done, unit="img", desc=f"embed {enc.name}", disable=not progress,
                dynamic_ncols=True)
     try:
         for c in range(chunks):
@@ -308,7 +308,7 @@ def find_cache(
     if views:
         cmd = cmd.replace("--views 1", "--views K")
     spec = get_spec(encoder_name)
-    root = store.path / "targets"
+    root = store.data_path / "targets"  # a store view's targets are its parent's
     others = sorted(root.glob(f"{encoder_name}-*")) if root.exists() else []
     try:
         fingerprint = encoder_fingerprint(encoder_name, weights, random_init, config, **options)
@@ -323,7 +323,7 @@ def find_cache(
             f"{exc}\n(No target cache made from weights '{wanted}' exists in {store.path} either; "
             f"compute one where the weights are available with: {cmd})"
         ) from None
-    d = cache_dir(store.path, encoder_name, fingerprint)
+    d = cache_dir(store.data_path, encoder_name, fingerprint)
     m = read_manifest(d)
     if _is_usable(m, checksum, store.n_images, views) and m.get("fingerprint") == fingerprint:
         return d

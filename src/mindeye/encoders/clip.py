@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # transformers is imported lazily: it takes seconds, and only
 
 DEFAULT_WEIGHTS = "openai/clip-vit-large-patch14"
 DOWNLOAD_HINT = (
-    "Download it with `huggingface-cli download openai/clip-vit-large-patch14` "
+    "Download it with `hf download openai/clip-vit-large-patch14` "
     "(https://huggingface.co/openai/clip-vit-large-patch14) on a machine with network access."
 )
 _VERSION = 1  # bump when the derivation changes, so old caches are invalidated

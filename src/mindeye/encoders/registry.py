@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from mindeye.devices import resolve_device
-from mindeye.encoders import clip, effnet_lite, standins, vae, vicregl
+from mindeye.encoders import clip, effnet_lite, openclip, standins, vae, vicregl
 from mindeye.encoders.base import ImageEncoder, make_fingerprint
+from mindeye.encoders.catalog import ENCODER_SUMMARIES as SUMMARIES
 from mindeye.errors import MindEyeError
 
 
@@ -49,7 +50,7 @@ ENCODERS: dict[str, EncoderSpec] = {
     for spec in (
         EncoderSpec(
             "clip-vit-l14-hidden",
-            "OpenAI CLIP ViT-L/14, all 257 tokens projected, / CLS norm -> (257, 768)",
+            SUMMARIES["clip-vit-l14-hidden"],
             clip.DEFAULT_WEIGHTS,
             lambda w, d, r, c, t, **o: clip.build("hidden", w, d, r, c, t, **o),
             clip.weights_id,
@@ -57,7 +58,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
         EncoderSpec(
             "clip-vit-l14-final",
-            "OpenAI CLIP ViT-L/14 image embedding, unit norm -> (768,)",
+            SUMMARIES["clip-vit-l14-final"],
             clip.DEFAULT_WEIGHTS,
             lambda w, d, r, c, t, **o: clip.build("final", w, d, r, c, t, **o),
             clip.weights_id,
@@ -65,7 +66,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
         EncoderSpec(
             "sd-vae",
-            "Stable Diffusion VAE latent at 512 px, mode x 0.18215 -> (4, 64, 64); has decode()",
+            SUMMARIES["sd-vae"],
             vae.DEFAULT_WEIGHTS,
             vae.build,
             vae.weights_id,
@@ -73,7 +74,7 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
         EncoderSpec(
             "vicregl-convnext",
-            "VICRegL ConvNeXt-XL alpha 0.75 local features at 512 px -> (256, 512)",
+            SUMMARIES["vicregl-convnext"],
             None,
             vicregl.build,
             vicregl.weights_id,
@@ -81,17 +82,24 @@ ENCODERS: dict[str, EncoderSpec] = {
         ),
         EncoderSpec(
             "effnet-lite0-pooled",
-            "EfficientNet-Lite0 (ImageNet, extra mindeye[offline]) pooled feature, unit norm -> (1280,); "
-            "a real network that installs offline, NOT CLIP",
+            SUMMARIES["effnet-lite0-pooled"],
             None,
             effnet_lite.build_encoder,
             effnet_lite.encoder_weights_id,
             effnet_lite.describe,
         ),
-        _standin_spec("standin-clip-hidden", "stand-in (random features, not pretrained) for clip-vit-l14-hidden"),
-        _standin_spec("standin-clip-final", "stand-in (random features, not pretrained) for clip-vit-l14-final"),
-        _standin_spec("standin-vae", "stand-in (analytic colour-opponent block average) for sd-vae; has decode()"),
-        _standin_spec("standin-vicregl", "stand-in (random features, not pretrained) for vicregl-convnext"),
+        EncoderSpec(
+            "openclip-vit-bigg14-tokens",
+            SUMMARIES["openclip-vit-bigg14-tokens"],
+            openclip.DEFAULT_WEIGHTS,
+            openclip.build,
+            openclip.weights_id,
+            openclip.describe,
+        ),
+        _standin_spec("standin-clip-hidden", SUMMARIES["standin-clip-hidden"]),
+        _standin_spec("standin-clip-final", SUMMARIES["standin-clip-final"]),
+        _standin_spec("standin-vae", SUMMARIES["standin-vae"]),
+        _standin_spec("standin-vicregl", SUMMARIES["standin-vicregl"]),
     )
 }
 

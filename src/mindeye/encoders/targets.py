@@ -26,12 +26,22 @@ class Targets:
     """Cached encoder outputs for every image of the store, indexed by store image index."""
 
     def __init__(self, store_path: str | Path, encoder: str, weights: str | None, views: int = 0,
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, key: str | None = None) -> None:
+        """``key``: the config key that names ``weights`` (e.g. ``targets.weights``); when given, an error about
+        missing weights says to set it (training has no --weights option)."""
         from mindeye.encoders.cache import load_targets
+        from mindeye.errors import WeightsUnavailableError
 
         self.encoder = encoder
         options = options or {}
-        arr = load_targets(store_path, encoder, weights, **options)
+        try:
+            arr = load_targets(store_path, encoder, weights, **options)
+        except WeightsUnavailableError as exc:
+            if key is None:
+                raise
+            raise WeightsUnavailableError(str(exc).replace(
+                "Then pass --weights /path/to/local/copy",
+                f"Then point the config at a local copy: --set {key}=/path/to/local/copy")) from None
         # Small caches live in RAM; large ones stay memory-mapped and are read per batch.
         self.array = np.asarray(arr) if arr.nbytes < (2 << 30) else arr
         self.views = load_targets(store_path, encoder, weights, views=True, **options) if views > 0 else None

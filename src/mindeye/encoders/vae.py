@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # diffusers is imported lazily: it takes seconds, and only th
 SCALING_FACTOR = SD_LATENT_SCALE
 DEFAULT_WEIGHTS = "lambdalabs/sd-image-variations-diffusers"  # its vae/ is the reference's autoencoder
 DOWNLOAD_HINT = (
-    "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include 'vae/*'` "
+    "Download it with `hf download lambdalabs/sd-image-variations-diffusers --include 'vae/*'` "
     "(https://huggingface.co/lambdalabs/sd-image-variations-diffusers), or use the authors' "
     "`sd_image_var_autoenc.pth` state dict (https://huggingface.co/datasets/pscotti/mindeyev2), on a "
     "machine with network access."

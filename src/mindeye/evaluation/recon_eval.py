@@ -226,8 +226,14 @@ def evaluate_recon_dirs(
     first_resize: str = "reference",
     offline_net: bool = False,
     net_resize: str = "reference",
+    blend_blurry: str | os.PathLike | None = None,
+    blend_weight: float = 0.25,
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
+
+    blend_blurry: a blurry (`reconstruct-blurry`) directory; every reconstruction row (not blurry rows) is
+        scored as ``(1 - blend_weight) * recon + blend_weight * blurry``, both resized to 256 first: MindEye2's
+        "enhanced" evaluation (``src/final_evaluations.ipynb``: ``all_recons*.75 + all_blurryrecons*.25``).
 
     first_resize: the resize to 256, ``reference`` (no antialias, as the authors) or ``antialias``.
     net_resize: the feature networks' own downscales (CLIP/SwAV 224, EfficientNet 255), the same choice.
@@ -263,6 +269,9 @@ def evaluate_recon_dirs(
         else:
             raise MindEyeError(f"the retrieval JSON holds {len(items)} results for {len(dirs)} --recons; give "
                                "one result (for all rows) or one per --recons")
+    if not 0.0 <= blend_weight <= 1.0:
+        raise MindEyeError(f"--blend-weight must be between 0 and 1, got {blend_weight}")
+    blurry_dir = read_recon_dir(blend_blurry) if blend_blurry is not None else None
     if nets is None:
         nets = pixel_only_nets() if pixel_only else load_feature_nets(weights_dir, clip, device, metrics)
 
@@ -278,6 +287,9 @@ def evaluate_recon_dirs(
         subject = stores[store_path]
         reals = ground_truth(subject, recon)
         fakes = recon.load_images()
+        blended = blurry_dir is not None and recon.kind != "blurry"
+        if blended:
+            fakes = blend_with_blurry(fakes, recon, blurry_dir, blend_weight, first_resize)
         if len(reals) < 2:
             raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
                                "need at least 2")
@@ -297,6 +309,8 @@ def evaluate_recon_dirs(
             "image_index": recon.image_index.tolist(),
             "metrics": values,
         }
+        if blended:
+            row["blend"] = {"blurry": str(blurry_dir.path.resolve()), "weight": blend_weight}
         if offline_net:
             from mindeye.evaluation.offline_net import offline_metrics
 
@@ -317,6 +331,32 @@ def evaluate_recon_dirs(
                 mean[m] = float(np.mean(nums))
         result["mean"] = mean
     return result
+
+
+def blend_with_blurry(fakes: np.ndarray | torch.Tensor, recon: ReconDir, blurry: ReconDir, weight: float,
+                      first_resize: str = "reference", size: int = 256) -> torch.Tensor:
+    """``(1 - weight) * recon + weight * blurry`` per image index, both first resized to ``size`` (bilinear;
+    antialiased only with ``first_resize="antialias"``), as ``src/final_evaluations.ipynb`` (resize to 256,
+    then ``*.75 + *.25``)."""
+    import torch.nn.functional as F
+
+    from mindeye.utils.images import as_float_images
+
+    pos = {int(i): k for k, i in enumerate(blurry.image_index)}
+    missing = [int(i) for i in recon.image_index if int(i) not in pos]
+    if missing:
+        raise MindEyeError(f"the blurry directory {blurry.path} lacks {len(missing)} image(s) of {recon.path} (e.g. "
+                           f"store image {missing[0]}); make its blurry images for the same test images")
+
+    def at_size(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = as_float_images(x)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=first_resize == "antialias")
+        return x
+
+    b = at_size(blurry.load_images())[[pos[int(i)] for i in recon.image_index]]
+    return (1.0 - weight) * at_size(fakes) + weight * b
 
 
 def table_row(row: dict[str, Any]) -> dict[str, Any]:

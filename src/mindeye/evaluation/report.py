@@ -21,6 +21,7 @@ CSV and booktabs LaTeX) and ``grids/`` (each image row at full resolution as one
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -46,6 +47,13 @@ from mindeye.evaluation.report_data import (  # noqa: F401  (re-exported: the re
     umap_points,
     write_strips,
 )
+from mindeye.evaluation.report_sections import (
+    OOD_EXPLANATION,
+    ood_rows,
+    published_section,
+    table1_caption,
+    validation_axes,
+)
 from mindeye.evaluation.report_tables import (
     RETRIEVAL,
     assemble_rows,
@@ -56,6 +64,8 @@ from mindeye.evaluation.report_tables import (
 from mindeye.evaluation.tables import COLUMNS, MISSING, markdown_table
 from mindeye.metrics.retrieval import TABLE1_FOOTNOTE
 from mindeye.training.ridge_first import ridge_check_line
+
+log = logging.getLogger(__name__)
 
 # What known image makers are, so the page can say it plainly.
 GENERATOR_NOTES = {
@@ -164,6 +174,8 @@ def build_report(
     metric_files = [read_metrics(p) for p in metrics]
     session_points = read_sessions(sessions) if sessions is not None else None
 
+    log.info(f"report: test-set embeddings of {run}" + (f" and {embed_samples} prior samples for the UMAP"
+                                                         if umap else "") + f" ({device})")
     cfg, info, model, subject = load_run_model(run, device, store)
     emb = test_embeddings(model, cfg, subject, device, embed_samples if umap else 0, seed)
     figures: list[figs.FigureFile] = []
@@ -218,8 +230,9 @@ def build_report(
         block["figures"].append(figs.line_chart(f"{stem}_loss_components", comps, "loss components", "step", "loss",
                                                 f"{r.role} run {r.name}: loss components"))
         if vals and max(len(v.x) for v in vals) > 1:
-            block["figures"].append(figs.line_chart(f"{stem}_validation", vals, "validation", "epoch", "value",
-                                                    f"{r.role} run {r.name}: validation metrics"))
+            vtitle, vlabel, vals = validation_axes(r, subject)  # real axis labels and the validation pool size
+            block["figures"].append(figs.line_chart(f"{stem}_validation", vals, vtitle, "epoch", vlabel,
+                                                    f"{r.role} run {r.name}: {vtitle}"))
         elif vals:  # one evaluation (e.g. the ridge): a line of numbers says more than a chart
             shown = ", ".join(f"{v.label} {v.y[0]:.3f}" for v in vals)
             block["notes"].append(f"validation (epoch {vals[0].x[0]}): {shown}")
@@ -246,6 +259,7 @@ def build_report(
     figures += [f for f in (retrieval_fig, sessions_fig) if f is not None]
 
     # -- image grid ----------------------------------------------------------------------------------
+    log.info(f"report: image grid of {n_images} test images ({time.perf_counter() - t0:.0f} s so far)")
     if recon_dir is not None:
         candidates = recon_dir.image_index
     elif blurry_dir is not None:
@@ -296,6 +310,7 @@ def build_report(
     # -- UMAP ----------------------------------------------------------------------------------------
     umap_fig, umap_notes = None, []
     if umap:
+        log.info(f"report: UMAP of up to {embed_samples} test images' embeddings ({time.perf_counter() - t0:.0f} s so far)")
         points, why = umap_points(emb, embed_samples, seed, cache_dir=umap_cache)
         if points is None:
             umap_notes.append(why)
@@ -308,12 +323,20 @@ def build_report(
     else:
         umap_notes.append("UMAP not computed (--no-umap).")
 
+    # -- brain space: only for stores prepared from NIfTI (they keep the mask) ------------------------
+    brain_fig, brain_note = figs.brain_map_figure(
+        "brain_map", subject, figs.first_layer_voxel_norm(model, subject.subject_id) if subject.mask_path else None,
+        "first-layer weight norm per voxel", f"high-level run {high.name}: L2 norm of each voxel's weights in the "
+        "first linear layer (maximum-intensity projections; the outline is the MNI152 brain)")
+    figures += [brain_fig] if brain_fig is not None else []
+
     # -- files next to the page ----------------------------------------------------------------------
+    log.info(f"report: {len(figures)} figures (PNG, PDF), tables and grids next to {out}")
     folder = out.parent
     written: dict[str, list[str]] = {}
     for f in figures:
         written[f.stem] = [str(p.relative_to(folder)) for p in figs.save_figure(f, folder / "figures")]
-    tables = write_tables(rows, folder / "tables", "table1", caption=f"{title or high.name}: paper Table 1 layout")
+    tables = write_tables(rows, folder / "tables", "table1", caption=table1_caption(title or high.name, runs, subject))
     if offline_mrows:  # the substitute network's own table, never merged into Table 1
         from mindeye.evaluation.offline_net import offline_csv, offline_markdown
 
@@ -339,6 +362,9 @@ def build_report(
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
+        "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION,
+        "published": published_section(rows, meta, high.retrieval),
+        "brain_figure": embed(brain_fig), "brain_note": brain_note,
     }
     context["build_seconds"] = f"{time.perf_counter() - t0:.1f}"
     page = render_page(context)

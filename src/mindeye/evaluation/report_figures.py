@@ -206,3 +206,43 @@ def save_figure(fig: FigureFile, folder: Path, formats: Sequence[str] = ("png", 
         fig.figure.savefig(path, format=fmt, dpi=FILE_DPI, metadata={"Creator": "mindeye"} if fmt == "pdf" else None)
         paths.append(path)
     return paths
+
+
+def first_layer_voxel_norm(model: Any, subject_id: str | None = None) -> np.ndarray | None:
+    """Per voxel, the L2 norm of its weights in the model's first linear layer (how strongly the network
+    reads that voxel): the subject's own input layer in a shared-subject model, else the backbone's stem;
+    None when the model has neither (e.g. a ridge regression)."""
+    import torch
+
+    layers = getattr(model, "subject_layers", None)
+    if layers is not None and subject_id in layers:
+        layer = layers[subject_id]
+    else:
+        stem = getattr(getattr(model, "backbone", None), "stem", None)
+        layer = stem[0] if stem is not None and len(stem) else None
+    if not isinstance(layer, torch.nn.Linear):
+        return None
+    return layer.weight.detach().float().norm(dim=0).cpu().numpy()  # weight: (hidden, n_voxels)
+
+
+def brain_map_figure(stem: str, store: Any, values: np.ndarray | None, title: str,
+                     caption: str = "") -> tuple[FigureFile | None, str | None]:
+    """A per-voxel map on a glass brain (nilearn.plotting.plot_glass_brain): (figure, None), or (None, why
+    not) when it cannot be drawn; (None, None) for a store without a brain mask (simulated, NSD, arrays),
+    which has no brain space to draw in."""
+    if getattr(store, "mask_path", None) is None:
+        return None, None
+    if values is None:
+        return None, "No voxel map: the model has no per-voxel first layer."
+    try:
+        from nilearn import plotting
+    except ImportError:
+        return None, "No glass-brain figure: nilearn is not installed (pip install 'mindeye[nifti]')."
+    img = store.unmask(np.asarray(values, dtype=np.float32))
+    peak = float(np.abs(values).max()) if len(values) else 0.0
+    with plt.rc_context(STYLE | {"axes.grid": False}):
+        fig = Figure(figsize=(7.0, 2.6))
+        plotting.plot_glass_brain(img, figure=fig, title=title, colorbar=True, plot_abs=False,
+                                  cmap="viridis", threshold=peak * 1e-6 if peak > 0 else None,
+                                  vmin=0 if float(np.min(values)) >= 0 else None)
+    return FigureFile(stem, fig, caption), None

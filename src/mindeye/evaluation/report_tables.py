@@ -147,11 +147,16 @@ def csv_table(rows: Sequence[dict[str, Any]]) -> str:
         values, missing = [], []
         for key, _, _ in COLUMNS:
             value, reason = _value(row.get(key))
-            values.append("" if value is None else repr(float(value)))
+            values.append("" if value is None else rounded(value))
             if reason is not None:
                 missing.append(key)
         w.writerow([csv_cell(row.get("name", "?")), *values, " ".join(missing)])
     return buf.getvalue()
+
+
+def rounded(value: float, digits: int = 4) -> str:
+    """A CSV number with ``digits`` significant digits (0.5199999809265137 -> 0.52): the metrics carry no more."""
+    return repr(float(f"{float(value):.{digits}g}"))
 
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -167,34 +172,52 @@ def _latex_label(label: str) -> str:
     return latex_escape(label).replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
 
 
+# Table 1's retrieval sub-headers: "Image" / "Brain" under the "Retrieval" group, as in the paper.
+_SHORT_LABELS = {key: label.replace(" retrieval", "") for key, label, _ in COLUMNS if key in RETRIEVAL_KEYS}
+
+
 def latex_table(rows: Sequence[dict[str, Any]], caption: str = "", label: str = "tab:mindeye") -> str:
-    """Paper Table 1 as a booktabs LaTeX table (needs \\usepackage{booktabs}): the column groups
-    Low-Level / High-Level / Retrieval over the metric columns, percents as in the paper, '--' for a
-    missing value; the mean rows are bold."""
+    """Paper Table 1 as a booktabs LaTeX table (needs \\usepackage{booktabs} and {graphicx}): the column groups
+    Low-Level / High-Level / Retrieval over the metric columns (Image / Brain under Retrieval, as in the paper),
+    percents as in the paper, '--' for a missing value, a lettered footnote (below the table) for each reason
+    a metric is unavailable; the mean rows are bold. Shrunk to the column width when wider (NeurIPS: 5.5 in)."""
     groups = _groups()
     n = len(COLUMNS)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "c" * n + "}", r"\toprule"]
+    notes: dict[str, str] = {}
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    # Method names wrap in a 2.4 cm column; the rest is shrunk only when still wider than the column.
+    lines += [rf"\label{{{label}}}", r"\footnotesize", r"\setlength{\tabcolsep}{3pt}",
+              r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+              r"\begin{tabular}{p{2.4cm}" + "c" * n + "}", r"\toprule"]
     lines.append(" & " + " & ".join(rf"\multicolumn{{{span}}}{{c}}{{{g}}}" for g, span in groups) + r" \\")
     start, rules = 2, []
     for _, span in groups:
         rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
         start += span
     lines.append(" ".join(rules))
-    lines.append("Method & " + " & ".join(_latex_label(lab) for _, lab, _ in COLUMNS) + r" \\")
+    lines.append("Method & " + " & ".join(_latex_label(_SHORT_LABELS.get(key, lab)) for key, lab, _ in COLUMNS)
+                 + r" \\")
     lines.append(r"\midrule")
     for row in rows:
         cells = []
         for key, _, percent in COLUMNS:
-            value, _ = _value(row.get(key))
-            cells.append("--" if value is None else latex_escape(_format(value, percent)))
+            value, reason = _value(row.get(key))
+            if reason is not None:
+                mark = notes.setdefault(reason, "abcdefghijklmnopqrstuvwxyz"[len(notes) % 26])
+                cells.append(rf"--\textsuperscript{{{mark}}}")
+            else:
+                cells.append("--" if value is None else latex_escape(_format(value, percent)))
         name = latex_escape(row.get("name", "?"))
         if row.get("mean"):
             name, cells = rf"\textbf{{{name}}}", [rf"\textbf{{{c}}}" for c in cells]
-        lines.append(name + " & " + " & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(rf"\caption{{{latex_escape(caption)}}}")
-    lines += [rf"\label{{{label}}}", r"\end{table}"]
+        lines.append(r"\raggedright " + name + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    if notes:
+        lines.append(r"\par\smallskip\parbox{\linewidth}{\footnotesize " + r" \\ ".join(
+            rf"\textsuperscript{{{mark}}}\,unavailable: {latex_escape(reason)}" for reason, mark in notes.items()) + "}")
+    lines += [r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 

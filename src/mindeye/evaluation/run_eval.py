@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,28 @@ from mindeye.runs import check_same_store, embed_voxels, load_run_model  # noqa:
 
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
                        mode: str | None = None, seed: int = 0, write: bool = True,
-                       subject: str | None = None) -> dict[str, Any]:
-    from mindeye.metrics.retrieval import retrieval_top1_among, topk_full
+                       subject: str | None = None, pools: Sequence[int | str] = (),
+                       n_boot: int = 1000) -> dict[str, Any]:
+    """Retrieval of a run on its test set (the config's pool, as Table 1) plus, for each of ``pools`` (e.g.
+    ``"all"``, 1000), N-way top-1 with bootstrap CIs; on a category-disjoint store view also in- vs
+    out-of-distribution side by side (``result["ood"]``)."""
+    from mindeye.metrics.retrieval import check_pool, retrieval_nway, retrieval_top1_among, topk_full
 
     device = resolve_device(device)
     cfg, info, model, subject = load_run_model(run_dir, device, store, subject=subject)
     if cfg.model.kind == "lowlevel":
         raise MindEyeError("retrieval evaluation needs a high-level (mindeye) or ridge run, not a low-level one")
     mode = mode or cfg.data.test_mode
-    test = load_eval_split(subject, subject.image_indices("test"), mode, cfg.data.test_repetitions)
+    test = load_eval_split(subject, subject.image_indices("test"), mode, cfg.data.test_repetitions,
+                           average=cfg.data.test_average)
     if len(test) < 2:
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
     require_finite(test.voxels, f"test voxels of {subject.path}",
                    "the store is damaged: prepare it again (or verify it with `mindeye info`)")
     targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
                       options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
+    for p in pools:  # a pool the test set cannot fill is an error before any work
+        check_pool(p, len(test))
     preds = embed_voxels(model, test.voxels, device)
     among = retrieval_top1_among(preds.flatten(1), targets.flatten(1), pool=cfg.eval.pool, draws=cfg.eval.draws,
                                  seed=seed, ci=cfg.eval.ci, draw_mode=cfg.eval.draw_mode)
@@ -40,6 +48,19 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     result = {"run": str(run_dir), "kind": cfg.model.kind, "name": cfg.name, "test_mode": mode,
               **({"subject": info["subject_id"]} if info.get("subjects") else {}),
               "n_test": len(test), **_jsonable(among), "full_test_set": _jsonable(full)}
+    if pools:
+        result["nway"] = {str(p): _jsonable(retrieval_nway(preds.flatten(1), targets.flatten(1), pool=p,
+                                                           draws=cfg.eval.draws, seed=seed, n_boot=n_boot,
+                                                           draw_mode=cfg.eval.draw_mode))
+                          for p in pools}
+    groups = subject.test_groups(test.image_index)
+    if groups is not None and all(m.any() for m in groups.values()):
+        result["ood"] = ood_retrieval(preds.flatten(1), targets.flatten(1), groups, subject.view, cfg, seed, n_boot)
+        trained_on = info.get("store")
+        if trained_on and Path(trained_on).resolve() != subject.path.resolve():
+            result["ood"]["warning"] = (f"the run was trained on {trained_on}, not on this view {subject.path}: its "
+                                        "'out-of-distribution' images may have been training images; train on the "
+                                        "view for a real in- vs out-of-distribution comparison")
     if info.get("ridge_check"):  # the trainer's comparison with ridge on validation (docs/small-data.md)
         result["ridge_check"] = info["ridge_check"]
     if write:
@@ -51,15 +72,42 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
     return result
 
 
+def ood_retrieval(preds: torch.Tensor, targets: torch.Tensor, groups: dict[str, Any], view: dict[str, Any],
+                  cfg: Any, seed: int = 0, n_boot: int = 1000) -> dict[str, Any]:
+    """In- vs out-of-distribution retrieval of a category-disjoint view's test set: "pooled" (the config's
+    pool, as Table 1) and "all" (the whole test set), both groups scored against the same pools; and the
+    same for the noise control (metrics.retrieval.noise_control) matched to the model's overall top-1, whose
+    gap is what the test images alone produce. ``excess_gap`` = the model's gap minus the control's."""
+    from mindeye.metrics.retrieval import DIRECTIONS, noise_control, retrieval_nway
+
+    out: dict[str, Any] = {"view": view.get("description"), "held_out_clusters": view.get("held_out_clusters")}
+    pools = (("pooled", min(cfg.eval.pool, len(preds))), ("all", "all"))
+    for key, p in pools:
+        out[key] = _jsonable(retrieval_nway(preds, targets, pool=p, draws=cfg.eval.draws, seed=seed, n_boot=n_boot,
+                                            groups=groups, draw_mode=cfg.eval.draw_mode))
+    overall = sum(out["all"][d] for d in DIRECTIONS) / len(DIRECTIONS)
+    control, sigma = noise_control(targets, overall, seed)
+    out["control"] = {"what": "target + Gaussian noise matched to the model's whole-test-set top-1 (mean of both "
+                              "directions): the gap the test images alone produce", "noise_sigma": sigma}
+    for key, p in pools:
+        out["control"][key] = _jsonable(retrieval_nway(control, targets, pool=p, draws=cfg.eval.draws, seed=seed,
+                                                       n_boot=n_boot, groups=groups, draw_mode=cfg.eval.draw_mode))
+        out[key]["excess_gap"] = {d: out[key]["gap"][d] - out["control"][key]["gap"][d] for d in DIRECTIONS}
+    return out
+
+
 def _jsonable(x: Any) -> Any:
+    """JSON-ready copy; floats rounded to 6 significant digits (float32 scores: 0.52, not 0.5199999809265137)."""
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
     if isinstance(x, dict):
         return {k: _jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
-        return x.tolist()
+        return _jsonable(x.tolist())
     if hasattr(x, "item"):
-        return x.item()
+        return _jsonable(x.item())
     return x
 
 
@@ -105,3 +153,46 @@ def ridge_warnings(results: list[dict[str, Any]]) -> list[str]:
                              f"{ridge.get('name', ridge['run'])} on this test set (mean top-1 of both directions "
                              f"{100 * mean:.1f}% vs {100 * ridge_mean:.1f}%)")
     return lines
+
+
+def _pct_ci(block: dict[str, Any], key: str) -> str:
+    lo, hi = block.get(f"{key}_ci95_bootstrap", (float("nan"), float("nan")))
+    return f"{100 * block[key]:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def nway_table(results: list[dict[str, Any]]) -> str:
+    """N-way retrieval beyond the config's pool (``--pool all``/``--pool 1000``) and, on a category-disjoint
+    view, in- vs out-of-distribution side by side; '' when no result has either."""
+    from mindeye.metrics.retrieval import TABLE1_COLUMNS
+
+    image_col, brain_col = TABLE1_COLUMNS["Image retrieval"], TABLE1_COLUMNS["Brain retrieval"]
+    lines: list[str] = []
+    for r in results:
+        name = r.get("name", r["run"])
+        for block in (r.get("nway") or {}).values():
+            lines.append(f"{name[:24]:<24} {block['pool']}-way ({block['draws']} draw(s), chance "
+                         f"{100 * block['chance']:.2f}%): image retr. {_pct_ci(block, image_col)}  brain retr. "
+                         f"{_pct_ci(block, brain_col)}  (bootstrap 95% CI over test images)")
+        ood = r.get("ood")
+        if not ood:
+            continue
+        lines.append(f"{name[:24]:<24} in- vs out-of-distribution ({ood.get('view')}; held out: "
+                     f"{', '.join(map(str, ood.get('held_out_clusters') or []))})")
+        if ood.get("warning"):
+            lines.append(f"{'':<4}WARNING: {ood['warning']}")
+        for key in ("pooled", "all"):
+            block = ood.get(key)
+            if not block:
+                continue
+            g = block["groups"]
+            lines.append(f"{'':<4}{block['pool']}-way, pools shared by both groups (chance {100 * block['chance']:.2f}%):")
+            control = (ood.get("control") or {}).get(key, {}).get("gap", {})
+            for label, col in (("image retr.", image_col), ("brain retr.", brain_col)):
+                gap = block.get("gap", {})
+                glo, ghi = gap.get(f"{col}_ci95_bootstrap", (float("nan"), float("nan")))
+                lines.append(f"{'':<6}{label}  ID {_pct_ci(g['in-distribution'], col)} (n={g['in-distribution']['n']})"
+                             f"  OOD {_pct_ci(g['out-of-distribution'], col)} (n={g['out-of-distribution']['n']})"
+                             f"  gap {100 * gap.get(col, float('nan')):+.1f} points [{100 * glo:+.1f}, {100 * ghi:+.1f}]"
+                             + (f"; noise control's gap {100 * control[col]:+.1f}, excess "
+                                f"{100 * block['excess_gap'][col]:+.1f}" if col in control else ""))
+    return "\n".join(lines)

@@ -21,8 +21,9 @@ import torch
 def scene_semantics(store_path: str | Path, image_index: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(unit attribute vectors (N, 56), main-object categories (N,)), or None for a store without scenes."""
     from mindeye.data.scenes import attribute_vector
+    from mindeye.data.store import data_root
 
-    path = Path(store_path) / "attributes.json"
+    path = data_root(store_path) / "attributes.json"
     if not path.is_file():
         return None
     scenes = json.loads(path.read_text())

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mindeye.errors import MindEyeError, WeightsUnavailableError
 from mindeye.inference.recon_dir import entry_path, finished, open_index, read_index, save_float, write_index
 from mindeye.utils.images import float_to_uint8, is_float_images, load_png, save_png, uint8_to_float
+from mindeye.utils.logs import progress_bar
 
 
 def blurry_batch(predict: Callable[[torch.Tensor], torch.Tensor], decode: Callable[[torch.Tensor], torch.Tensor],
@@ -56,7 +56,7 @@ def decode_latents_to_pngs(
     out_dir.mkdir(parents=True, exist_ok=True)
     index = open_index(out_dir, "blurry", config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
-    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="blurry", unit="img",
+    bar = progress_bar(total=len(image_index), initial=len(image_index) - len(todo), desc="blurry", unit="img",
                disable=not progress)
     for b0 in range(0, len(todo), batch_size):
         rows = todo[b0:b0 + batch_size]

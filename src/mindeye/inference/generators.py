@@ -28,7 +28,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel, UniPCMultistepScheduler
 
 from mindeye.constants import CLIP_MEAN, CLIP_STD, SD_LATENT_SCALE, SD_VAE_CONFIG
-from mindeye.errors import MindEyeError, WeightsUnavailableError
+from mindeye.errors import MindEyeError, WeightsUnavailableError, option
 from mindeye.inference.img2img import img2img_start
 from mindeye.utils.images import as_float_images, float_to_uint8, uint8_to_float
 from mindeye.utils.weights import hf_cache_snapshot, quiet_diffusers, weight_load_errors
@@ -65,20 +65,35 @@ class GeneratorSpec:
     # UniPC's last step: "sigma_min" ends at t = 0 (sigma ~ 0.029), as the authors' diffusers 0.13 loop did;
     # "zero" ends at sigma = 0 (diffusers' default since 0.2x).
     final_sigmas: str = "zero"
+    # "module:function" of a generator that lives in a module of its own (it subclasses ImageGenerator, so
+    # this module cannot import it): called as function(weights, device, dtype, random_init=...).
+    loader: str = ""
+    # reconstruction settings this generator's authors used, where they differ from ReconstructSettings'
+    # (Versatile Diffusion's); `mindeye reconstruct` applies them unless the flag is given
+    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 GENERATORS: dict[str, GeneratorSpec] = {
     "versatile-diffusion": GeneratorSpec(
         "versatile-diffusion", "shi-labs/versatile-diffusion", "image_unet", "clip-vit-l14-hidden", (257, 768),
         1.0, "Versatile Diffusion image-variation UNet + SD VAE (paper's main generator)",
-        "Download it with `huggingface-cli download shi-labs/versatile-diffusion --include 'image_unet/*' "
-        "'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+        "Download it with `hf download shi-labs/versatile-diffusion --include 'image_unet/*' --include "
+        "'vae/*' --include 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
     ),
     "sd-image-variations": GeneratorSpec(
         "sd-image-variations", "lambdalabs/sd-image-variations-diffusers", "unet", "clip-vit-l14-final",
         (1, 768), 1.0, "Stable Diffusion Image Variations (final-layer 1x768 CLIP embedding; paper A.7)",
-        "Download it with `huggingface-cli download lambdalabs/sd-image-variations-diffusers --include "
-        "'unet/*' 'vae/*' 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+        "Download it with `hf download lambdalabs/sd-image-variations-diffusers --include 'unet/*' "
+        "--include 'vae/*' --include 'scheduler/*'` on a machine with network access.", final_sigmas="sigma_min",
+    ),
+    "unclip-sdxl": GeneratorSpec(  # MindEye2's; loaded and sampled by mindeye.inference.unclip_sdxl
+        "unclip-sdxl", None, "", "openclip-vit-bigg14-tokens", (256, 1664), 1.0,
+        "MindEye2's unCLIP fine-tune of SDXL (authors' sgm checkpoint, 256 x 1664 bigG image tokens), 768 px",
+        "Download it with `hf download pscotti/mindeyev2 unclip6_epoch0_step110000.ckpt --repo-type dataset "
+        "--local-dir DIR` on a machine with network access.", loader="mindeye.inference.unclip_sdxl:load_unclip_sdxl",
+        # recon_inference.ipynb: one sample per image (no best-of), 38 Euler steps, CFG 5 (unclip6.yaml), pure
+        # noise start (no img2img), prior p_sample_loop(timesteps=20)
+        defaults={"samples": 1, "steps": 38, "guidance": 5.0, "img2img_strength": 0.0, "prior_steps": 20},
     ),
     "demo-latent-diffusion": GeneratorSpec(
         "demo-latent-diffusion", None, "", "standin-clip-hidden", (17, 64), 1.0,
@@ -96,6 +111,20 @@ def generator_spec(name: str) -> GeneratorSpec:
     if name not in GENERATORS:
         raise MindEyeError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
     return GENERATORS[name]
+
+
+def describe_generators() -> str:
+    """``name (TxD encoder)`` of every generator, for messages."""
+    return ", ".join(f"{n} ({s.condition_shape[0]}x{s.condition_shape[1]} {s.condition_encoder})"
+                     for n, s in GENERATORS.items())
+
+
+def generator_for(encoder: str, tokens: tuple[int, int]) -> str | None:
+    """The generator conditioned on a run's target space: its target ``encoder`` and output shape ``tokens``
+    (backbone tokens x dim) both match, else the shape alone; None when no generator takes that shape."""
+    same_shape = [n for n, s in GENERATORS.items() if tuple(s.condition_shape) == tuple(tokens)]
+    exact = [n for n in same_shape if GENERATORS[n].condition_encoder == encoder]
+    return (exact or same_shape or [None])[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,6 +322,9 @@ class ImageGenerator:
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
+_WEIGHTS_HINT = option('image_model_weights="/path/to/local/copy"', "--weights /path/to/local/copy")
+
+
 def resolve_pipeline_dir(spec: GeneratorSpec, weights: str | None) -> Path:
     """``--weights`` (local pipeline directory or HF id, looked up in the local HF cache only) -> a path."""
     ref = weights or spec.hf_id
@@ -304,7 +336,8 @@ def resolve_pipeline_dir(spec: GeneratorSpec, weights: str | None) -> Path:
         return local
     raise WeightsUnavailableError(
         f"weights for generator '{spec.name}' ({ref}) are not available on this machine. "
-        f"{spec.download_hint} Then pass --weights /path/to/local/copy (the pipeline directory holding "
+        f"{spec.download_hint} Then pass "
+        f"{_WEIGHTS_HINT} (the pipeline directory holding "
         f"{spec.unet_subfolder}/ and vae/), or fill the Hugging Face cache on a machine with network access."
     )
 
@@ -322,6 +355,11 @@ def load_generator(
     dtype = dtype or (torch.float16 if torch.device(device).type == "cuda" else torch.float32)
     if spec.name == "demo-latent-diffusion":
         return load_demo_generator(weights, device)
+    if spec.loader:
+        import importlib
+
+        module, function = spec.loader.split(":")
+        return getattr(importlib.import_module(module), function)(weights, device, dtype, random_init=random_init)
     if random_init:
         torch.manual_seed(0)
         unet = UNet2DConditionModel(**SD_UNET_CONFIG)
@@ -337,7 +375,7 @@ def load_generator(
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise WeightsUnavailableError(
                 f"could not load generator '{spec.name}' from {root}: {first}. {spec.download_hint} "
-                f"--weights must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
+                f"{option('image_model_weights', '--weights')} must be a pipeline directory with {spec.unet_subfolder}/ and vae/ subfolders"
             ) from None
         sched = dict(SD_SCHEDULER_CONFIG)
         if (root / "scheduler" / "scheduler_config.json").exists():

@@ -8,12 +8,12 @@ s = 0.15 noises the blurry image's latent to the 4th of 20 UniPC timesteps and d
 
 from __future__ import annotations
 
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 
 
 def check_strength(strength: float) -> float:
     if not 0.0 <= strength <= 1.0:
-        raise MindEyeError(f"--img2img-strength must be between 0 (pure noise) and 1 (low-level image only), "
+        raise MindEyeError(f"{option('img2img_strength', '--img2img-strength')} must be between 0 (pure noise) and 1 (low-level image only), "
                            f"got {strength}")
     return float(strength)
 

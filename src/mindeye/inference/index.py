@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mindeye import __version__
 from mindeye.diskspace import reserve_file
@@ -53,6 +52,7 @@ from mindeye.inference.sources import IDS, ImageSource, UrlSource, open_source, 
 from mindeye.utils.chunks import finish_chunk, n_chunks, open_chunked
 from mindeye.utils.files import replace_dir, write_json_atomic
 from mindeye.utils.images import square
+from mindeye.utils.logs import progress_bar
 
 MANIFEST = "manifest.json"
 EMBEDDINGS = "embeddings.npy"
@@ -126,7 +126,7 @@ def make_faiss_index(vectors: np.ndarray, index_type: str = "auto", *, nlist: in
         index.train(_normalised(vectors[sample]))
         desc.update(n_train=int(n_train), nprobe=default_nprobe(spec["nlist"]))
         set_nprobe(index, desc["nprobe"])
-    for s in tqdm(range(0, n, chunk), desc="index", unit="chunk", disable=not progress):
+    for s in progress_bar(range(0, n, chunk), desc="index", unit="chunk", disable=not progress):
         index.add(_normalised(vectors[s:s + chunk]))
     return index, desc
 
@@ -209,7 +209,7 @@ def build_index(
     chunk_size, batch_size = state["chunk_size"], state["batch_size"]
 
     start = min(state["chunks_done"] * chunk_size, n)
-    bar = tqdm(total=n, initial=start, unit="img", desc=f"embed {enc.name}", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=n, initial=start, unit="img", desc=f"embed {enc.name}", disable=not progress, dynamic_ncols=True)
     try:
         stream = source.iter_from(start)
         for c in range(state["chunks_done"], state["n_chunks"]):

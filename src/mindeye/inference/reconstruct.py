@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.inference.img2img import check_strength, img2img_start
 from mindeye.inference.recon_dir import INDEX_NAME, finished, open_index, save_float, write_index  # noqa: F401
 from mindeye.utils.images import as_float_images, fit_bilinear, float_to_uint8, load_png, save_png  # noqa: F401
+from mindeye.utils.logs import progress_bar
 
 if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only needs the PNG/index helpers
     from mindeye.inference.generators import ImageGenerator
@@ -56,7 +56,8 @@ class ReconstructSettings:
 
     def validate(self) -> None:
         if self.samples < 1 or self.steps < 1 or self.batch_brains < 1:
-            raise MindEyeError("--samples, --steps and --batch-brains must be at least 1")
+            raise MindEyeError(f"{option('samples, num_inference_steps and batch_size', '--samples, --steps and --batch-brains')}"
+                               " must be at least 1")
         for name, value in (("guidance", self.guidance), ("prior guidance", self.prior_guidance)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
                                       or not math.isfinite(value)):
@@ -105,15 +106,20 @@ def reconstruct(
     image_index: np.ndarray,
     prior: Prior,
     generator: ImageGenerator,
-    judge: Callable[[torch.Tensor], torch.Tensor],
+    judge: Callable[[torch.Tensor], torch.Tensor] | None,
     out_dir: str | Path,
     settings: ReconstructSettings,
     blurry: BlurrySource | None = None,
     config: dict[str, Any] | None = None,
     image_ids: list[str] | None = None,
     progress: bool = True,
+    captioner: Any = None,
 ) -> dict[str, Any]:
     """Reconstruct every row of ``backbone`` (M, T, D) into ``out_dir``; returns the index written.
+
+    ``captioner`` (MindEye2, :class:`mindeye.inference.captions.GitCaptioner`): each brain sample's first prior
+    sample is also captioned (``recon_inference.ipynb`` captions the prior output unCLIP decodes), into
+    ``index["images"][i]["caption"]`` (what `mindeye refine` prompts with).
 
     ``projector`` (M, ...) are the retrieval embeddings the best-of-N judge compares to; ``judge`` maps
     uint8 images (n, H, W, 3) to embeddings of the same shape. ``blurry`` supplies the low-level image of
@@ -132,14 +138,22 @@ def reconstruct(
                    "settings": settings.identity(), "img2img": blurry is not None, "img2img_start_step": start,
                    "final_sigmas": settings.final_sigmas or getattr(generator, "final_sigmas", None),
                    **(config or {})}
+    if captioner is not None:
+        full_config["captions"] = True
     index = open_index(out_dir, "reconstruction", full_config)
     todo = [m for m in range(len(image_index)) if not finished(index, out_dir, image_index[m])]
-    bar = tqdm(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
+    bar = progress_bar(total=len(image_index), initial=len(image_index) - len(todo), desc="reconstruct", unit="img",
                disable=not progress)
     for b0 in range(0, len(todo), settings.batch_brains):
         rows = todo[b0:b0 + settings.batch_brains]
+        captions: dict[int, str] = {}
+        on_embeds = None
+        if captioner is not None:
+            def on_embeds(rows_: list[int], embs: torch.Tensor, captions: dict[int, str] = captions) -> None:
+                texts = captioner.caption(embs[::n])
+                captions.update({int(image_index[m]): t for m, t in zip(rows_, texts)})
         images, chosen, all_scores = reconstruct_batch(rows, backbone, projector, image_index, prior, generator,
-                                                       judge, settings, blurry, start)
+                                                       judge, settings, blurry, start, on_embeds=on_embeds)
         for j, m in enumerate(rows):
             idx = int(image_index[m])
             cand = images[j * n:(j + 1) * n]
@@ -148,6 +162,8 @@ def reconstruct(
                                    "scores": scores, "seed": item_seed(settings.seed, idx)}
             if image_ids is not None:
                 rec["image_id"] = image_ids[idx]
+            if idx in captions:
+                rec["caption"] = captions[idx]
             if settings.save_all:
                 rec["samples"] = [f"samples/{idx:05d}_{k:02d}.png" for k in range(n)]
                 for k in range(n):
@@ -167,15 +183,19 @@ def reconstruct(
 
 
 def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.Tensor, image_index: np.ndarray,
-                      prior: Prior, generator: ImageGenerator, judge: Callable[[torch.Tensor], torch.Tensor],
-                      settings: ReconstructSettings, blurry: BlurrySource | None,
-                      start: int) -> tuple[torch.Tensor, list[int], list[list[float]]]:
+                      prior: Prior, generator: ImageGenerator,
+                      judge: Callable[[torch.Tensor], torch.Tensor] | None, settings: ReconstructSettings, blurry: BlurrySource | None,
+                      start: int, on_embeds: Callable[[list[int], torch.Tensor], None] | None = None,
+                      ) -> tuple[torch.Tensor, list[int], list[list[float]]]:
     """One batch of brain samples (``rows``) -> (float candidates (len(rows) x n, 3, H, W) in [0, 1], the
     best-of-n candidate of each row, every candidate's judge score). The candidates stay floats, as the
     authors' (``utils.decode_latents``: clamped to [0, 1], not quantised) for the judge and the metrics. The one reconstruction step: `mindeye
     reconstruct` (:func:`reconstruct`) and :meth:`mindeye.MindEyePipeline.reconstruct` both call it."""
     n = settings.samples
-    images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device)
+    images = _generate(rows, backbone, image_index, prior, generator, settings, blurry, start, n, generator.device,
+                       on_embeds)
+    if judge is None:  # one candidate each (MindEye2's protocol): nothing to judge
+        return images, [0] * len(rows), [[] for _ in rows]
     with torch.no_grad():
         embeds = judge(images.to(generator.device))
     chosen, scores = [], []
@@ -188,7 +208,8 @@ def reconstruct_batch(rows: list[int], backbone: torch.Tensor, projector: torch.
 
 def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, prior: Prior,
               generator: ImageGenerator, settings: ReconstructSettings, blurry: BlurrySource | None,
-              start: int, n: int, device: torch.device) -> torch.Tensor:
+              start: int, n: int, device: torch.device,
+              on_embeds: Callable[[list[int], torch.Tensor], None] | None = None) -> torch.Tensor:
     """float images (len(rows) x n, 3, H, W): n candidates per brain sample, in row order."""
     size = generator.image_size
     if blurry is not None and start >= settings.steps:  # strength 1: the low-level image is the result
@@ -200,6 +221,8 @@ def _generate(rows: list[int], backbone: torch.Tensor, image_index: np.ndarray, 
     # One prior call for the batch, each brain sample's noise from its own generator (Prior protocol).
     embs = prior.sample(brains, cond_scale=settings.prior_guidance, timesteps=settings.prior_steps,
                         generator=gens if len(gens) > 1 else gens[0])
+    if on_embeds is not None:  # e.g. MindEye2's captions of the prior outputs (n per row, row order)
+        on_embeds(rows, embs)
     conds, noises, inits = [generator.prepare_condition(embs)], [], []
     for m, g in zip(rows, gens):  # then each generator's next draws, as one brain sample at a time
         noises.append(torch.randn((n, *generator.latent_shape), generator=g, device=device))
@@ -229,7 +252,7 @@ def _blurry_float(blurry: BlurrySource, image_index: int, size: int) -> torch.Te
 def reconstruct_run(
     run_dir: str | Path,
     out_dir: str | Path,
-    generator_name: str = "versatile-diffusion",
+    generator_name: str | None = "versatile-diffusion",
     settings: ReconstructSettings | None = None,
     lowlevel: str | Path | None = None,
     weights: str | None = None,
@@ -240,43 +263,73 @@ def reconstruct_run(
     limit: int | None = None,
     progress: bool = True,
     subject: str | None = None,
+    caption_weights: str | None = None,
+    caption_converter: str | None = None,
 ) -> dict[str, Any]:
     """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
 
+    ``caption_weights`` / ``caption_converter`` (MindEye2): GIT and the authors' bigG -> CLIP-L converter;
+    when given, every image's prior output is captioned too (:mod:`mindeye.inference.captions`).
+
     ``lowlevel`` is a low-level run directory (its blurry images are made first, into OUT/blurry, resumably)
-    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img.
+    or a ``reconstruct-blurry`` output directory; None reconstructs without img2img. ``generator_name`` None:
+    the generator conditioned on the run's target space (:func:`~mindeye.inference.generators.generator_for`).
     """
     from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
     from mindeye.encoders.targets import target_options
     from mindeye.inference.blurry import BlurryImages, reconstruct_blurry, resolve_store
-    from mindeye.inference.generators import generator_spec, load_generator
+    from mindeye.inference.generators import (
+        describe_generators,
+        generator_for,
+        generator_spec,
+        load_generator,
+    )
     from mindeye.runs import embed_voxels, load_run_model, read_run, refuse_diverged, subject_view
 
     settings = settings or ReconstructSettings()
     settings.validate()
-    spec = generator_spec(generator_name)
+    spec = generator_spec(generator_name) if generator_name is not None else None
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg, info = read_run(run_dir)
     info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
     refuse_diverged(run_dir, info)  # before the generator: a diverged run is not the generator's fault
-    if cfg.model.kind != "mindeye" or not cfg.model.prior.enabled:
-        raise MindEyeError(f"{run_dir} has no diffusion prior (model.kind={cfg.model.kind}, prior.enabled="
-                           f"{cfg.model.prior.enabled}); reconstruction needs a high-level MindEye run with a prior")
+    if cfg.model.kind in ("lowlevel", "ridge"):
+        raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run (model.kind={cfg.model.kind}): it has no diffusion "
+                           "prior; reconstruction needs a high-level MindEye run (model.kind mindeye or mindeye2 with "
+                           "model.prior.enabled=true). A ridge run retrieves (`mindeye retrieve`, `mindeye evaluate "
+                           "retrieval`); a low-level run makes blurry images (`mindeye reconstruct-blurry`)")
+    if not cfg.model.prior.enabled:
+        raise MindEyeError(f"{run_dir} was trained without a diffusion prior (model.prior.enabled=false); "
+                           "reconstruction needs a MindEye run trained with model.prior.enabled=true")
     tokens = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
+    if spec is None:
+        match = generator_for(cfg.targets.encoder, tokens)
+        if match is None:
+            raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} {cfg.targets.encoder} embeddings and no "
+                               f"generator is conditioned on that shape; generators: {describe_generators()}")
+        spec = generator_spec(match)
     if tokens != spec.condition_shape:
-        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} embeddings but generator '{spec.name}' is "
-                           f"conditioned on {spec.condition_shape[0]}x{spec.condition_shape[1]} ({spec.condition_encoder}); "
-                           "pick the matching --generator")
+        match = generator_for(cfg.targets.encoder, tokens)
+        fix = (f"use --generator {match} (or leave --generator out: the run's generator is picked)" if match else
+               f"no generator takes {tokens[0]}x{tokens[1]} embeddings; generators: {describe_generators()}")
+        raise MindEyeError(f"{run_dir} predicts {tokens[0]}x{tokens[1]} {cfg.targets.encoder} embeddings but "
+                           f"generator '{spec.name}' is conditioned on {spec.condition_shape[0]}x"
+                           f"{spec.condition_shape[1]} ({spec.condition_encoder}); {fix}")
     if cfg.targets.encoder != spec.condition_encoder:
         print(f"note: the run's targets come from {cfg.targets.encoder}; best-of-N is judged with "
               f"{spec.condition_encoder}", flush=True)
     # Load the (large, possibly missing) generator first so a missing download fails before any work.
     generator = load_generator(spec.name, weights, device=device, dtype=dtype)
+    captioner = None
+    if caption_weights is not None or caption_converter is not None:
+        from mindeye.inference.captions import load_captioner
+
+        captioner = load_captioner(caption_weights, caption_converter, device)
     # load_run_model also checks the store's voxel count against the run's (else a matmul traceback)
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg), subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
-                            cfg.data.test_repetitions)
+                            cfg.data.test_repetitions, average=cfg.data.test_average)
     rows = slice(0, limit) if limit else slice(None)
     voxels, image_index = split.voxels[rows], split.image_index[rows]
     backbone = embed_voxels(model, voxels, device, which="backbone").half()
@@ -292,15 +345,20 @@ def reconstruct_run(
         blurry = BlurryImages(low)
         lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
     # The judge embeds candidates the way the run's targets were embedded (paper: reference preprocessing).
-    judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
-                        **target_options(cfg, spec.condition_encoder))
+    if settings.samples == 1:  # nothing to choose between (MindEye2's protocol): no judge to load
+        judge, judge_fn = None, None
+    else:
+        judge = get_encoder(spec.condition_encoder, weights=judge_weights, device=device,
+                            **target_options(cfg, spec.condition_encoder))
+        judge_fn = judge.encode
     config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
-              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder,
+              "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder if judge is not None else None,
               "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
     if settings.prior_steps is None:
         settings.prior_steps = cfg.model.prior.sample_steps
     if settings.prior_guidance is None:
         settings.prior_guidance = cfg.model.prior.guidance
     prior = model.prior.eval()
-    return reconstruct(backbone, projector, image_index, prior, generator, judge.encode, out_dir, settings,
-                       blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress)
+    return reconstruct(backbone, projector, image_index, prior, generator, judge_fn, out_dir, settings,
+                       blurry=blurry, config=config, image_ids=store_obj.image_ids, progress=progress,
+                       captioner=captioner)

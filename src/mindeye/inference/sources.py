@@ -195,7 +195,7 @@ def open_source(images: str | Path | Sequence[str | Path]) -> ImageSource:
 
             store = SubjectStore(root)
             n = store.n_images
-            return ImageSource("store", str(root), ["images.npy"] * n, [str(i) for i in range(n)])
+            return ImageSource("store", str(store.data_path.resolve()), ["images.npy"] * n, [str(i) for i in range(n)])
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
                        and not any(part.startswith(".") for part in p.relative_to(root).parts))
         if files:

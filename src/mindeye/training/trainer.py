@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import time
@@ -33,7 +34,7 @@ from mindeye.config import Config, to_dict
 from mindeye.constants import SD_LATENT_SCALE
 from mindeye.data.store import SubjectStore
 from mindeye.devices import resolve_device
-from mindeye.errors import MindEyeError
+from mindeye.errors import MindEyeError, option
 from mindeye.models.factory import build_model, parameter_counts
 from mindeye.models.mindeye import MindEyeModel
 from mindeye.runs import embed_voxels, read_run_json
@@ -82,6 +83,8 @@ from mindeye.training.ridge_first import (
     val_score,
 )
 from mindeye.training.run_lock import RunLock
+
+log = logging.getLogger(__name__)  # one line per epoch and stage, with or without progress bars
 
 
 def autocast_context(precision: str, device: str):
@@ -179,8 +182,9 @@ class Trainer:
         # weights; a kill mid-swap may leave only checkpoint.old/) are never silently replaced.
         has_run = any((self.run_dir / name).exists() for name in ("checkpoint", "checkpoint.old", "model.safetensors"))
         if has_run and not resume:
-            raise MindEyeError(f"{self.run_dir} already holds a training run; pass --resume to continue it "
-                               "or choose another --out")
+            raise MindEyeError(f"{self.run_dir} already holds a training run; pass "
+                               f"{option('resume=True to continue it, overwrite=True to train it again', '--resume to continue it')}"
+                               f" or choose another {option('out', '--out')}")
         started = (self.run_dir / "config.yaml").exists()  # a run stopped before its first checkpoint
         if resume and not (has_run or started):
             raise MindEyeError(f"nothing to resume in {self.run_dir} (no run there: no config.yaml, checkpoint/ or "
@@ -255,8 +259,8 @@ class Trainer:
             t_ridge = time.perf_counter()
             ridge_alpha = fit_ridge_map(model.ridge, self.store, task.images, task.ridge_targets,
                                         cfg.model.ridge.alphas, cfg.seed)
-            if self.progress:
-                print(f"ridge-first: ridge map fitted on {len(task.images)} training images (alpha {ridge_alpha:g}, "
+            if self.dist.is_main:
+                log.info(f"ridge-first: ridge map fitted on {len(task.images)} training images (alpha {ridge_alpha:g}, "
                       f"{time.perf_counter() - t_ridge:.1f} s); the network learns a residual over it")
         new_subjects: list[str] = []
         if self.pretrained is not None and not (self.resume and (self.run_dir / "checkpoint").exists()):
@@ -284,8 +288,8 @@ class Trainer:
             first = task.validate(model)
             self._log(self.run_dir / "metrics.jsonl", {"epoch": 0, "step": 0, **{f"val_{k}": v for k, v in first.items()}})
             best.offer(0, first, model if cfg.train.select_best else None)
-            if self.progress:
-                print("epoch 0 (before training" + (", = the ridge map" if cfg.model.ridge_residual else "") + "): "
+            if self.dist.is_main:
+                log.info("epoch 0 (before training" + (", = the ridge map" if cfg.model.ridge_residual else "") + "): "
                       + ", ".join(f"{k} {v:.3f}" for k, v in first.items()))
         sharded = self.dist.enabled and cfg.train.parallel == "fsdp"
         resume_state = None
@@ -329,8 +333,8 @@ class Trainer:
             start_epoch, step = int(state["epoch"]), int(state["step"])
             if self.dist.is_main:
                 self._drop_records_after(self.run_dir / "metrics.jsonl", step)
-            if self.progress:
-                print(f"resuming {self.run_dir} after epoch {start_epoch} (step {step})")
+            if self.dist.is_main:
+                log.info(f"resuming {self.run_dir} after epoch {start_epoch} (step {step})")
         autocast, precision = autocast_context(cfg.train.precision, self.device)
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         log_path = self.run_dir / "metrics.jsonl"
@@ -341,7 +345,7 @@ class Trainer:
         last_done = start_epoch
         for epoch in range(start_epoch, cfg.train.epochs):
             ddp_model.train()
-            t0, seen = time.perf_counter(), 0
+            t0, seen, epoch_loss = time.perf_counter(), 0, None
             running: list[torch.Tensor] = []
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                        disable=not self.progress, leave=False, unit="step")
@@ -361,6 +365,7 @@ class Trainer:
                     # The only host sync in the loop: once every log_every steps.
                     mean_loss = torch.stack(running).float().mean().item()
                     running.clear()
+                    epoch_loss = mean_loss
                     bad_step = guard.diverged_at()
                     if bad_step is not None or not math.isfinite(mean_loss):
                         self._stop_diverged(bad_step or step, epoch)
@@ -385,9 +390,13 @@ class Trainer:
                 last_eval, validated = task.validate(model), True
                 if last_eval and self.dist.is_main:
                     self._log(log_path, {"epoch": done, "step": step, **{f"val_{k}": v for k, v in last_eval.items()}})
-                    if self.progress:
-                        shown = ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
-                        print(f"epoch {done}: {shown}")
+            if self.dist.is_main:  # every epoch, bars or not: a job without a terminal is never silent for long
+                if epoch_loss is None and running:  # fewer steps than train.log_every: one sync, once
+                    epoch_loss = torch.stack(running).float().mean().item()
+                shown = [f"loss {epoch_loss:.4f}"] if epoch_loss is not None else []
+                shown += [f"{k} {v:.3f}" for k, v in last_eval.items()] if validated else []
+                log.info(f"epoch {done}/{cfg.train.epochs}: " + ", ".join(
+                    [*shown, f"{time.perf_counter() - t0:.1f} s"]))
             epoch_complete = step == done * steps_per_epoch
             saved = full_model_state(model) if sharded else model  # gathering is a collective
             last_done = done
@@ -420,8 +429,8 @@ class Trainer:
         if cfg.train.select_best and best.epoch is not None:
             if best.install(last_done):
                 final_scores = best.scores
-                if self.progress:
-                    print(f"selected epoch {best.epoch} (best {SCORE_NAMES[cfg.model.kind]}: {best.score:.3f}; "
+                if self.dist.is_main:
+                    log.info(f"selected epoch {best.epoch} (best {SCORE_NAMES[cfg.model.kind]}: {best.score:.3f}; "
                           f"the last epoch {last_done} scored {val_score(cfg.model.kind, last_eval) or float('nan'):.3f})")
             out["selected_epoch"] = best.epoch
             out.update(final_scores)
@@ -446,8 +455,8 @@ class Trainer:
         if fields:
             update_run_info(self.run_dir, **fields)
         line = ridge_check_line(check, f"this {cfg.model.kind} model")
-        if line and self.progress:
-            print(line, flush=True)
+        if line:
+            log.info(line)
         return out
 
     def _first_validation(self) -> dict[str, float]:
@@ -506,7 +515,8 @@ class Trainer:
         low = cfg.model.ridge.target == "lowlevel"  # voxels -> VAE latent (blurry images), not -> CLIP
         encoder, weights = ((cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights) if low
                             else (cfg.targets.encoder, cfg.targets.weights))
-        targets = Targets(self.store_path, encoder, weights, options=target_options(cfg, encoder))
+        targets = Targets(self.store_path, encoder, weights, options=target_options(cfg, encoder),
+                          key="targets.lowlevel_weights" if low else "targets.weights")
         train_imgs, val_imgs = train_val_images(self.store, cfg)
         train = load_trials(self.store, train_imgs)
         model = build_model(cfg.model, self.store.n_voxels)
@@ -795,7 +805,8 @@ class HighLevelTask(HighLevelLoss):
         self.parts = []
         for path, store in zip(trainer.store_paths, trainer.stores):
             targets = Targets(path, cfg.targets.encoder, cfg.targets.weights,
-                              views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder))
+                              views=cfg.targets.augmented_views, options=target_options(cfg, cfg.targets.encoder),
+                              key="targets.weights")
             expected = (cfg.model.backbone.tokens, cfg.model.backbone.dim)
             if targets.shape != expected and not (cfg.model.backbone.tokens == 1 and targets.shape == (cfg.model.backbone.dim,)):
                 raise MindEyeError(
@@ -979,11 +990,11 @@ class LowLevelTask(LowLevelLoss):
         self.t = trainer
         cfg = trainer.cfg
         self.latents = Targets(trainer.store_path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights,
-                               options=target_options(cfg, cfg.targets.lowlevel_encoder))
+                               options=target_options(cfg, cfg.targets.lowlevel_encoder), key="targets.lowlevel_weights")
         self.teacher = None
         if cfg.train.lowlevel_contrastive_weight > 0:
             self.teacher = Targets(trainer.store_path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
-                                   views=cfg.targets.augmented_views)
+                                   views=cfg.targets.augmented_views, key="targets.teacher_weights")
         train_imgs, val_imgs = training_images(trainer.store, cfg)
         self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
         if len(self.images) < cfg.train.batch_size:
