@@ -10,7 +10,7 @@ from mindeye.commands.options import add_data, add_out, add_progress
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "import-checkpoint", help="convert an authors' MindEye v1 checkpoint into a mindeye run directory",
+        "import-checkpoint", help="convert an authors' MindEye v1 or MindEye2 checkpoint into a mindeye run directory",
         description="Map every tensor of an authors'-layout high-level checkpoint (voxel2clip.*, net.*, "
                     "noise_scheduler.*) onto our model, check shapes, and write a run directory usable by "
                     "`mindeye evaluate`, `mindeye reconstruct`, ...")
@@ -76,6 +76,7 @@ def _run_mindeye2(args: argparse.Namespace, out: Path) -> int:
     import torch
     from safetensors.torch import save_file
 
+    from mindeye.config import load_config
     from mindeye.models.convert import load_mindeye_v1_checkpoint
     from mindeye.models.convert_mindeye2 import convert_mindeye2_state_dict, infer_sizes, subject_ids
     from mindeye.models.factory import build_model
