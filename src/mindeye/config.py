@@ -119,16 +119,30 @@ class RidgeConfig:
 
 
 @dataclass
+class BlurryConfig:
+    """MindEye2's blurry (low-level) head inside the high-level model (model.kind mindeye2)."""
+
+    enabled: bool = True  # predict the VAE latent (targets.lowlevel_encoder) from the backbone's mixer output
+    channels: int = 64  # channels of the spatial map the head's Linear output is read as
+    side: int = 7  # side of that map; the latent is 4 x side (authors: 7 -> 28, the VAE latent of 224 px)
+    upsampler_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # Decoder up-block widths
+    norm_groups: int = 32  # GroupNorm groups in the Decoder
+    projector_dim: int = 512  # width of the contrastive tokens (1x1 convs), = the teacher's token width
+    dropout: float = 0.3  # dropout after the head's Linear
+
+
+@dataclass
 class ModelConfig:
     """Which model to train and the sizes of its parts."""
 
-    kind: Literal["mindeye", "lowlevel", "ridge"] = "mindeye"  # pipeline: high-level, low-level or ridge
+    kind: Literal["mindeye", "lowlevel", "ridge", "mindeye2"] = "mindeye"  # pipeline: high-level, low-level, ridge or MindEye2 (per-subject ridge + mixer + blurry head; docs/mindeye2.md)
     ridge_residual: bool = False  # ridge-first: a closed-form ridge map voxels -> targets, the network learns a residual over it (docs/small-data.md)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)  # high-level backbone
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)  # contrastive projector
     prior: PriorConfig = field(default_factory=PriorConfig)  # diffusion prior
     lowlevel: LowLevelConfig = field(default_factory=LowLevelConfig)  # low-level pipeline
     ridge: RidgeConfig = field(default_factory=RidgeConfig)  # ridge baseline
+    blurry: BlurryConfig = field(default_factory=BlurryConfig)  # MindEye2 blurry head (kind mindeye2)
 
 
 @dataclass
@@ -172,6 +186,11 @@ class TrainConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: DDP replicas or FSDP2 sharded parameters
     select_best: bool = False  # keep the epoch with the best validation score (epoch 0 included), not the last (needs held-out val images; docs/small-data.md)
     size_defaults: bool = True  # mindeye train / demo: adapt settings to the store's size (docs/small-data.md); explicit settings always win
+    epoch_trials: int | None = None  # samples per epoch over all subjects (MindEye2: 750 x sessions); null = the sampler's epoch (train.epoch_unit)
+    blurry_loss_weight: float = 0.5  # mindeye2: weight of the blurry loss L1 + blurry_contrastive_weight x soft contrastive (authors' blur_scale)
+    blurry_contrastive_weight: float = 0.1  # mindeye2: weight of the blurry head's soft contrastive loss inside it
+    blurry_temperature: float = 0.2  # mindeye2: temperature of the blurry soft contrastive loss
+    bimixco_authors_permutation: bool = False  # several subjects: BiMixCo labels from per-subject permutations concatenated WITHOUT offsets (the authors' bug, docs/choices.md); false = correct labels
     finetune_input_epochs: int = 0  # --init-from: epochs training only the new subject layers before all (0: whole model from the start, MindEye2)
 
 
@@ -219,6 +238,9 @@ class Config:
                 "model.lowlevel.latent_channels": m.lowlevel.latent_channels,
                 "model.lowlevel.projector_dim": m.lowlevel.projector_dim,
                 "model.lowlevel.norm_groups": m.lowlevel.norm_groups,
+                "model.blurry.channels": m.blurry.channels, "model.blurry.side": m.blurry.side,
+                "model.blurry.projector_dim": m.blurry.projector_dim, "model.blurry.norm_groups": m.blurry.norm_groups,
+                "train.blurry_temperature": t.blurry_temperature,
                 "eval.pool": self.eval.pool, "eval.draws": self.eval.draws,
             }.items()),
             *((k, v, v >= 0, ">= 0") for k, v in {
@@ -227,6 +249,8 @@ class Config:
                 "model.prior.guidance": m.prior.guidance, "train.weight_decay": t.weight_decay,
                 "train.prior_loss_weight": t.prior_loss_weight,
                 "train.lowlevel_contrastive_weight": t.lowlevel_contrastive_weight,
+                "train.blurry_loss_weight": t.blurry_loss_weight,
+                "train.blurry_contrastive_weight": t.blurry_contrastive_weight,
             }.items()),
             ("train.mixco_fraction", t.mixco_fraction, 0 <= t.mixco_fraction <= 1, "in [0, 1]"),
             ("train.mixco_prob", t.mixco_prob, 0 <= t.mixco_prob <= 1, "in [0, 1]"),
@@ -240,6 +264,8 @@ class Config:
             # The prior's rotary embedding rotates feature pairs of each head.
             ("model.prior.dim_head", m.prior.dim_head, m.prior.dim_head % 2 == 0, "even"),
             ("train.pct_start", t.pct_start, t.pct_start is None or 0 < t.pct_start < 1, "in (0, 1) or null"),
+            ("train.epoch_trials", t.epoch_trials, t.epoch_trials is None or t.epoch_trials > 0, "positive or null"),
+            ("model.blurry.dropout", m.blurry.dropout, 0 <= m.blurry.dropout <= 1, "in [0, 1]"),
             ("train.max_steps", t.max_steps, t.max_steps is None or t.max_steps > 0, "positive or null"),
             ("data.train_images", self.data.train_images,
              self.data.train_images is None or self.data.train_images > 0, "positive or null"),

@@ -22,13 +22,15 @@ def build_model(cfg: ModelConfig, n_voxels: int | dict[str, int], device: str | 
     for sid, n in counts.items():
         if n <= 0:
             raise MindEyeError(f"n_voxels must be positive, got {n}" + (f" for subject {sid}" if sid else ""))
-    if isinstance(n_voxels, dict) and cfg.kind != "mindeye":
+    if isinstance(n_voxels, dict) and cfg.kind not in ("mindeye", "mindeye2"):
         raise MindEyeError(f"only the high-level model (model.kind mindeye) trains on several subjects; "
                            f"train a {cfg.kind} model per subject store")
     ctx = torch.device(device) if device is not None else torch.device("cpu")
     with ctx:
         if cfg.kind == "mindeye":
             return build_mindeye(cfg, n_voxels)
+        if cfg.kind == "mindeye2":
+            return build_mindeye2(cfg, n_voxels)
         if cfg.kind == "lowlevel":
             return build_lowlevel(cfg, n_voxels)
         if cfg.kind == "ridge":
@@ -77,6 +79,53 @@ def build_mindeye(cfg: ModelConfig, n_voxels: int | dict[str, int]) -> nn.Module
     if projector is not None:
         zero_(projector.net[-1])
     return MindEyeModel(backbone, projector, prior, subject_layers, ridge=RidgeRegression(n_voxels, b.tokens * b.dim))
+
+
+def build_mindeye2(cfg: ModelConfig, n_voxels: int | dict[str, int]) -> nn.Module:
+    """MindEye2 (docs/mindeye2.md): a ridge Linear per subject (a single voxel count gets the id
+    ``subject``), the mixer backbone, projector, blurry head and prior sized by ``cfg``."""
+    from mindeye.data.store import check_subject_id
+    from mindeye.models.mindeye2 import BlurryHead, MindEye2Model, MixerBackbone
+
+    if cfg.ridge_residual:
+        raise MindEyeError("model.ridge_residual is a MindEye v1 layout; model.kind mindeye2 has its own "
+                           "per-subject ridge, set model.ridge_residual to false")
+    b = cfg.backbone
+    counts = n_voxels if isinstance(n_voxels, dict) else {"subject": n_voxels}
+    subject_layers = nn.ModuleDict({check_subject_id(sid): nn.Linear(n, b.hidden) for sid, n in counts.items()})
+    backbone = MixerBackbone(b.hidden, n_blocks=b.n_blocks, out_tokens=b.tokens, out_dim=b.dim, dropout=b.dropout_block)
+    projector = None
+    if cfg.projector.enabled:
+        from mindeye.models.projector import Projector
+
+        projector = Projector(b.dim, cfg.projector.hidden)
+    prior = None
+    if cfg.prior.enabled:
+        from mindeye.models.prior import DiffusionPrior, PriorNetwork
+
+        p = cfg.prior
+        net = PriorNetwork(dim=b.dim, depth=p.depth, heads=p.heads, dim_head=p.dim_head, num_tokens=b.tokens,
+                           cond_drop_prob=p.cond_drop_prob, rotary_dim=min(32, p.dim_head))
+        # Their BrainDiffusionPrior noises the targets unscaled (its `image_embed *= image_embed_scale` is
+        # commented out, MindEyeV2 src/models.py) and returns samples unscaled: scale 1.
+        prior = DiffusionPrior(net, timesteps=p.timesteps, image_embed_scale=1.0)
+    blurry = None
+    if cfg.blurry.enabled:
+        c = cfg.blurry
+        if any(ch % c.norm_groups for ch in c.upsampler_channels):
+            raise MindEyeError(f"model.blurry.norm_groups={c.norm_groups} must divide every "
+                               f"model.blurry.upsampler_channels entry {c.upsampler_channels}; change one of them")
+        blurry = BlurryHead(b.hidden, channels=c.channels, side=c.side, latent_channels=cfg.lowlevel.latent_channels,
+                            block_out_channels=tuple(c.upsampler_channels), projector_dim=c.projector_dim,
+                            norm_num_groups=c.norm_groups, dropout=c.dropout)
+    return MindEye2Model(subject_layers, backbone, projector, prior, blurry)
+
+
+def blurry_latent_shape(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(channels, side, side) of the MindEye2 blurry head's latent: each up block but the last doubles."""
+    c = cfg.blurry
+    side = c.side * 2 ** (len(c.upsampler_channels) - 1)
+    return cfg.lowlevel.latent_channels, side, side
 
 
 def zero_(layer: nn.Module) -> None:

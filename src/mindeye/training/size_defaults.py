@@ -122,6 +122,8 @@ def sized_config(config: str | Path, overrides: list[str] | None, store: str | P
     store = store or cfg.data.store
     if not cfg.train.size_defaults or store is None or not (Path(store) / "meta.json").exists():
         return cfg, None
+    if cfg.model.kind not in SMALL_DATA_IMAGES:  # mindeye2: its own per-subject ridge; the config as written
+        return cfg, None
     st = SubjectStore(store)
     settings, why = size_settings(cfg, store_train_images(st, cfg), len(st.image_indices("val")) > 0, st.n_voxels)
     chosen = user_keys(config, overrides)

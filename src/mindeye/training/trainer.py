@@ -97,7 +97,8 @@ def autocast_context(precision: str, device: str):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype), precision
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias") -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias",
+                 decay_all: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """AdamW groups: ``bias`` = no decay only for parameters named ``*bias*`` (the authors' effective
     grouping: their list also names ``LayerNorm.weight``, which matches none of their modules, so norm
     gains and embeddings are decayed); ``bias+norm`` = also no decay on 1-d/norm/null/position parameters."""
@@ -105,7 +106,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay: str = "bias") 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if no_decay == "bias":
+        if name.startswith(decay_all) if decay_all else False:
+            skip = False  # MindEye2's ridge: decayed whole, bias included (their Train.ipynb groups)
+        elif no_decay == "bias":
             skip = "bias" in name
         else:
             is_norm = any(k in name.lower() for k in ("norm", ".ln", "null_", "pos_emb"))
@@ -190,8 +193,9 @@ class Trainer:
             check_resume_config(self.run_dir, cfg)
             check_resume_stores(self.run_dir, self.stores)  # the same data, in the same order
         self.resume = resume
-        self.shared_layout = len(self.stores) > 1 or self.init_from is not None or self._resumed_shared()
-        if self.shared_layout and cfg.model.kind != "mindeye":
+        self.shared_layout = (len(self.stores) > 1 or self.init_from is not None or self._resumed_shared()
+                              or cfg.model.kind == "mindeye2")  # MindEye2: always per-subject ridge layers
+        if self.shared_layout and cfg.model.kind not in ("mindeye", "mindeye2"):
             raise MindEyeError(f"only the high-level model (model.kind mindeye) trains on several subjects or "
                                f"from --init-from; train a {cfg.model.kind} model per subject store")
         self.pretrained = self._check_init_from() if self.init_from is not None else None
@@ -205,9 +209,9 @@ class Trainer:
         from mindeye.runs import read_run
 
         cfg_pre, info_pre = read_run(self.init_from)
-        if cfg_pre.model.kind != "mindeye":
-            raise MindEyeError(f"--init-from {self.init_from} is a {cfg_pre.model.kind} run; fine-tuning starts "
-                               "from a high-level (mindeye) run")
+        if cfg_pre.model.kind != self.cfg.model.kind or cfg_pre.model.kind not in ("mindeye", "mindeye2"):
+            raise MindEyeError(f"--init-from {self.init_from} is a {cfg_pre.model.kind} run; fine-tuning a "
+                               f"{self.cfg.model.kind} model starts from a {self.cfg.model.kind} run")
         pre, new = flat_keys(to_dict(cfg_pre.model)), flat_keys(to_dict(self.cfg.model))
         diff = [k for k in pre if pre[k] != new.get(k)]
         if diff:
@@ -243,7 +247,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.model.kind == "ridge":
             return self._fit_ridge()
-        task = HighLevelTask(self) if cfg.model.kind == "mindeye" else LowLevelTask(self)
+        task = HighLevelTask(self) if cfg.model.kind in ("mindeye", "mindeye2") else LowLevelTask(self)
         n_voxels = ({sid: st.n_voxels for sid, st in zip(self.subject_ids, self.stores)} if self.shared_layout
                     else self.store.n_voxels)
         model = build_model(cfg.model, n_voxels).to(self.device)
@@ -300,7 +304,9 @@ class Trainer:
             ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None,
                 find_unused_parameters=self.shared_layout and len(self.stores) > 1)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay), lr=cfg.train.max_lr,
+        decay_all = ("subject_layers.",) if cfg.model.kind == "mindeye2" else ()
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay, cfg.train.no_decay, decay_all),
+                                      lr=cfg.train.max_lr,
                                       **adamw_implementation(self.device, sharded))
         steps_per_epoch = task.steps_per_epoch()
         total_steps = cfg.train.epochs * steps_per_epoch
@@ -692,7 +698,9 @@ class HighLevelLoss:
             for vox in chunks:
                 v, p, lam = losses.mixco_mix(vox, beta=cfg.train.mixco_beta, prob=cfg.train.mixco_prob, generator=gen)
                 mixed.append(v)
-                perms.append(p + offset)
+                # train.bimixco_authors_permutation: their per-subject permutations concatenated without
+                # offsets, so every subject after the first gets the first subject's rows as soft labels.
+                perms.append(p if cfg.train.bimixco_authors_permutation else p + offset)
                 lams.append(lam)
                 offset += len(vox)
             chunks, perm, lambdas = mixed, torch.cat(perms), torch.cat(lams)
@@ -733,7 +741,32 @@ class HighLevelLoss:
             mse = F.mse_loss(out["backbone"].float(), prior_target.view_as(out["backbone"]).float())
             total = total + cfg.train.backbone_mse_weight * mse
             parts["backbone_mse"] = mse.detach()
+        if out.get("blurry") is not None and "latents" in batch:
+            blurry, cont = self._blurry_loss(out, batch, perm, lambdas, sl, dev)
+            total = total + cfg.train.blurry_loss_weight * (blurry + cfg.train.blurry_contrastive_weight * cont)
+            parts["blurry"], parts["blurry_contrastive"] = blurry.detach(), cont.detach()
         return total, parts
+
+    def _blurry_loss(self, out: dict[str, Any], batch: dict[str, Any], perm: torch.Tensor | None,
+                     lambdas: torch.Tensor | None, sl: slice, dev: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """MindEye2's blurry head: L1 to the (SD-scaled) VAE latent -- mixed like the voxels under BiMixCo,
+        as their image_enc -- and the per-token soft contrastive loss against the teacher's tokens."""
+        cfg, info = self.cfg, self.dist
+        target = batch["latents"].to(dev)
+        if perm is not None:
+            target = losses.mix_like(target, perm, lambdas)
+        pred = out["blurry"]
+        l1 = (pred.float() - target[sl].view_as(pred)).abs().mean()
+        tokens = out["blurry_tokens"]
+        preds = gather_with_grad(F.normalize(tokens.float(), dim=-1).contiguous(), info)
+        teacher = batch["teacher"].to(dev).view(len(batch["teacher"]), -1, tokens.shape[-1])
+        if teacher.shape[1] != tokens.shape[1]:
+            raise MindEyeError(f"the blurry head makes {tokens.shape[1]} tokens per image but the "
+                               f"{cfg.targets.teacher_encoder} teacher has {teacher.shape[1]}; set model.blurry.side "
+                               "so that side x side equals the teacher's token count")
+        aug = batch.get("teacher_aug")
+        aug = teacher if aug is None else aug.to(dev).view_as(teacher)
+        return l1, losses.token_soft_cont_loss(preds, teacher, aug, cfg.train.blurry_temperature)
 
     @staticmethod
     def _local_input(chunks: list[torch.Tensor], subjects: list[str] | None, sl: slice, dev: str):
@@ -788,8 +821,10 @@ class HighLevelTask(HighLevelLoss):
             except MindEyeError as exc:
                 raise MindEyeError(f"{store.path}: {exc}" if n_sub > 1 else str(exc)) from None
             val = load_eval_split(store, val_imgs) if len(val_imgs) else None
-            loader = BatchLoader(vox, [TargetTable("targets", targets.array, targets.views)], images, trainer.device,
-                                 mode=cfg.train.data_path)
+            tables = [TargetTable("targets", targets.array, targets.views)]
+            if cfg.model.kind == "mindeye2" and cfg.model.blurry.enabled:
+                tables += self._blurry_tables(path, cfg)
+            loader = BatchLoader(vox, tables, images, trainer.device, mode=cfg.train.data_path)
             self.parts.append(SimpleNamespace(targets=targets, vox=vox, images=images, sampler=sampler, val=val,
                                               id=store.subject_id, loader=loader))
         # targets.online: the authors' targets, CLIP of every batch's images augmented with their kornia
@@ -807,8 +842,30 @@ class HighLevelTask(HighLevelLoss):
             first.targets, first.vox, first.images, first.sampler, first.val, first.loader)
         self.ridge_targets = self.targets  # what a ridge map / the ridge reference predicts
 
+    @staticmethod
+    def _blurry_tables(path: Path, cfg: Config) -> list[TargetTable]:
+        """MindEye2's blurry-head targets: the VAE latent and the contrastive teacher's tokens (clean)."""
+        latents = Targets(path, cfg.targets.lowlevel_encoder, cfg.targets.lowlevel_weights,
+                          options=target_options(cfg, cfg.targets.lowlevel_encoder))
+        from mindeye.models.factory import blurry_latent_shape
+
+        if tuple(latents.shape) != blurry_latent_shape(cfg.model):
+            raise MindEyeError(f"the {cfg.targets.lowlevel_encoder} latents have shape {tuple(latents.shape)} but the "
+                               f"blurry head predicts {blurry_latent_shape(cfg.model)}; set model.blurry.side / "
+                               "upsampler_channels and model.lowlevel.latent_channels to match")
+        teacher = Targets(path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights)
+        return [TargetTable("latents", latents.array), TargetTable("teacher", teacher.array)]
+
     def steps_per_epoch(self) -> int:
+        if self.t.cfg.train.epoch_trials is not None:  # MindEye2: 750 x sessions samples per epoch
+            return max(self.t.cfg.train.epoch_trials // self.t.cfg.train.batch_size, 1)
         return min(p.sampler.steps_per_epoch() for p in self.parts)
+
+    @staticmethod
+    def _sampler_stream(sampler: EpochSampler, gen: torch.Generator):
+        """The sampler's epochs back to back (train.epoch_trials may ask for more steps than one holds)."""
+        while True:
+            yield from sampler.epoch(gen)
 
     def batches(self, epoch: int):
         cfg, dev = self.t.cfg, self.t.device
@@ -820,7 +877,8 @@ class HighLevelTask(HighLevelLoss):
         for part in self.parts:
             views = part.targets.views
             requests = []
-            for pos, slots in itertools.islice(part.sampler.epoch(gen), steps):
+            source = part.sampler.epoch(gen) if cfg.train.epoch_trials is None else self._sampler_stream(part.sampler, gen)
+            for pos, slots in itertools.islice(source, steps):
                 k = torch.randint(0, views.shape[1] + 1, (len(pos),), generator=gen).numpy() if views is not None else None
                 requests.append(Request(pos, part.images[pos], repetition=slots, views=k))
             streams.append(part.loader.batches(requests))
@@ -836,6 +894,9 @@ class HighLevelTask(HighLevelLoss):
                            for s, (online, reqs, t) in enumerate(zip(self.online, all_requests, targets))]
                 batch["augment_seed"] = seed
                 batch["image_index"] = np.concatenate([reqs[step].image_index for reqs in all_requests])
+            for name in ("latents", "teacher"):
+                if name in got[0]:
+                    batch[name] = torch.cat([b[name] for b in got]) if len(got) > 1 else got[0][name]
             yield {
                 "voxels": chunks if self.subjects is not None else chunks[0],
                 "subjects": self.subjects,
