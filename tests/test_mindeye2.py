@@ -22,7 +22,7 @@ from mindeye.config import load_config
 from mindeye.models.convert import expected_v1_shapes
 from mindeye.models.factory import build_model, parameter_counts
 
-# Training runs on a simulated cohort cost 10-130 s of CPU: opt-in (and `slow`), outside `make test`'s budget.
+# The DDP run costs ~30 s of CPU (two processes): opt-in, outside `make test`'s budget; the short runs stay in.
 OPT_IN = pytest.mark.skipif(os.environ.get("MINDEYE_MINDEYE2_SLOW") != "1",
                             reason="MindEye2 training runs: set MINDEYE_MINDEYE2_SLOW=1")
 
@@ -256,7 +256,6 @@ TINY_TRAIN = ["model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.pr
 
 
 @pytest.mark.slow
-@OPT_IN
 def test_short_training_run_logs_every_loss_part_and_evaluates(cohort3, tmp_path):
     from mindeye.evaluation.run_eval import evaluate_retrieval
     from mindeye.training.trainer import Trainer
@@ -272,7 +271,6 @@ def test_short_training_run_logs_every_loss_part_and_evaluates(cohort3, tmp_path
 
 
 @pytest.mark.slow
-@OPT_IN
 def test_resume_is_exact(cohort3, tmp_path):
     from mindeye.training.trainer import Trainer
 
