@@ -311,9 +311,7 @@ class Trainer:
         steps_per_epoch = task.steps_per_epoch()
         total_steps = cfg.train.epochs * steps_per_epoch
         pct_start = cfg.train.pct_start if cfg.train.pct_start is not None else min(0.5, 2 / cfg.train.epochs)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.train.max_lr, total_steps=total_steps, pct_start=pct_start,
-            final_div_factor=cfg.train.final_div_factor)
+        scheduler = one_cycle(optimizer, cfg.train.max_lr, total_steps, pct_start, cfg.train.final_div_factor)
         start_epoch, step = 0, 0
         if has_checkpoint:
             state = resume_state or load_checkpoint(self.run_dir, model, map_location=self.device)
@@ -1057,3 +1055,16 @@ def latent_scores(pred: torch.Tensor, target: torch.Tensor, latent_scale: float)
     target = target.reshape(pred.shape)
     return {"latent_l1": float(((pred - target).abs().mean() / latent_scale).item()),
             "latent_corr": float(np.corrcoef(pred.flatten().numpy(), target.flatten().numpy())[0, 1])}
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, max_lr: float, total_steps: int, pct_start: float,
+              final_div_factor: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """The paper's OneCycle schedule. torch divides by the warm-up's length (pct_start * total_steps - 1 steps),
+    so a run of a few steps (e.g. one epoch of two steps) gets at least one warm-up step; a one-step run has no
+    schedule to follow and keeps max_lr."""
+    if total_steps < 2:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if pct_start * total_steps <= 1:
+        pct_start = min(0.9, 1.5 / total_steps)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps, pct_start=pct_start,
+                                               final_div_factor=final_div_factor)
