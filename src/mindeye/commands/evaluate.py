@@ -23,6 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="test voxels repetition-averaged (paper) or single-trial (paper Table 8)")
     add_device(r)
     r.add_argument("--seed", type=int, default=0, help="seed of the 30 random 300-image draws")
+    r.add_argument("--no-floors", action="store_true",
+                   help="skip the floors and ceiling (chance, mean training target, shuffled brain over 3 seeds, "
+                        "true embeddings) and the per-image ranks that `mindeye compare` reads")
+    r.add_argument("--bottleneck", action="store_true",
+                   help="also retrieval with the brain embeddings projected onto their top-k principal "
+                        "components, k = 1, 2, 4, ... (BrainBits-style bottleneck curve; docs/evaluation.md)")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
     r.set_defaults(func=run_retrieval)
     try:
@@ -36,7 +42,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from mindeye.evaluation.run_eval import evaluate_retrieval, retrieval_table, ridge_warnings
 
     results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
-                                  subject=args.subject)
+                                  subject=args.subject, floors=not args.no_floors, bottleneck=args.bottleneck)
                for run in args.run]
     print(retrieval_table(results))
     for line in ridge_warnings(results):
