@@ -171,38 +171,51 @@ def mean_train_image(store: Any, chunk: int = 256) -> torch.Tensor:
     return (total / len(idx) / 255.0).permute(2, 0, 1).float()
 
 
-def recon_floors(reals: Any, fakes: Any, nets: Any, model_values: Mapping[str, dict], mean_image: torch.Tensor | None,
+def pairing_values(reals: Any, others: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> dict[str, float]:
+    """The metrics ``keys`` of ``reals`` paired with ``others`` (same code as the model's row)."""
+    from mindeye.evaluation.metrics import evaluate_reconstructions
+
+    res = evaluate_reconstructions(reals, others, nets, metrics=list(keys), progress=False, **metric_kwargs)
+    return {m: float(res[m]["value"]) for m in keys if "value" in res[m]}
+
+
+def recon_chance(reals: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> dict[str, float]:
+    """Empirical chance: the true images against a derangement of themselves (seed 0); two-way metrics
+    exactly 0.5."""
+    from mindeye.evaluation.metrics import TWO_WAY_METRICS
+
+    out = pairing_values(reals, reals[derangement(len(reals), 0)], nets, keys, **metric_kwargs)
+    out.update({m: 0.5 for m in keys if m in TWO_WAY_METRICS})
+    return out
+
+
+def recon_mean_image(reals: Any, mean_image: torch.Tensor, nets: Any, keys: Sequence[str],
+                     **metric_kwargs: Any) -> dict[str, float]:
+    """The mean training image (float (3, S, S)) as every reconstruction."""
+    const = mean_image.unsqueeze(0).expand(len(reals), -1, -1, -1).contiguous()
+    return pairing_values(reals, const, nets, keys, **metric_kwargs)
+
+
+def recon_floors(reals: Any, fakes: Any, nets: Any, model_values: Mapping[str, dict],
+                 chance: Mapping[str, float], mean_image: Mapping[str, float] | None,
                  ceiling_values: Mapping[str, dict] | None, seeds: Sequence[int] = SHUFFLE_SEEDS,
                  **metric_kwargs: Any) -> dict[str, Any]:
-    """Floors of reconstruction metrics for one directory's images ``fakes`` paired with ``reals``.
-
-    chance: the reals against a derangement of themselves (seed 0; two-way metrics: exactly 0.5); shuffled
-    brain: the reconstructions against a derangement of the reals (the model's outputs for other brain
-    samples); mean training image: ``mean_image`` as every reconstruction. Only metrics with a value are used.
-    """
-    from mindeye.evaluation.metrics import TWO_WAY_METRICS, evaluate_reconstructions
-
+    """Floors of reconstruction metrics for one directory's images ``fakes`` paired with ``reals``: the shuffled
+    brain (the reconstructions against a derangement of the reals: the model's outputs for other brain
+    samples), with ``chance`` (:func:`recon_chance`) and ``mean_image`` (:func:`recon_mean_image`) computed
+    once per image set. Only metrics with a value are used."""
     keys = [m for m, v in model_values.items() if "value" in v]
     if not keys:
         return {}
-    metric_kwargs = {**metric_kwargs, "metrics": keys, "progress": False}
-
-    def values(a: Any, b: Any) -> dict[str, float]:
-        res = evaluate_reconstructions(a, b, nets, **metric_kwargs)
-        return {m: float(res[m]["value"]) for m in keys if "value" in res[m]}
-
     n = len(reals)
-    chance = values(reals, reals[derangement(n, 0)])
-    chance.update({m: 0.5 for m in keys if m in TWO_WAY_METRICS})
-    shuffled = [values(reals, fakes[derangement(n, s)]) for s in seeds]
-    const = None
-    if mean_image is not None:
-        const = values(reals, mean_image.unsqueeze(0).expand(n, -1, -1, -1).contiguous())
+    shuffled = [pairing_values(reals, fakes[derangement(n, s)], nets, keys, **metric_kwargs) for s in seeds]
     ceiling = None
     if ceiling_values:
         ceiling = {m: float(v["value"]) for m, v in ceiling_values.items() if m in keys and "value" in v}
     model = {m: float(model_values[m]["value"]) for m in keys}
-    return summarise(model, chance, const, shuffled, ceiling, seeds, notes={
+    return summarise(model, {m: chance[m] for m in keys if m in chance},
+                     None if mean_image is None else {m: mean_image[m] for m in keys if m in mean_image},
+                     shuffled, ceiling, seeds, notes={
         "chance": "the true images paired with a derangement of themselves (two-way identification: exactly 0.5)",
         "shuffled_brain": "each image paired with the reconstruction of another test sample's voxels "
                           "(a derangement per seed)",

@@ -190,6 +190,11 @@ def two_way_identification(real_feats: np.ndarray | torch.Tensor, recon_feats: n
     r[i, j] = Pearson r(real_i, recon_j) over flattened features. For each reconstruction j the
     score is the share of the other N-1 reals i with r[i, j] < r[j, j]; the result is the mean over j.
     """
+    return two_way_per_image(real_feats, recon_feats).mean().item()
+
+
+def two_way_per_image(real_feats: np.ndarray | torch.Tensor, recon_feats: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Per reconstruction j, the share of the other reals that its own real beats (see two_way_identification)."""
     real, recon = _as_matrix(real_feats), _as_matrix(recon_feats)
     n = _check_pair(real, recon)
     if n < 2:
@@ -199,16 +204,22 @@ def two_way_identification(real_feats: np.ndarray | torch.Tensor, recon_feats: n
     r = _zscore_rows_(real) @ _zscore_rows_(recon).T  # (N reals, N recons)
     congruent = torch.diagonal(r)  # r(real_j, recon_j)
     wins = (r < congruent.unsqueeze(0)).sum(0)  # over i, per column j; the diagonal never counts
-    return (wins.double() / (n - 1)).mean().item()
+    return wins.double() / (n - 1)
 
 
 def correlation_distance(real_feats: np.ndarray | torch.Tensor, recon_feats: np.ndarray | torch.Tensor) -> float:
     """Mean over pairs of 1 - Pearson r (scipy.spatial.distance.correlation, vectorised)."""
+    return correlation_distance_per_image(real_feats, recon_feats).mean().item()
+
+
+def correlation_distance_per_image(real_feats: np.ndarray | torch.Tensor,
+                                   recon_feats: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """1 - Pearson r per pair (N,)."""
     real, recon = _as_matrix(real_feats), _as_matrix(recon_feats)
     _check_pair(real, recon)
     if real.shape != recon.shape:
         raise MindEyeError(f"feature shapes differ: {tuple(real.shape)} vs {tuple(recon.shape)}")
-    return (1.0 - rowwise_pearson(real, recon)).mean().item()
+    return 1.0 - rowwise_pearson(real, recon)
 
 
 def evaluate_reconstructions(
@@ -221,6 +232,7 @@ def evaluate_reconstructions(
     metrics: Sequence[str] = METRICS,
     first_resize: str = "reference",
     net_resize: str = "reference",
+    per_image: dict[str, list[float]] | None = None,
 ) -> dict[str, dict]:
     """All Table 1 reconstruction metrics for paired reals / reconstructions.
 
@@ -229,7 +241,8 @@ def evaluate_reconstructions(
 
     Returns {metric: {"value": float}} or {metric: {"unavailable": reason}} for each requested
     metric (default all of METRICS, in that order). Metrics whose network is Unavailable (or was
-    not loaded) are reported with the reason and the fix; the rest still run.
+    not loaded) are reported with the reason and the fix; the rest still run. ``per_image``: a dict
+    filled with each computed metric's per-pair values (their mean is the metric).
     """
     unknown = set(metrics) - set(METRICS)
     if unknown:
@@ -256,15 +269,15 @@ def evaluate_reconstructions(
             for m in wanted:
                 results[m] = {"unavailable": reason}
 
-    per_image: dict[str, list[torch.Tensor]] = {"pixcorr": [], "ssim": []}
+    pixel_values: dict[str, list[torch.Tensor]] = {"pixcorr": [], "ssim": []}
     feats: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for start in tqdm(range(0, n, batch_size), desc="reconstruction metrics", disable=not progress):
         real = prepare(reals[start : start + batch_size], device, first_resize)
         recon = prepare(recons[start : start + batch_size], device, first_resize)
         if "pixcorr" in metrics:
-            per_image["pixcorr"].append(pixcorr_per_image(real, recon).cpu())
+            pixel_values["pixcorr"].append(pixcorr_per_image(real, recon).cpu())
         if "ssim" in metrics:
-            per_image["ssim"].append(ssim_per_image(real, recon).cpu())
+            pixel_values["ssim"].append(ssim_per_image(real, recon).cpu())
         for net in extractors:
             f_real, f_recon = net(real, antialias=antialias), net(recon, antialias=antialias)
             for m in f_real:
@@ -273,11 +286,16 @@ def evaluate_reconstructions(
                     lists[0].append(f_real[m].float().flatten(1).cpu())
                     lists[1].append(f_recon[m].float().flatten(1).cpu())
 
+    values: dict[str, torch.Tensor] = {}
     for m in ("pixcorr", "ssim"):
         if m in metrics:
-            results[m] = {"value": torch.cat(per_image[m]).mean().item()}
+            values[m] = torch.cat(pixel_values[m])
     for m, (f_real, f_recon) in feats.items():
         real_all, recon_all = torch.cat(f_real), torch.cat(f_recon)
-        fn = two_way_identification if m in TWO_WAY_METRICS else correlation_distance
-        results[m] = {"value": fn(real_all, recon_all)}
+        fn = two_way_per_image if m in TWO_WAY_METRICS else correlation_distance_per_image
+        values[m] = fn(real_all, recon_all)
+    for m, v in values.items():
+        results[m] = {"value": v.mean().item()}
+        if per_image is not None:
+            per_image[m] = v.double().tolist()
     return {m: results[m] for m in METRICS if m in metrics}
