@@ -279,3 +279,48 @@ def bottleneck_curve(brain: torch.Tensor, images: torch.Tensor, pool: int, draws
         vals = retrieval_values(project_top_k(x, k, vh, mean).float(), images, pool, draws, seed, ci, draw_mode)
         points.append({"k": k, "explained_variance": float((s[:k] ** 2).sum() / (s ** 2).sum()), **vals})
     return {"fitted_on": "the test brain embeddings (unsupervised PCA)", "rank": rank, "points": points}
+
+
+# -- tables --------------------------------------------------------------------------------------------------------
+FLOOR_COLUMNS = ("model", "chance", "mean training image", "shuffled brain (mean ± sd)", "ceiling",
+                 "fraction floor→ceiling")
+
+
+def floor_table_rows(floors: Mapping[str, Any]) -> list[list[str]]:
+    """One text row per metric: the model, each floor, the ceiling and the fraction (with where it lies)."""
+    def fmt(v: Any) -> str:
+        return "—" if v is None else f"{v:.4g}"
+
+    sh = floors.get("shuffled_brain") or {}
+    rows = []
+    for k in floors.get("metrics", []):
+        pos = (floors.get("fraction") or {}).get(k) or {}
+        mean, sd = (sh.get("mean") or {}).get(k), (sh.get("sd") or {}).get(k)
+        frac = "—" if pos.get("value") is None else f"{pos['value']:.2f}"
+        if pos.get("where") in ("below floor", "above ceiling"):
+            frac += f" ({pos['where'].upper()})"
+        rows.append([k, fmt(floors["model"].get(k)), fmt(floors["chance"].get(k)),
+                     fmt((floors.get("mean_train_image") or {}).get(k)),
+                     "—" if mean is None else f"{mean:.4g} ± {sd:.2g}", fmt((floors.get("ceiling") or {}).get(k)),
+                     frac])
+    return rows
+
+
+FLOOR_NOTE = ("Floors are measured by the same code on the same images: chance (exact 1/N, k/N, 0.5 for two-way; "
+              "else the true images against a derangement of themselves), the mean training image (retrieval: the "
+              "mean training target) as every prediction, and the shuffled brain (the model fed other test samples' "
+              "voxels: the method-specific random baseline). Ceiling: the true image's own targets through the same "
+              "decoder / generator (retrieval: 100% by definition). Fraction = (model - shuffled brain) / (ceiling - "
+              "shuffled brain): 0 at the floor, 1 at the ceiling (the same formula for lower-is-better metrics).")
+
+
+def floors_markdown(blocks: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Markdown tables of several ``(name, floors)`` blocks, each followed by its out-of-range sentences."""
+    lines = ["### Floors and ceilings", ""]
+    for name, floors in blocks:
+        lines += [f"**{name}**", "", "| metric | " + " | ".join(FLOOR_COLUMNS) + " |",
+                  "|---" * (len(FLOOR_COLUMNS) + 1) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in floor_table_rows(floors)]
+        lines += ["", *outside_lines(name, floors), ""]
+    lines.append(FLOOR_NOTE)
+    return "\n".join(lines) + "\n"

@@ -388,6 +388,10 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
         from mindeye.evaluation.offline_net import offline_markdown
 
         lines += ["", offline_markdown(result["rows"])]
+    if any(r.get("floors") for r in result["rows"]):
+        from mindeye.evaluation.floors import floors_markdown
+
+        lines += ["", floors_markdown([(r["name"], r["floors"]) for r in result["rows"] if r.get("floors")])]
     return text + "\n".join(lines) + "\n"
 
 
