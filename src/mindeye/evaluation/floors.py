@@ -179,36 +179,68 @@ def pairing_values(reals: Any, others: Any, nets: Any, keys: Sequence[str], **me
     return {m: float(res[m]["value"]) for m in keys if "value" in res[m]}
 
 
-def recon_chance(reals: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> dict[str, float]:
+class Pairings:
+    """Scores ``reals`` against re-paired image sets. With PixCorr / SSIM only, every image set is prepared
+    once (:class:`mindeye.evaluation.metrics.PixelCache`) and a pairing costs one SSIM cross term per pair;
+    with network metrics each pairing is a full :func:`evaluate_reconstructions` pass."""
+
+    def __init__(self, reals: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> None:
+        from mindeye.evaluation.metrics import PIXEL_METRICS, PixelCache
+
+        self.reals, self.nets, self.keys, self.kwargs = reals, nets, list(keys), metric_kwargs
+        self.pixel = set(self.keys) <= set(PIXEL_METRICS)
+        self._cache_args = {k: metric_kwargs[k] for k in ("batch_size", "device", "first_resize") if k in metric_kwargs}
+        self.real_cache = PixelCache(reals, **self._cache_args) if self.pixel else None
+
+    def prepare(self, images: Any) -> Any:
+        """An image set ready for :meth:`values` (its pixel cache, or the images themselves)."""
+        from mindeye.evaluation.metrics import PixelCache
+
+        return PixelCache(images, **self._cache_args) if self.pixel else images
+
+    def values(self, prepared: Any, rows: np.ndarray | None = None) -> dict[str, float]:
+        """Mean metrics of real i paired with image ``rows[i]`` of ``prepared`` (default: image i)."""
+        from mindeye.evaluation.metrics import paired_pixel_values
+
+        rows = np.arange(len(self.reals)) if rows is None else np.asarray(rows)
+        if self.pixel:
+            vals = paired_pixel_values(self.real_cache, prepared, rows, self.keys)
+            return {m: float(v.mean()) for m, v in vals.items()}
+        return pairing_values(self.reals, prepared[rows], self.nets, self.keys, **self.kwargs)
+
+
+def recon_chance(pairs: Pairings) -> dict[str, float]:
     """Empirical chance: the true images against a derangement of themselves (seed 0); two-way metrics
     exactly 0.5."""
     from mindeye.evaluation.metrics import TWO_WAY_METRICS
 
-    out = pairing_values(reals, reals[derangement(len(reals), 0)], nets, keys, **metric_kwargs)
-    out.update({m: 0.5 for m in keys if m in TWO_WAY_METRICS})
+    prepared = pairs.real_cache if pairs.pixel else pairs.reals
+    out = pairs.values(prepared, derangement(len(pairs.reals), 0))
+    out.update({m: 0.5 for m in pairs.keys if m in TWO_WAY_METRICS})
     return out
 
 
-def recon_mean_image(reals: Any, mean_image: torch.Tensor, nets: Any, keys: Sequence[str],
-                     **metric_kwargs: Any) -> dict[str, float]:
+def recon_mean_image(pairs: Pairings, mean_image: torch.Tensor) -> dict[str, float]:
     """The mean training image (float (3, S, S)) as every reconstruction."""
-    const = mean_image.unsqueeze(0).expand(len(reals), -1, -1, -1).contiguous()
-    return pairing_values(reals, const, nets, keys, **metric_kwargs)
+    n = len(pairs.reals)
+    if pairs.pixel:
+        return pairs.values(pairs.prepare(mean_image.unsqueeze(0)), np.zeros(n, dtype=np.int64))
+    return pairs.values(mean_image.unsqueeze(0).expand(n, -1, -1, -1).contiguous())
 
 
-def recon_floors(reals: Any, fakes: Any, nets: Any, model_values: Mapping[str, dict],
-                 chance: Mapping[str, float], mean_image: Mapping[str, float] | None,
-                 ceiling_values: Mapping[str, dict] | None, seeds: Sequence[int] = SHUFFLE_SEEDS,
-                 **metric_kwargs: Any) -> dict[str, Any]:
-    """Floors of reconstruction metrics for one directory's images ``fakes`` paired with ``reals``: the shuffled
-    brain (the reconstructions against a derangement of the reals: the model's outputs for other brain
+def recon_floors(pairs: Pairings, fakes: Any, model_values: Mapping[str, dict], chance: Mapping[str, float],
+                 mean_image: Mapping[str, float] | None, ceiling_values: Mapping[str, dict] | None,
+                 seeds: Sequence[int] = SHUFFLE_SEEDS) -> dict[str, Any]:
+    """Floors of reconstruction metrics for one directory's images ``fakes`` (paired with ``pairs.reals``): the
+    shuffled brain (the reconstructions against a derangement of the reals: the model's outputs for other brain
     samples), with ``chance`` (:func:`recon_chance`) and ``mean_image`` (:func:`recon_mean_image`) computed
-    once per image set. Only metrics with a value are used."""
-    keys = [m for m, v in model_values.items() if "value" in v]
+    once per image set."""
+    keys = [m for m in pairs.keys if "value" in model_values.get(m, {})]
     if not keys:
         return {}
-    n = len(reals)
-    shuffled = [pairing_values(reals, fakes[derangement(n, s)], nets, keys, **metric_kwargs) for s in seeds]
+    n = len(pairs.reals)
+    prepared = pairs.prepare(fakes)
+    shuffled = [pairs.values(prepared, derangement(n, s)) for s in seeds]
     ceiling = None
     if ceiling_values:
         ceiling = {m: float(v["value"]) for m, v in ceiling_values.items() if m in keys and "value" in v}

@@ -317,32 +317,36 @@ def evaluate_recon_dirs(
             "metrics": values,
             "per_image": {"image_index": recon.image_index.tolist(), **per_image},
         }
+        pairs = None
+        keys = [m for m, v in values.items() if "value" in v]
+        if (floors or ceiling_dirs) and keys:
+            from mindeye.evaluation import floors as fl
+
+            set_key = (str(store_path), tuple(recon.image_index.tolist()), tuple(keys))
+            if set_key not in cache:  # the real images prepared once per image set
+                cache[set_key] = fl.Pairings(reals, nets, keys, **kwargs)
+            pairs = cache[set_key]
         ceiling_values = None
-        if ceiling_dirs and ceiling_dirs[k] is not None:
+        if ceiling_dirs and ceiling_dirs[k] is not None and pairs is not None:
             ceil = ceiling_dirs[k]
-            key = (str(ceil.path.resolve()), tuple(recon.image_index.tolist()), tuple(metrics))
+            key = ("ceiling", str(ceil.path.resolve()), set_key)
             if key not in cache:  # one ceiling serves several rows (the blurry and the ridge blurry rows)
                 ceil_images = ceil.load_images()
                 pos = {int(i): j for j, i in enumerate(ceil.image_index.tolist())}
                 ceil_images = ceil_images[[pos[int(i)] for i in recon.image_index]]
-                cache[key] = evaluate_reconstructions(reals, ceil_images, nets, progress=False, metrics=metrics,
-                                                      **kwargs)
+                cache[key] = {m: {"value": v} for m, v in pairs.values(pairs.prepare(ceil_images)).items()}
             ceiling_values = cache[key]
             row["ceiling"] = {"recons": str(ceil.path.resolve()), "what": ceil.config.get("ceiling", ceil.kind),
                               "metrics": ceiling_values}
-        if floors:
-            from mindeye.evaluation import floors as fl
-
-            keys = [m for m, v in values.items() if "value" in v]
-            key = (str(store_path), tuple(recon.image_index.tolist()), tuple(keys))
+        if floors and pairs is not None:
+            key = ("floors", set_key)
             if key not in cache:  # chance and the mean image: once per image set
                 if store_path not in mean_images:
                     mean_images[store_path] = fl.mean_train_image(subject)
-                cache[key] = (fl.recon_chance(reals, nets, keys, **kwargs),
-                              fl.recon_mean_image(reals, mean_images[store_path], nets, keys, **kwargs))
+                cache[key] = (fl.recon_chance(pairs), fl.recon_mean_image(pairs, mean_images[store_path]))
             chance, mean_values = cache[key]
-            row["floors"] = fl.recon_floors(reals, fakes, nets, values, chance, mean_values, ceiling_values,
-                                            seeds=list(range(floor_seeds)), **kwargs)
+            row["floors"] = fl.recon_floors(pairs, fakes, values, chance, mean_values, ceiling_values,
+                                            seeds=list(range(floor_seeds)))
         if offline_net:
             from mindeye.evaluation.offline_net import offline_metrics
 
