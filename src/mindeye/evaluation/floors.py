@@ -64,7 +64,7 @@ def summarise(model: Mapping[str, float], chance: Mapping[str, float], mean_imag
     """The ``floors`` block of a result: every floor, the ceiling and the fractions, per metric."""
     keys = list(model)
     mean = {k: float(np.mean([s[k] for s in shuffled])) for k in keys if shuffled and all(k in s for s in shuffled)}
-    sd = {k: float(np.std([s[k] for s in shuffled], ddof=1)) if len(shuffled) > 1 else 0.0 for k in mean}
+    sd = {k: float(np.std([s[k] for s in shuffled], ddof=1)) if len(shuffled) > 1 else None for k in mean}
     ceiling = dict(ceiling or {})
     out: dict[str, Any] = {
         "metrics": keys, "model": dict(model), "chance": dict(chance),
@@ -81,13 +81,23 @@ def summarise(model: Mapping[str, float], chance: Mapping[str, float], mean_imag
 
 
 def outside_lines(name: str, floors: Mapping[str, Any]) -> list[str]:
-    """Plain sentences for every metric where the model is not between its floor and its ceiling."""
+    """Plain sentences for every metric where the model is not between its floor and its ceiling, or does no
+    better than chance or the mean training image."""
     lines = []
+    model = floors.get("model") or {}
     for k, pos in (floors.get("fraction") or {}).items():
         if pos.get("where") in ("below floor", "above ceiling"):
-            lines.append(f"{name}: {k} = {floors['model'][k]:.4g} is {pos['where']} (shuffled-brain floor "
+            lines.append(f"{name}: {k} = {model[k]:.4g} is {pos['where']} (shuffled-brain floor "
                          f"{floors['shuffled_brain']['mean'][k]:.4g}, ceiling {floors['ceiling'][k]:.4g}).")
+    for label, key in (("chance", "chance"), ("the mean training image", "mean_train_image")):
+        for k, v in (floors.get(key) or {}).items():
+            if k in model and v is not None and _no_better(model[k], v, k):
+                lines.append(f"{name}: {k} = {model[k]:.4g} does no better than {label} ({v:.4g}).")
     return lines
+
+
+def _no_better(model: float, other: float, metric: str) -> bool:
+    return model >= other if metric in LOWER_IS_BETTER else model <= other
 
 
 # -- retrieval ---------------------------------------------------------------------------------------------------
@@ -333,7 +343,8 @@ def floor_table_rows(floors: Mapping[str, Any]) -> list[list[str]]:
             frac += f" ({pos['where'].upper()})"
         rows.append([k, fmt(floors["model"].get(k)), fmt(floors["chance"].get(k)),
                      fmt((floors.get("mean_train_image") or {}).get(k)),
-                     "—" if mean is None else f"{mean:.4g} ± {sd:.2g}", fmt((floors.get("ceiling") or {}).get(k)),
+                     "—" if mean is None else f"{mean:.4g} ± {sd:.2g}" if sd is not None else f"{mean:.4g} (1 seed)",
+                     fmt((floors.get("ceiling") or {}).get(k)),
                      frac])
     return rows
 

@@ -109,7 +109,8 @@ def floor_lines(floors: dict[str, Any], image_col: str, brain_col: str) -> list[
     from mindeye.evaluation.floors import outside_lines
 
     sh, ceil, frac = floors["shuffled_brain"], floors["ceiling"], floors["fraction"]
-    cells = [f"{100 * sh['mean'][c]:.1f}±{100 * sh['sd'][c]:.1f}% .. {100 * ceil[c]:.0f}%" for c in (image_col, brain_col)]
+    cells = [f"{100 * sh['mean'][c]:.1f}±{100 * (sh['sd'][c] or 0):.1f}% .. {100 * ceil[c]:.0f}%"
+             for c in (image_col, brain_col)]
     fr = [("n/a" if frac[c]["value"] is None else f"{frac[c]['value']:.2f}") for c in (image_col, brain_col)]
     return [f"{'':<24} shuffled brain .. ceiling: {cells[0]} / {cells[1]}; fraction floor->ceiling {fr[0]} / {fr[1]}",
             *(f"{'':<24} {line}" for line in outside_lines("model", floors))]
