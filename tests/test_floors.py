@@ -189,3 +189,42 @@ def test_compare_command_on_known_arrays_and_mismatched_images(tmp_path, capsys)
     write(tmp_path / "c2.json", b, list(range(1, 21)))
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c2.json")]) == 2
     assert "different images" in capsys.readouterr().err
+
+
+def test_generative_ceiling_is_conditioned_on_the_true_embeddings(tiny_store, lowlevel_ridge, tmp_path, monkeypatch):
+    """`ceiling recon`: the same generator and settings, conditioned on the true images' own embeddings, started
+    from the blurry ceiling; the conditions are checked against the condition encoder run independently."""
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.inference import generators
+    from mindeye.inference.ceilings import ceiling_blurry
+    from mindeye.inference.reconstruct import write_index
+
+    store = SubjectStore(tiny_store)
+    ceiling_blurry(lowlevel_ridge / "ridge-low", tmp_path / "cb", store=tiny_store, limit=4, progress=False)
+    test = store.image_indices("test")[:4]
+    recons = tmp_path / "recons"
+    recons.mkdir()  # a reconstruction index as `mindeye reconstruct` writes it (images unused here)
+    write_index(recons, {"kind": "reconstruction", "images": {str(i): {"image_index": int(i), "file": "x.png"}
+                                                             for i in test},
+                         "config": {"generator": "demo-latent-diffusion", "store": str(tiny_store), "img2img": True,
+                                    "settings": {"samples": 2, "steps": 2, "guidance": 3.5, "img2img_strength": 0.5,
+                                                 "seed": 0}}})
+    seen = []
+    real_load = generators.load_generator
+
+    def recording_load(*args, **kwargs):
+        gen = real_load(*args, **kwargs)
+        prepare = gen.prepare_condition
+        gen.prepare_condition = lambda embs: (seen.append(embs.detach().clone()), prepare(embs))[1]
+        return gen
+
+    monkeypatch.setattr(generators, "load_generator", recording_load)
+    from mindeye.inference.ceilings import ceiling_reconstruct
+
+    with pytest.raises(MindEyeError, match="blurry ceiling"):
+        ceiling_reconstruct(recons, tmp_path / "no-blurry", progress=False)
+    index = ceiling_reconstruct(recons, tmp_path / "cf", blurry_ceiling=tmp_path / "cb", samples=1, progress=False)
+    assert sorted(int(k) for k in index["images"]) == sorted(test.tolist())
+    assert index["config"]["ceiling"].startswith("the generator conditioned on the true image")
+    true = get_encoder("standin-clip-hidden").encode(np.asarray(store.images[np.sort(test)]))
+    assert torch.cat(seen).float() == pytest.approx(true.float(), abs=1e-4)  # one sample each: the true embedding
