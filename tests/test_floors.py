@@ -16,7 +16,7 @@ from mindeye.data.store import SubjectStore
 from mindeye.errors import MindEyeError
 from mindeye.evaluation import floors as fl
 from mindeye.evaluation import metrics as M
-from mindeye.evaluation.recon_eval import evaluate_recon_dirs, pixel_only_nets
+from mindeye.evaluation.recon_eval import pixel_only_nets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,9 +136,11 @@ def test_recon_floors_and_blurry_ceiling_against_independent_values(tiny_store, 
 
     root = lowlevel_ridge
     ceiling_blurry(root / "ridge-low", tmp_path / "ceiling", store=tiny_store, limit=6, progress=False)
-    res = evaluate_recon_dirs([root / "blurry"], store=tiny_store, pixel_only=True, progress=False, floors=True,
-                              ceilings=[tmp_path / "ceiling"], floor_seeds=1)
-    row = res["rows"][0]
+    assert main(["evaluate", "recon", "--recons", str(root / "blurry"), "--data", str(tiny_store), "--pixel-only",
+                 "--floors", "--floor-seeds", "1", "--ceiling", str(tmp_path / "ceiling"), "--no-progress",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert "Floors and ceilings" in (tmp_path / "m.md").read_text()
+    row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
     f = row["floors"]
     store = SubjectStore(tiny_store)
     recon = read_recon_dir(root / "blurry")
