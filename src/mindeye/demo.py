@@ -445,7 +445,8 @@ def _stage_ceilings(demo: DemoConfig, out: Path, store: Path, runs: Path, result
                    progress=False)
     ceiling_reconstruct(recons / "final", recons / "ceiling-final", blurry_ceiling=recons / "ceiling-blurry",
                         store=store, device=device, weights=demo.generator_weights, samples=demo.ceiling_samples,
-                        batch_brains=demo.batch_brains, progress=False)
+                        batch_brains=demo.batch_brains * demo.samples // (demo.ceiling_samples or demo.samples),
+                        progress=False)  # as many images per generator batch as the reconstructions
     results.setdefault("reconstructions", {}).update(ceiling_blurry=str(recons / "ceiling-blurry"),
                                                      ceiling_final=str(recons / "ceiling-final"))
     _done(t0)
