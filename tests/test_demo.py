@@ -39,6 +39,11 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     for row in metrics["rows"]:
         assert np.isfinite(row["metrics"]["pixcorr"]["value"])
         assert "unavailable" in row["metrics"]["alexnet2"]  # offline: reported, never invented
+        # floors and the ceiling beside every row (issue 26): the blurry rows share the VAE round trip
+        assert set(row["floors"]["metrics"]) == {"pixcorr", "ssim"} and row["ceiling"]["recons"]
+        assert len(row["per_image"]["pixcorr"]) == row["n_images"]
+    assert metrics["rows"][1]["ceiling"]["recons"] == metrics["rows"][2]["ceiling"]["recons"]
+    assert all("floors" in r and "per_image" in r for r in results["retrieval"])
     html = (out / "report.html").read_text()
     assert "demo-latent-diffusion" in html and "NOT Versatile Diffusion" in html
     # the offline substitute network: its own table (or the reason it is missing), never the paper's columns

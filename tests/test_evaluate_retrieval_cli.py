@@ -55,3 +55,34 @@ def test_single_trial_mode_uses_every_test_trial(tiny_run):
 def test_evaluate_retrieval_rejects_a_directory_that_is_not_a_run(tmp_path, capsys):
     assert main(["evaluate", "retrieval", "--run", str(tmp_path)]) == 2
     assert "not a mindeye run directory" in capsys.readouterr().err
+
+
+def test_retrieval_floors_per_image_and_bottleneck(tiny_run, capsys):
+    """The JSON carries chance, the shuffled-brain floor, the ceiling, per-image ranks and the bottleneck curve."""
+    import numpy as np
+
+    from mindeye.evaluation.floors import derangement, retrieval_values
+    from mindeye.evaluation.run_eval import evaluate_retrieval
+
+    res = evaluate_retrieval(tiny_run / "run", device="cpu", write=False, bottleneck=[1, 4])
+    f = res["floors"]
+    assert f["chance"]["brain_to_image"] == pytest.approx(1 / 60, rel=1e-5) and f["ceiling"]["image_to_brain"] == 1.0
+    assert f["model"]["brain_to_image"] == pytest.approx(res["brain_to_image"], rel=1e-5)  # 6 digits in JSON
+    per = res["per_image"]
+    assert len(per["image_index"]) == 60 and np.mean(per["image_to_brain_top1"]) == pytest.approx(
+        res["full_test_set"]["image_to_brain_top1"], rel=1e-5)
+    # the shuffled-brain floor is the model's own embeddings re-paired: recompute seed 1 by hand
+    from mindeye.data.splits import load_eval_split
+    from mindeye.encoders.targets import Targets
+    from mindeye.runs import embed_voxels, load_run_model
+
+    cfg, _, model, subject = load_run_model(tiny_run / "run", "cpu")
+    test = load_eval_split(subject, subject.image_indices("test"), cfg.data.test_mode, cfg.data.test_repetitions)
+    preds = embed_voxels(model, test.voxels, "cpu").flatten(1)
+    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights).get(test.image_index).flatten(1)
+    seeds = [retrieval_values(preds[derangement(60, s)], targets, 300, 30, 0, "normal", "uniform") for s in (0, 1, 2)]
+    assert f["shuffled_brain"]["mean"]["image_to_brain"] == pytest.approx(np.mean([v["image_to_brain"] for v in seeds]),
+                                                                     rel=1e-5)
+    assert [p["k"] for p in res["bottleneck"]["points"]] == [1, 4]
+    assert main(["evaluate", "retrieval", "--run", str(tiny_run / "run"), "--device", "cpu"]) == 0
+    assert "shuffled brain .. ceiling" in capsys.readouterr().out

@@ -383,3 +383,16 @@ def test_no_brain_map_without_a_mask(exp):
     assert 'id="brain"' not in exp["html"] and "brain_map" not in exp["html"]
     index = json.loads((exp["root"] / "figures" / "index.json").read_text())
     assert "brain_map" not in [f["stem"] for f in index["figures"]]
+
+
+def test_floors_section_and_table_match_the_retrieval_json(exp):
+    """The page and tables/floors.md carry each run's floors, as written in its retrieval.json."""
+    res = json.loads((exp["high"] / "eval" / "retrieval.json").read_text())
+    f = res["floors"]
+    assert 'id="floors"' in exp["html"]
+    md = (exp["root"] / "tables" / "floors.md").read_text()
+    assert "high-level run" in md and "ridge run" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| image_to_brain |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == f"{f['model']['image_to_brain']:.4g}" and cells[2] == f"{f['chance']['image_to_brain']:.4g}"
+    assert cells[4].startswith(f"{f['shuffled_brain']['mean']['image_to_brain']:.4g} ± ")

@@ -39,6 +39,8 @@ COMMAND_MODULES = [
     "import_checkpoint",
     "demo",
     "demo_cohort",
+    "ceiling",
+    "compare",
 ]
 
 

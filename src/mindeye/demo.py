@@ -62,6 +62,12 @@ class DemoConfig:
     # cpu_threads threads): these stages share no data.
     parallel_stages: bool = True
     batch_brains: int = 10  # brain samples per generator batch in the reconstructions (same images, less overhead)
+    # Floors and ceilings beside every metric (docs/evaluation.md): retrieval floors always come with
+    # `evaluate retrieval`; these settings are the reconstruction side's (shuffled-brain seeds, ceiling images).
+    floors: bool = True
+    floor_seeds: int = 1  # shuffled-brain derangements of the reconstruction rows (retrieval always uses 3)
+    ceiling_samples: int | None = 1  # best-of-N of the generative ceiling (null = the reconstructions' N)
+    bottleneck: bool = True  # the BrainBits-style bottleneck curve of the high-level run's retrieval
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -228,7 +234,7 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
     eval_cfg = _model_config(high_cfg_path, demo).eval  # the pool actually used: a 60-image store is 60-way
     pool = min(eval_cfg.pool, len(SubjectStore(store).image_indices("test")))
     t0 = _step(f"retrieval evaluation ({pool}-way, both directions, {eval_cfg.draws} draws)")
-    retrieval = [evaluate_retrieval(runs / "highlevel", device=device)]
+    retrieval = [evaluate_retrieval(runs / "highlevel", device=device, bottleneck=demo.bottleneck)]
     if ridge_cfg_path:
         retrieval.append(evaluate_retrieval(runs / "ridge", device=device))
     print(retrieval_table(retrieval))
@@ -239,7 +245,7 @@ def _main_lane(demo: DemoConfig, out: Path, store: Path, runs: Path, results: di
 
     if lane is None:
         _stage_offline_target(demo, out, store, runs, results, device)
-    for stage in (_stage_reconstruct, _stage_ridge_lowlevel, _stage_metrics):
+    for stage in (_stage_reconstruct, _stage_ridge_lowlevel, _stage_ceilings, _stage_metrics):
         stage(demo, out, store, runs, results, device)
     if lane is not None:
         _join_offline_lane(lane, demo, out, runs, results, device)
@@ -461,20 +467,43 @@ def _stage_ridge_lowlevel(demo: DemoConfig, out: Path, store: Path, runs: Path, 
     _done(t0)
 
 
+def _stage_ceilings(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
+    """The ceilings of the blurry and generative rows: the true images' own targets through the same decoder and
+    generator (mindeye.inference.ceilings)."""
+    from mindeye.inference.ceilings import ceiling_blurry, ceiling_reconstruct
+
+    if not demo.floors:
+        return
+    t0 = _step("ceilings: the true images' own VAE latents decoded, the generator fed their own embeddings")
+    recons = out / "recons"
+    ceiling_blurry(runs / "lowlevel", recons / "ceiling-blurry", store=store, device=device, limit=demo.recon_limit,
+                   progress=False)
+    ceiling_reconstruct(recons / "final", recons / "ceiling-final", blurry_ceiling=recons / "ceiling-blurry",
+                        store=store, device=device, weights=demo.generator_weights, samples=demo.ceiling_samples,
+                        batch_brains=demo.batch_brains * demo.samples // (demo.ceiling_samples or demo.samples),
+                        progress=False)  # as many images per generator batch as the reconstructions
+    results.setdefault("reconstructions", {}).update(ceiling_blurry=str(recons / "ceiling-blurry"),
+                                                     ceiling_final=str(recons / "ceiling-final"))
+    _done(t0)
+
+
 def _stage_metrics(demo: DemoConfig, out: Path, store: Path, runs: Path, results: dict, device: str) -> None:
     from mindeye.evaluation.recon_eval import evaluate_recon_dirs, write_metrics
 
     offline = demo.metrics_weights_dir is None and demo.clip_weights is None
     t0 = _step("reconstruction metrics" + (" (PixCorr, SSIM: no metric-network weights configured)" if offline else ""))
     dirs, names = [out / "recons" / "final", out / "recons" / "blurry"], ["MindEye", "MindEye (low-level)"]
+    ceilings = [out / "recons" / "ceiling-final", out / "recons" / "ceiling-blurry"]
     if (out / "recons" / "blurry-ridge" / "index.json").exists():  # every blurry table shows the ridge baseline
         dirs, names = [*dirs, out / "recons" / "blurry-ridge"], [*names, "ridge regression (low-level baseline)"]
+        ceilings.append(out / "recons" / "ceiling-blurry")  # the same decoder: the same ceiling
     res = evaluate_recon_dirs(
         dirs, names=names,
         store=store, weights_dir=demo.metrics_weights_dir, clip=demo.clip_weights, device=device,
         pixel_only=offline, retrieval=runs / "highlevel" / "eval" / "retrieval.json",
         mean_row=False,  # the rows are two methods, not subjects of one
-        offline_net=demo.offline_net and offline, progress=demo.progress)  # the real metric networks win when their weights are given
+        offline_net=demo.offline_net and offline, progress=demo.progress,  # the real metric networks win when their weights are given
+        floors=demo.floors, floor_seeds=demo.floor_seeds, ceilings=ceilings if demo.floors else None)
     json_path, md_path = write_metrics(res, out / "metrics.json", title="mindeye demo")
     results["metrics"] = str(json_path)
     print(md_path.read_text())

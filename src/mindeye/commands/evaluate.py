@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "test images; repeatable (JSON key nway)")
     r.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="bootstrap resamples for the N-way and in-/out-of-distribution CIs (default 1000)")
+    r.add_argument("--no-floors", action="store_true",
+                   help="skip the floors and ceiling (chance, mean training target, shuffled brain over 3 seeds, "
+                        "true embeddings) and the per-image ranks that `mindeye compare` reads")
+    r.add_argument("--bottleneck", action="store_true",
+                   help="also retrieval with the brain embeddings projected onto their top-k principal "
+                        "components, k = 1, 2, 4, ... (BrainBits-style bottleneck curve; docs/evaluation.md)")
     add_out(r, help="also write all results to this JSON file", required=False, kind="file")
     add_progress(r)
     r.set_defaults(func=run_retrieval)
@@ -45,7 +51,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     pools = [p if p == "all" else _pool_number(p) for p in (args.pool or [])]
     results = [evaluate_retrieval(run, store=args.data, device=args.device, mode=args.mode, seed=args.seed,
-                                  subject=args.subject, pools=pools, n_boot=args.bootstrap)
+                                  subject=args.subject, pools=pools, n_boot=args.bootstrap,
+                                  floors=not args.no_floors, bottleneck=args.bottleneck)
                for run in args.run]
     print(retrieval_table(results))
     extra = nway_table(results)

@@ -34,6 +34,14 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrieval", default=None, metavar="JSON",
                    help="retrieval results (RUN/eval/retrieval.json or `evaluate retrieval --out`) for the "
                         "table's retrieval columns")
+    p.add_argument("--floors", action="store_true",
+                   help="also each row's floors: chance (a derangement of the true images; two-way 0.5), the mean "
+                        "training image, the shuffled brain (--floor-seeds derangements of the reconstructions) and, "
+                        "with --ceiling, the fraction floor -> ceiling (docs/evaluation.md)")
+    p.add_argument("--floor-seeds", type=int, default=3, metavar="N", help="shuffled-brain seeds (default 3)")
+    p.add_argument("--ceiling", action="append", default=[], metavar="DIR",
+                   help="per --recons, in the same order: its ceiling directory (`mindeye ceiling blurry|recon`), "
+                        "or 'none'")
     add_device(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--title", default=None, help="title of the Markdown table")
@@ -65,6 +73,9 @@ def run_recon(args: argparse.Namespace) -> int:
         unknown = sorted(set(metrics) - set(METRICS))
         if unknown:
             raise MindEyeError(f"unknown metric(s) {unknown} in --metrics; choose from {', '.join(METRICS)}")
+    if args.floor_seeds < 1:
+        raise MindEyeError("--floor-seeds must be at least 1")
+    ceilings = [None if c.lower() == "none" else c for c in args.ceiling] or None
     if args.batch_size < 1:
         raise MindEyeError("--batch-size must be at least 1")
     result = evaluate_recon_dirs(
@@ -72,7 +83,8 @@ def run_recon(args: argparse.Namespace) -> int:
         device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
         retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress,
         first_resize=args.first_resize, offline_net=args.offline_net, net_resize=args.net_resize,
-        blend_blurry=args.blend_blurry, blend_weight=args.blend_weight)
+        blend_blurry=args.blend_blurry, blend_weight=args.blend_weight,
+        floors=args.floors, ceilings=ceilings, floor_seeds=args.floor_seeds)
     json_path, md_path = write_metrics(result, args.out, title=args.title)
     print(md_path.read_text())
     print(json.dumps({"metrics": str(json_path), "table": str(md_path),

@@ -228,12 +228,20 @@ def evaluate_recon_dirs(
     net_resize: str = "reference",
     blend_blurry: str | os.PathLike | None = None,
     blend_weight: float = 0.25,
+    floors: bool = False,
+    ceilings: Sequence[str | os.PathLike | None] | None = None,
+    floor_seeds: int = 3,
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
 
     blend_blurry: a blurry (`reconstruct-blurry`) directory; every reconstruction row (not blurry rows) is
         scored as ``(1 - blend_weight) * recon + blend_weight * blurry``, both resized to 256 first: MindEye2's
         "enhanced" evaluation (``src/final_evaluations.ipynb``: ``all_recons*.75 + all_blurryrecons*.25``).
+
+    Every row keeps its per-image values (``row["per_image"]``, for `mindeye compare`). ``floors``: also
+    each row's floors (chance, mean training image, shuffled brain over 3 seeds; mindeye.evaluation.floors)
+    into ``row["floors"]`` (``floor_seeds`` derangements for the shuffled brain); ``ceilings``: per --recons, a directory of the same images made from the true
+    images' own targets (`mindeye reconstruct --ceiling`, `reconstruct-blurry --ceiling`), or None.
 
     first_resize: the resize to 256, ``reference`` (no antialias, as the authors) or ``antialias``.
     net_resize: the feature networks' own downscales (CLIP/SwAV 224, EfficientNet 255), the same choice.
@@ -259,6 +267,14 @@ def evaluate_recon_dirs(
     if unknown:
         raise MindEyeError(f"unknown metric(s) {sorted(unknown)}; choose from {list(METRICS)}")
     dirs = [read_recon_dir(p) for p in recons]  # check them all before any slow work
+    ceiling_dirs = [None if c is None else read_recon_dir(c) for c in (ceilings or [])]
+    if ceiling_dirs and len(ceiling_dirs) != len(dirs):
+        raise MindEyeError(f"got {len(ceiling_dirs)} ceiling directories for {len(dirs)} --recons; give one per "
+                           "--recons (in the same order)")
+    for recon, ceil in zip(dirs, ceiling_dirs):
+        if ceil is not None and not set(recon.image_index.tolist()) <= set(ceil.image_index.tolist()):
+            raise MindEyeError(f"the ceiling {ceil.path} lacks images of {recon.path}; make it for the same test "
+                               "images (the same --limit)")
     retrievals: list[dict[str, Any] | None] = [None] * len(dirs)
     if retrieval is not None:
         items = read_retrieval(retrieval) if isinstance(retrieval, str | os.PathLike) else list(retrieval)
@@ -277,6 +293,8 @@ def evaluate_recon_dirs(
 
     rows = []
     stores: dict[Path, SubjectStore] = {}
+    mean_images: dict[Path, torch.Tensor] = {}
+    cache: dict[tuple, Any] = {}
     for k, recon in enumerate(dirs):
         store_path = Path(store) if store is not None else recon.store_path()
         if store_path is None:
@@ -293,9 +311,10 @@ def evaluate_recon_dirs(
         if len(reals) < 2:
             raise MindEyeError(f"{recon.path} holds {len(reals)} image; the metrics (two-way identification) "
                                "need at least 2")
-        values = evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
-                                          progress=progress, metrics=metrics, first_resize=first_resize,
-                                          net_resize=net_resize)
+        kwargs = dict(batch_size=batch_size, device=device, first_resize=first_resize, net_resize=net_resize)
+        per_image: dict[str, list[float]] = {}
+        values = evaluate_reconstructions(reals, fakes, nets, progress=progress, metrics=metrics,
+                                          per_image=per_image, **kwargs)
         row: dict[str, Any] = {
             "name": names[k] if names else recon.path.name,
             "recons": str(recon.path.resolve()),
@@ -308,9 +327,40 @@ def evaluate_recon_dirs(
             "image_size": {"real": int(reals.shape[1]), "recon": int(fakes.shape[-1] if isinstance(fakes, torch.Tensor) else fakes.shape[1])},
             "image_index": recon.image_index.tolist(),
             "metrics": values,
+            "per_image": {"image_index": recon.image_index.tolist(), **per_image},
         }
         if blended:
             row["blend"] = {"blurry": str(blurry_dir.path.resolve()), "weight": blend_weight}
+        pairs = None
+        keys = [m for m, v in values.items() if "value" in v]
+        if (floors or ceiling_dirs) and keys:
+            from mindeye.evaluation import floors as fl
+
+            set_key = (str(store_path), tuple(recon.image_index.tolist()), tuple(keys))
+            if set_key not in cache:  # the real images prepared once per image set
+                cache[set_key] = fl.Pairings(reals, nets, keys, **kwargs)
+            pairs = cache[set_key]
+        ceiling_values = None
+        if ceiling_dirs and ceiling_dirs[k] is not None and pairs is not None:
+            ceil = ceiling_dirs[k]
+            key = ("ceiling", str(ceil.path.resolve()), set_key)
+            if key not in cache:  # one ceiling serves several rows (the blurry and the ridge blurry rows)
+                ceil_images = ceil.load_images()
+                pos = {int(i): j for j, i in enumerate(ceil.image_index.tolist())}
+                ceil_images = ceil_images[[pos[int(i)] for i in recon.image_index]]
+                cache[key] = {m: {"value": v} for m, v in pairs.values(pairs.prepare(ceil_images)).items()}
+            ceiling_values = cache[key]
+            row["ceiling"] = {"recons": str(ceil.path.resolve()), "what": ceil.config.get("ceiling", ceil.kind),
+                              "metrics": ceiling_values}
+        if floors and pairs is not None:
+            key = ("floors", set_key)
+            if key not in cache:  # chance and the mean image: once per image set
+                if store_path not in mean_images:
+                    mean_images[store_path] = fl.mean_train_image(subject)
+                cache[key] = (fl.recon_chance(pairs), fl.recon_mean_image(pairs, mean_images[store_path]))
+            chance, mean_values = cache[key]
+            row["floors"] = fl.recon_floors(pairs, fakes, values, chance, mean_values, ceiling_values,
+                                            seeds=list(range(floor_seeds)))
         if offline_net:
             from mindeye.evaluation.offline_net import offline_metrics
 
@@ -382,6 +432,10 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
         from mindeye.evaluation.offline_net import offline_markdown
 
         lines += ["", offline_markdown(result["rows"])]
+    if any(r.get("floors") for r in result["rows"]):
+        from mindeye.evaluation.floors import floors_markdown
+
+        lines += ["", floors_markdown([(r["name"], r["floors"]) for r in result["rows"] if r.get("floors")])]
     return text + "\n".join(lines) + "\n"
 
 

@@ -218,6 +218,7 @@ def build_report(
                                f"(made by {mrow.get('generator') or 'unknown'})")
     offline_mrows = [mrow for mf in metric_files for mrow in mf["rows"] if mrow.get("offline_metrics")]
     offline = _offline_table(offline_mrows)
+    floor_blocks = _floor_blocks(runs, metric_files)
 
     # -- curves, retrieval per draw, sessions --------------------------------------------------------
     curves = []
@@ -256,7 +257,8 @@ def build_report(
         present = [(k, label) for k, label, _ in COLUMNS if any(k in p for p in session_points)]
         sessions_fig = figs.sessions_chart("sessions", session_points, present,
                                            f"Accuracy vs training sessions (from {sessions})")
-    figures += [f for f in (retrieval_fig, sessions_fig) if f is not None]
+    bottleneck_fig = _bottleneck_figure(runs)
+    figures += [f for f in (retrieval_fig, sessions_fig, bottleneck_fig) if f is not None]
 
     # -- image grid ----------------------------------------------------------------------------------
     log.info(f"report: image grid of {n_images} test images ({time.perf_counter() - t0:.0f} s so far)")
@@ -337,6 +339,11 @@ def build_report(
     for f in figures:
         written[f.stem] = [str(p.relative_to(folder)) for p in figs.save_figure(f, folder / "figures")]
     tables = write_tables(rows, folder / "tables", "table1", caption=table1_caption(title or high.name, runs, subject))
+    if floor_blocks["blocks"]:
+        from mindeye.evaluation.floors import floors_markdown
+
+        tables.append(folder / "tables" / "floors.md")
+        tables[-1].write_text(floors_markdown(floor_blocks["pairs"]), encoding="utf-8")
     if offline_mrows:  # the substitute network's own table, never merged into Table 1
         from mindeye.evaluation.offline_net import offline_csv, offline_markdown
 
@@ -358,9 +365,10 @@ def build_report(
         "version": __version__, "heading": heading, "written": time.strftime("%Y-%m-%d %H:%M"),
         "files_note": "figures/, tables/, grids/", "provenance": prov, "table": table, "footnotes": footnotes,
         "table_notes": table_notes, "ridge_warnings": ridge_warnings, "offline": offline, "retrieval_details": retrieval_details(runs),
-        "table_md": markdown_table(rows), "missing": MISSING,
+        "table_md": markdown_table(rows), "missing": MISSING, "floor_blocks": floor_blocks,
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
+        "bottleneck_figure": embed(bottleneck_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
         "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION,
         "published": published_section(rows, meta, high.retrieval),
@@ -373,6 +381,36 @@ def build_report(
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, out)
     return out
+
+
+def _bottleneck_figure(runs: list[RunInfo]) -> figs.FigureFile | None:
+    """Retrieval vs the number of principal components kept (`evaluate retrieval --bottleneck`), or None."""
+    series = []
+    for r in runs:
+        points = ((r.retrieval or {}).get("bottleneck") or {}).get("points") or []
+        for key, label in (("image_to_brain_top1", "image retrieval"), ("brain_to_image_top1", "brain retrieval")):
+            if points and key in points[0]:
+                series.append(figs.Series(f"{r.name}: {label}", [p["k"] for p in points],
+                                          [100 * p[key] for p in points]))
+    fig = figs.line_chart("bottleneck", series, "Retrieval through a k-dimensional bottleneck",
+                          "principal components kept (k)", "top-1 of the test set (%)",
+                          "BrainBits-style bottleneck: the brain embeddings projected onto their top-k principal "
+                          "components (fitted on the test embeddings), k on a log grid")
+    if fig is not None:
+        fig.figure.axes[0].set_xscale("log", base=2)
+    return fig
+
+
+def _floor_blocks(runs: list[RunInfo], metric_files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Floors / ceilings of every run's retrieval and every reconstruction row that has them (evaluation/floors.py)."""
+    from mindeye.evaluation.floors import FLOOR_COLUMNS, FLOOR_NOTE, floor_table_rows, outside_lines
+
+    pairs = [(f"{r.role} run '{r.name}': retrieval", r.retrieval["floors"]) for r in runs
+             if r.retrieval and r.retrieval.get("floors")]
+    pairs += [(f"{mrow.get('name')}: reconstruction metrics", mrow["floors"])
+              for mf in metric_files for mrow in mf["rows"] if mrow.get("floors")]
+    blocks = [{"name": name, "rows": floor_table_rows(f), "outside": outside_lines(name, f)} for name, f in pairs]
+    return {"pairs": pairs, "blocks": blocks, "columns": ["metric", *FLOOR_COLUMNS], "note": FLOOR_NOTE}
 
 
 def _offline_table(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mindeye.data.splits import load_eval_split
@@ -20,10 +21,15 @@ from mindeye.runs import check_same_store, embed_voxels, load_run_model  # noqa:
 def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, device: str | None = None,
                        mode: str | None = None, seed: int = 0, write: bool = True,
                        subject: str | None = None, pools: Sequence[int | str] = (),
-                       n_boot: int = 1000) -> dict[str, Any]:
+                       n_boot: int = 1000, floors: bool = True,
+                       bottleneck: bool | list[int] = False) -> dict[str, Any]:
     """Retrieval of a run on its test set (the config's pool, as Table 1) plus, for each of ``pools`` (e.g.
     ``"all"``, 1000), N-way top-1 with bootstrap CIs; on a category-disjoint store view also in- vs
-    out-of-distribution side by side (``result["ood"]``)."""
+    out-of-distribution side by side (``result["ood"]``). ``floors``: also chance, the mean training target,
+    the shuffled-brain floor (3 seeds) and the ceiling, with the fraction floor -> ceiling
+    (mindeye.evaluation.floors), and the per-image ranks that `mindeye compare` tests. ``bottleneck``: also
+    the BrainBits-style curve (True: k on a log grid; or a list of k)."""
+    from mindeye.evaluation import floors as fl
     from mindeye.metrics.retrieval import check_pool, retrieval_nway, retrieval_top1_among, topk_full
 
     device = resolve_device(device)
@@ -37,8 +43,9 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
         raise MindEyeError(f"{subject.path} has {len(test)} test samples; retrieval needs at least 2")
     require_finite(test.voxels, f"test voxels of {subject.path}",
                    "the store is damaged: prepare it again (or verify it with `mindeye info`)")
-    targets = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
-                      options=target_options(cfg, cfg.targets.encoder)).get(test.image_index)
+    target_source = Targets(subject.path, cfg.targets.encoder, cfg.targets.weights,
+                            options=target_options(cfg, cfg.targets.encoder))
+    targets = target_source.get(test.image_index)
     for p in pools:  # a pool the test set cannot fill is an error before any work
         check_pool(p, len(test))
     preds = embed_voxels(model, test.voxels, device)
@@ -63,6 +70,18 @@ def evaluate_retrieval(run_dir: str | Path, store: str | Path | None = None, dev
                                         "view for a real in- vs out-of-distribution comparison")
     if info.get("ridge_check"):  # the trainer's comparison with ridge on validation (docs/small-data.md)
         result["ridge_check"] = info["ridge_check"]
+    retrieval_args = (cfg.eval.pool, cfg.eval.draws, seed, cfg.eval.ci, cfg.eval.draw_mode)
+    if floors:
+        train = subject.image_indices("train")
+        if len(train) > 1000:  # a constant prediction scores ~1/N whatever it is: 1000 images make the mean
+            train = train[np.unique(np.linspace(0, len(train) - 1, 1000).astype(np.int64))]
+        mean = fl.mean_target(target_source, train) if len(train) else None
+        result["floors"] = _jsonable(fl.retrieval_floors(preds, targets, mean, *retrieval_args))
+        result["per_image"] = {"image_index": [int(i) for i in test.image_index],
+                               **fl.retrieval_per_image(preds, targets)}
+    if bottleneck:
+        result["bottleneck"] = _jsonable(fl.bottleneck_curve(preds, targets, *retrieval_args,
+                                                             ks=None if bottleneck is True else list(bottleneck)))
     if write:
         out = Path(run_dir) / "eval"
         out.mkdir(exist_ok=True)
@@ -129,8 +148,22 @@ def retrieval_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"{r.get('name', r['run'])[:24]:<24} {100 * img:>17.1f}% {100 * brain:>17.1f}% "
                      f"{100 * top1:>9.1f}% {100 * top5:>9.1f}%")
         lines.append(f"{'':<24} (chance {100 / pool:.2f}%, {r.get('draws', 30)} draws of {pool})")
+        if r.get("floors"):
+            lines.extend(floor_lines(r["floors"], image_col, brain_col))
     lines.append(TABLE1_FOOTNOTE)
     return "\n".join(lines)
+
+
+def floor_lines(floors: dict[str, Any], image_col: str, brain_col: str) -> list[str]:
+    """Two table lines: the shuffled-brain floor and ceiling of both pool columns, and the model's fraction."""
+    from mindeye.evaluation.floors import outside_lines
+
+    sh, ceil, frac = floors["shuffled_brain"], floors["ceiling"], floors["fraction"]
+    cells = [f"{100 * sh['mean'][c]:.1f}±{100 * (sh['sd'][c] or 0):.1f}% .. {100 * ceil[c]:.0f}%"
+             for c in (image_col, brain_col)]
+    fr = [("n/a" if frac[c]["value"] is None else f"{frac[c]['value']:.2f}") for c in (image_col, brain_col)]
+    return [f"{'':<24} shuffled brain .. ceiling: {cells[0]} / {cells[1]}; fraction floor->ceiling {fr[0]} / {fr[1]}",
+            *(f"{'':<24} {line}" for line in outside_lines("model", floors))]
 
 
 def ridge_warnings(results: list[dict[str, Any]]) -> list[str]:

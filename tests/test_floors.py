@@ -1,0 +1,232 @@
+"""Floors, ceilings, fractions, per-image values, `mindeye compare` and the bottleneck curve (issue 26),
+each against an independent computation on tiny inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from mindeye.cli import main
+from mindeye.data.store import SubjectStore
+from mindeye.errors import MindEyeError
+from mindeye.evaluation import floors as fl
+from mindeye.evaluation import metrics as M
+from mindeye.evaluation.recon_eval import pixel_only_nets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _loop_top1(brain: np.ndarray, images: np.ndarray) -> tuple[float, float]:
+    """Independent strict top-1 over the whole set by cosine: (brain_to_image, image_to_brain)."""
+    b = brain / np.linalg.norm(brain, axis=1, keepdims=True)
+    im = images / np.linalg.norm(images, axis=1, keepdims=True)
+    s = b @ im.T
+    n = len(s)
+    b2i = np.mean([all(s[i, i] > s[i, j] for j in range(n) if j != i) for i in range(n)])
+    i2b = np.mean([all(s[j, j] > s[i, j] for i in range(n) if i != j) for j in range(n)])
+    return float(b2i), float(i2b)
+
+
+def test_derangement_and_fraction_formula():
+    for seed in range(5):
+        p = fl.derangement(7, seed)
+        assert sorted(p.tolist()) == list(range(7)) and not np.any(p == np.arange(7))
+    with pytest.raises(MindEyeError, match="at least 2"):
+        fl.derangement(1, 0)
+    assert fl.position(0.6, 0.2, 1.0) == {"value": pytest.approx(0.5), "where": "between"}
+    # lower is better (a distance): floor 0.8, ceiling 0.2; model 0.5 is halfway, 0.9 is below the floor
+    assert fl.position(0.5, 0.8, 0.2)["value"] == pytest.approx(0.5)
+    assert fl.position(0.9, 0.8, 0.2)["where"] == "below floor"
+    assert fl.position(1.1, 0.2, 1.0)["where"] == "above ceiling"
+    assert fl.position(0.5, 0.3, 0.3)["value"] is None and fl.position(0.5, None, 1.0)["where"] == "unknown"
+
+
+def test_retrieval_floors_against_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 16, generator=g)
+    brain = images + 1.2 * torch.randn(40, 16, generator=g)
+    mean = torch.randn(16, generator=g)
+    f = fl.retrieval_floors(brain, images, mean, pool=40, draws=3, seed=0, ci="normal", draw_mode="uniform")
+    assert f["chance"]["brain_to_image"] == pytest.approx(1 / 40)
+    assert f["chance"]["image_to_brain_top5"] == pytest.approx(5 / 40)
+    assert all(v == 1.0 for v in f["ceiling"].values())  # the true embeddings retrieve themselves
+    model = (f["model"]["brain_to_image_top1"], f["model"]["image_to_brain_top1"])
+    assert model == pytest.approx(_loop_top1(brain.numpy(), images.numpy()))
+    hand = [_loop_top1(brain.numpy()[fl.derangement(40, s)], images.numpy()) for s in fl.SHUFFLE_SEEDS]
+    assert f["shuffled_brain"]["mean"]["brain_to_image_top1"] == pytest.approx(np.mean([h[0] for h in hand]))
+    assert f["shuffled_brain"]["sd"]["image_to_brain_top1"] == pytest.approx(np.std([h[1] for h in hand], ddof=1))
+    # a constant prediction ties every candidate brain (a miss) and finds one image only
+    assert f["mean_train_image"]["image_to_brain"] == 0.0
+    assert f["mean_train_image"]["brain_to_image_top1"] == pytest.approx(1 / 40)
+    frac = f["fraction"]["brain_to_image_top1"]
+    expect = (f["model"]["brain_to_image_top1"] - f["shuffled_brain"]["mean"]["brain_to_image_top1"]) / (
+        1.0 - f["shuffled_brain"]["mean"]["brain_to_image_top1"])
+    assert frac["value"] == pytest.approx(expect) and frac["where"] == "between"
+    per = fl.retrieval_per_image(brain, images)
+    assert np.mean(per["brain_to_image_top1"]) == pytest.approx(f["model"]["brain_to_image_top1"])
+    assert np.mean(per["image_to_brain_top5"]) == pytest.approx(f["model"]["image_to_brain_top5"])
+
+
+def test_bottleneck_curve_projects_onto_principal_components():
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(30, 12, generator=g)
+    brain = images + 0.3 * torch.randn(30, 12, generator=g)
+    curve = fl.bottleneck_curve(brain, images, 30, 2, 0, "normal", "uniform")
+    assert [p["k"] for p in curve["points"]] == [1, 2, 4, 8, 12]
+    full = curve["points"][-1]  # all components: the embeddings themselves
+    assert full["brain_to_image_top1"] == pytest.approx(_loop_top1(brain.numpy(), images.numpy())[0])
+    assert full["explained_variance"] == pytest.approx(1.0)
+    x = brain.double().numpy()
+    u, s, vt = np.linalg.svd(x - x.mean(0), full_matrices=False)
+    proj = (x - x.mean(0)) @ vt[:2].T @ vt[:2] + x.mean(0)
+    assert curve["points"][1]["brain_to_image_top1"] == pytest.approx(_loop_top1(proj, images.numpy())[0])
+
+
+def test_paired_test_matches_scipy_and_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.5, 0.1, 50)
+    b = a + rng.normal(0.03, 0.05, 50)
+    res = fl.paired_test(a, b, n_boot=2000, seed=3)
+    w = stats.wilcoxon(a, b)
+    assert res["wilcoxon_p"] == pytest.approx(w.pvalue) and res["wilcoxon_statistic"] == pytest.approx(w.statistic)
+    d = b - a
+    boot = d[np.random.default_rng(3).integers(0, 50, size=(2000, 50))].mean(1)
+    assert res["ci95"] == pytest.approx(list(np.quantile(boot, [0.025, 0.975])))
+    assert res["mean_diff"] == pytest.approx(d.mean())
+    assert fl.paired_test(a, a)["wilcoxon_p"] == 1.0  # no difference at all
+
+
+def test_pixel_cache_pairings_match_the_metrics():
+    rng = np.random.default_rng(0)
+    reals = rng.integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    fakes = np.clip(reals + rng.normal(0, 40, reals.shape), 0, 255).astype(np.uint8)
+    perm = fl.derangement(6, 1)
+    got = M.paired_pixel_values(M.PixelCache(reals, batch_size=4), M.PixelCache(fakes, batch_size=4), perm,
+                                batch_size=4)
+    for m in ("pixcorr", "ssim"):
+        per: dict[str, list[float]] = {}
+        M.evaluate_reconstructions(reals, fakes[perm], pixel_only_nets(), metrics=[m], progress=False, per_image=per)
+        assert got[m].numpy() == pytest.approx(np.array(per[m]), abs=2e-5)
+
+
+@pytest.fixture(scope="module")
+def lowlevel_ridge(tiny_store, tmp_path_factory):
+    """A low-level ridge run on the tiny store (closed form: about a second) and its blurry images."""
+    from mindeye.config import load_config
+    from mindeye.inference.blurry import reconstruct_blurry
+    from mindeye.training.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("floors")
+    cfg = load_config(REPO / "src/mindeye/configs/demo-ridge-lowlevel.yaml", ["data.val_images=10"])
+    Trainer(cfg, root / "ridge-low", store=tiny_store, device="cpu", progress=False).fit()
+    reconstruct_blurry(root / "ridge-low", root / "blurry", store=tiny_store, limit=6, progress=False)
+    return root
+
+
+def test_recon_floors_and_blurry_ceiling_against_independent_values(tiny_store, lowlevel_ridge, tmp_path):
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.encoders.targets import Targets
+    from mindeye.evaluation.recon_eval import ground_truth, read_recon_dir
+    from mindeye.inference.ceilings import ceiling_blurry
+
+    root = lowlevel_ridge
+    ceiling_blurry(root / "ridge-low", tmp_path / "ceiling", store=tiny_store, limit=6, progress=False)
+    assert main(["evaluate", "recon", "--recons", str(root / "blurry"), "--data", str(tiny_store), "--pixel-only",
+                 "--floors", "--floor-seeds", "1", "--ceiling", str(tmp_path / "ceiling"), "--no-progress",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert "Floors and ceilings" in (tmp_path / "m.md").read_text()
+    row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
+    f = row["floors"]
+    store = SubjectStore(tiny_store)
+    recon = read_recon_dir(root / "blurry")
+    reals, fakes = ground_truth(store, recon), recon.load_images()
+    nets = pixel_only_nets()
+
+    def metric(a, b):
+        out = M.evaluate_reconstructions(a, b, nets, metrics=["pixcorr", "ssim"], progress=False)
+        return {m: out[m]["value"] for m in out}
+
+    # ceiling = the VAE round trip of the true images (their cached latents decoded)
+    vae = get_encoder("standin-vae")
+    decoded = vae.decode_float(Targets(tiny_store, "standin-vae", None).get(recon.image_index)) \
+        if hasattr(vae, "decode_float") else vae.decode(Targets(tiny_store, "standin-vae", None).get(recon.image_index))
+    for m, v in metric(reals, decoded).items():
+        assert f["ceiling"][m] == pytest.approx(v, abs=2e-5)
+    # shuffled brain: each image against another test sample's reconstruction, mean over the seeds
+    hand = metric(reals, fakes[fl.derangement(len(reals), 0)])
+    for m in ("pixcorr", "ssim"):
+        assert f["shuffled_brain"]["mean"][m] == pytest.approx(hand[m], abs=2e-5)
+    assert f["chance"]["pixcorr"] == pytest.approx(metric(reals, reals[fl.derangement(len(reals), 0)])["pixcorr"],
+                                                   abs=2e-5)
+    mean_img = torch.from_numpy(np.asarray(store.images[store.image_indices("train")], dtype=np.float64).mean(0)
+                                / 255).permute(2, 0, 1).float()
+    assert f["mean_train_image"]["ssim"] == pytest.approx(
+        metric(reals, mean_img.unsqueeze(0).expand(len(reals), -1, -1, -1).contiguous())["ssim"], abs=2e-5)
+    assert np.mean(row["per_image"]["pixcorr"]) == pytest.approx(row["metrics"]["pixcorr"]["value"])
+    assert f["fraction"]["pixcorr"]["where"] == "between"  # ridge beats shuffling, the VAE round trip beats ridge
+
+
+def test_compare_command_on_known_arrays_and_mismatched_images(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a, b = rng.random(20), rng.random(20) + 0.1
+
+    def write(path, values, index):
+        path.write_text(json.dumps({"rows": [{"name": "r", "metrics": {}, "per_image": {
+            "image_index": index, "pixcorr": list(values), "swav": list(values)}}]}))
+
+    write(tmp_path / "a.json", a, list(range(20)))
+    write(tmp_path / "b.json", b[::-1], list(range(20))[::-1])  # another order: paired by image index
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "c.json"),
+                 "--bootstrap", "500"]) == 0
+    res = json.loads((tmp_path / "c.json").read_text())["metrics"]
+    assert res["pixcorr"]["mean_diff"] == pytest.approx((b - a).mean())
+    assert res["pixcorr"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert res["swav"]["higher_is_better"] is False
+    assert "pixcorr" in capsys.readouterr().out
+    write(tmp_path / "c2.json", b, list(range(1, 21)))
+    assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "c2.json")]) == 2
+    assert "different images" in capsys.readouterr().err
+
+
+def test_generative_ceiling_is_conditioned_on_the_true_embeddings(tiny_store, lowlevel_ridge, tmp_path, monkeypatch):
+    """`ceiling recon`: the same generator and settings, conditioned on the true images' own embeddings, started
+    from the blurry ceiling; the conditions are checked against the condition encoder run independently."""
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.inference import generators
+    from mindeye.inference.ceilings import ceiling_blurry
+    from mindeye.inference.reconstruct import write_index
+
+    store = SubjectStore(tiny_store)
+    ceiling_blurry(lowlevel_ridge / "ridge-low", tmp_path / "cb", store=tiny_store, limit=4, progress=False)
+    test = store.image_indices("test")[:4]
+    recons = tmp_path / "recons"
+    recons.mkdir()  # a reconstruction index as `mindeye reconstruct` writes it (images unused here)
+    write_index(recons, {"kind": "reconstruction", "images": {str(i): {"image_index": int(i), "file": "x.png"}
+                                                             for i in test},
+                         "config": {"generator": "demo-latent-diffusion", "store": str(tiny_store), "img2img": True,
+                                    "settings": {"samples": 2, "steps": 2, "guidance": 3.5, "img2img_strength": 0.5,
+                                                 "seed": 0}}})
+    seen = []
+    real_load = generators.load_generator
+
+    def recording_load(*args, **kwargs):
+        gen = real_load(*args, **kwargs)
+        prepare = gen.prepare_condition
+        gen.prepare_condition = lambda embs: (seen.append(embs.detach().clone()), prepare(embs))[1]
+        return gen
+
+    monkeypatch.setattr(generators, "load_generator", recording_load)
+    from mindeye.inference.ceilings import ceiling_reconstruct
+
+    with pytest.raises(MindEyeError, match="blurry ceiling"):
+        ceiling_reconstruct(recons, tmp_path / "no-blurry", progress=False)
+    index = ceiling_reconstruct(recons, tmp_path / "cf", blurry_ceiling=tmp_path / "cb", samples=1, progress=False)
+    assert sorted(int(k) for k in index["images"]) == sorted(test.tolist())
+    assert index["config"]["ceiling"].startswith("the generator conditioned on the true image")
+    true = get_encoder("standin-clip-hidden").encode(np.asarray(store.images[np.sort(test)]))
+    assert torch.cat(seen).float() == pytest.approx(true.float(), abs=1e-4)  # one sample each: the true embedding
