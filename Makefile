@@ -7,13 +7,13 @@ DEMO_OUT ?= demo-out
 
 .PHONY: demo test install lint clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch + torchvision first, with pip (these exact versions are on local disk here)
 	# --no-compile: byte-compiling every module took 40 of the 110 s for torch alone; Python compiles what it imports
 	$(PY) -m pip install -q --no-compile -c constraints.txt torch torchvision
-	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,index,report,offline,nifti]'
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.[dev,index,report,offline,nifti,mindeye2]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -51,6 +51,12 @@ def declared_distributions(pyproject: Path) -> dict[str, str]:
     return out
 
 
+# Import name -> distribution for optional packages whose import name differs, used when they are not
+# installed here (packages_distributions only knows installed ones).
+NOT_INSTALLED_NAMES = {"open_clip": ["open-clip-torch"], "sklearn": ["scikit-learn"], "PIL": ["Pillow"],
+                       "yaml": ["PyYAML"]}
+
+
 def undeclared(root: Path = ROOT) -> list[str]:
     """One line per imported third-party module whose distribution is not declared."""
     dists = packages_distributions()
@@ -59,7 +65,7 @@ def undeclared(root: Path = ROOT) -> list[str]:
     for module, files in sorted(imported_modules(root / "src" / "mindeye").items()):
         if module in sys.stdlib_module_names or module in {"mindeye", "__future__"}:
             continue
-        candidates = [_normalise(d) for d in dists.get(module, [module])]
+        candidates = [_normalise(d) for d in dists.get(module, NOT_INSTALLED_NAMES.get(module, [module]))]
         if not any(c in declared for c in candidates):
             problems.append(f"{module} (distribution {', '.join(candidates)}) imported by "
                             f"{', '.join(sorted(files)[:3])} is not declared in pyproject.toml")

@@ -268,6 +268,28 @@ def test_short_training_run_logs_every_loss_part_and_evaluates(cohort3, tmp_path
     assert {"contrastive", "prior", "blurry", "blurry_contrastive"} <= set(steps[-1])
     res = evaluate_retrieval(tmp_path / "run", device="cpu", write=False, subject="subj02")
     assert 0 <= res["brain_to_image"] <= 1
+    # the blurry head's latents decode into blurry images (reconstruct-blurry on a mindeye2 run)
+    from mindeye.inference.blurry import reconstruct_blurry
+    from mindeye.runs import embed_voxels, load_run_model
+
+    index = reconstruct_blurry(tmp_path / "run", tmp_path / "blurry", device="cpu", limit=3, subject="subj02",
+                               progress=False)
+    recs = list(index["images"].values())
+    assert len(recs) == 3 and all((tmp_path / "blurry" / r["file"]).exists() for r in recs)
+    cfg, _, model, store = load_run_model(tmp_path / "run", "cpu", subject="subj02")
+    assert embed_voxels(model, torch.zeros(2, store.n_voxels), "cpu", which="blurry").shape == (2, 4, 16, 16)
+
+
+def test_mindeye2_blurry_targets_at_224_px():
+    """The paper configs cache the VAE latent and the teacher tokens of the 224 px image, as MindEye2 does."""
+    from mindeye.encoders.cache import embed_command
+    from mindeye.encoders.targets import target_options
+
+    cfg = load_config("mindeye2-finetune-1session")
+    assert target_options(cfg, "sd-vae") == {"image_size": 224} == target_options(cfg, "vicregl-convnext")
+    assert target_options(load_config("mindeye-subj01"), "sd-vae") == {}  # v1 keeps 512 px
+    assert cfg.model.blurry.side ** 2 == (224 // 32) ** 2  # the teacher's 7 x 7 tokens
+    assert "--image-size 224" in embed_command("S", "sd-vae", **target_options(cfg, "sd-vae"))
 
 
 @pytest.mark.slow

@@ -53,6 +53,8 @@ class TargetsConfig:
     lowlevel_weights: str | None = None  # weights of lowlevel_encoder; None = its default id
     teacher_encoder: str = "vicregl-convnext"  # contrastive teacher of the low-level pipeline
     teacher_weights: str | None = None  # weights of teacher_encoder; None = its default id
+    lowlevel_image_size: int | None = None  # image side the lowlevel_encoder sees; None = its default (sd-vae 512: 4x64x64; MindEye2 224: 4x28x28)
+    teacher_image_size: int | None = None  # image side the teacher_encoder sees; None = its default (vicregl 512: 16x16 tokens; MindEye2 224: 7x7)
     augmented_views: int = 0  # K cached augmented views per image sampled at train time (0 = none)
     online: bool = False  # high-level targets computed every step from images augmented the authors' way (kornia), not read from the cache
     clip_preprocess: Literal["reference", "processor"] = "reference"  # CLIP targets: float bicubic, no antialias (authors) or HF processor (uint8, antialiased)

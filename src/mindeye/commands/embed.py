@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "targets.clip_preprocess of the paper configs), 'processor' = the HF CLIP processor "
                         "(uint8, antialiased). Default: reference")
     add_device(p)
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="image side for sd-vae / vicregl-convnext (default: theirs, 512; MindEye2's blurry head: 224, "
+                        "as targets.lowlevel_image_size / teacher_image_size of the mindeye2 configs)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per forward pass (default 64, or the one an interrupted run used)")
     p.add_argument("--views", type=int, default=0, metavar="K",
@@ -47,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from mindeye.encoders.cache import embed_store, read_manifest
 
     options = {"preprocess": args.clip_preprocess} if args.encoder.startswith("clip-") else {}
+    if args.image_size is not None:
+        if args.encoder not in ("sd-vae", "vicregl-convnext"):
+            from mindeye.errors import MindEyeError
+
+            raise MindEyeError(f"--image-size applies to sd-vae and vicregl-convnext, not {args.encoder}")
+        options["image_size"] = args.image_size
     out = embed_store(
         args.data, args.encoder, weights=args.weights, device=resolve_device(args.device), batch_size=args.batch_size,
         views=args.views, random_init=args.random_init, progress=not args.no_progress, overwrite=args.overwrite,

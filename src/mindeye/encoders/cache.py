@@ -80,6 +80,8 @@ def embed_command(store_path: str | Path, encoder_name: str, weights: str | None
     cmd = ["mindeye", "embed", "--data", str(store_path), "--encoder", encoder_name]
     if "preprocess" in options:
         cmd += ["--clip-preprocess", str(options["preprocess"])]
+    if "image_size" in options:
+        cmd += ["--image-size", str(options["image_size"])]
     if weights:
         cmd += ["--weights", str(weights)]
     if views:

@@ -19,6 +19,11 @@ def target_options(cfg: Config, encoder: str) -> dict[str, Any]:
     """Encoder options the config fixes for ``encoder``'s targets (part of the cache fingerprint)."""
     if encoder.startswith("clip-"):
         return {"preprocess": cfg.targets.clip_preprocess}
+    t = cfg.targets
+    if encoder == t.lowlevel_encoder and t.lowlevel_image_size is not None:
+        return {"image_size": t.lowlevel_image_size}
+    if encoder == t.teacher_encoder and t.teacher_image_size is not None:
+        return {"image_size": t.teacher_image_size}
     return {}
 
 

@@ -94,7 +94,8 @@ def reconstruct_blurry(
     progress: bool = True,
     subject: str | None = None,
 ) -> dict[str, Any]:
-    """Blurry reconstructions of a low-level run's test images (``limit``: only the first N)."""
+    """Blurry reconstructions of a low-level run's test images (``limit``: only the first N); a MindEye2 run
+    (model.kind mindeye2) decodes the latents of its blurry head."""
     from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
     from mindeye.runs import load_run_model, read_run
@@ -102,13 +103,19 @@ def reconstruct_blurry(
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
     ridge = cfg.model.kind == "ridge" and cfg.model.ridge.target == "lowlevel"  # the low-level ridge baseline
-    if cfg.model.kind != "lowlevel" and not ridge:
+    me2 = cfg.model.kind == "mindeye2" and cfg.model.blurry.enabled  # MindEye2: the blurry head inside the model
+    if me2:
+        from mindeye.runs import subject_view
+
+        info, _ = subject_view(info, subject, run_dir)  # a shared-subject run: that subject's store
+    if cfg.model.kind != "lowlevel" and not ridge and not me2:
         raise MindEyeError(f"{run_dir} is a '{cfg.model.kind}' run; blurry reconstructions need a low-level run "
-                           "(trained with model.kind=lowlevel, or a ridge run with model.ridge.target=lowlevel)")
+                           "(trained with model.kind=lowlevel, a ridge run with model.ridge.target=lowlevel, or a "
+                           "mindeye2 run with model.blurry.enabled=true)")
     _, _, model, store_obj = load_run_model(run_dir, device, resolve_store(store, info, cfg),  # checks n_voxels
                                             subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
-                            cfg.data.test_repetitions)
+                            cfg.data.test_repetitions, average=cfg.data.test_average)
     rows = slice(0, limit) if limit else slice(None)
     dec_weights = weights or blurry_decoder_weights(cfg)
     try:
@@ -125,6 +132,11 @@ def reconstruct_blurry(
 
         def predict(v: torch.Tensor) -> torch.Tensor:
             return model(v.float().to(device)).view(len(v), *shape)
+    elif me2:
+        from mindeye.runs import embed_voxels
+
+        def predict(v: torch.Tensor) -> torch.Tensor:  # (M, R, V) under test_average: outputs -> mean of outputs
+            return embed_voxels(model, v, device, which="blurry").to(device)
     else:
         def predict(v: torch.Tensor) -> torch.Tensor:
             return model(v.float().to(device))[0]

@@ -851,7 +851,8 @@ class HighLevelTask(HighLevelLoss):
             raise MindEyeError(f"the {cfg.targets.lowlevel_encoder} latents have shape {tuple(latents.shape)} but the "
                                f"blurry head predicts {blurry_latent_shape(cfg.model)}; set model.blurry.side / "
                                "upsampler_channels and model.lowlevel.latent_channels to match")
-        teacher = Targets(path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights)
+        teacher = Targets(path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
+                          options=target_options(cfg, cfg.targets.teacher_encoder))
         return [TargetTable("latents", latents.array), TargetTable("teacher", teacher.array)]
 
     def steps_per_epoch(self) -> int:
@@ -992,7 +993,8 @@ class LowLevelTask(LowLevelLoss):
         self.teacher = None
         if cfg.train.lowlevel_contrastive_weight > 0:
             self.teacher = Targets(trainer.store_path, cfg.targets.teacher_encoder, cfg.targets.teacher_weights,
-                                   views=cfg.targets.augmented_views, key="targets.teacher_weights")
+                                   views=cfg.targets.augmented_views, key="targets.teacher_weights",
+                                   options=target_options(cfg, cfg.targets.teacher_encoder))
         train_imgs, val_imgs = training_images(trainer.store, cfg)
         self.vox, self.mask, self.images = load_repetitions(trainer.store, train_imgs)
         if len(self.images) < cfg.train.batch_size:
