@@ -156,16 +156,31 @@ def convert_images(images: np.ndarray | None, output_type: str) -> Any:
     return [convert_images(x, "pil") for x in images]
 
 
-def _renamed(kwargs: dict[str, Any], names: dict[str, str], where: str) -> dict[str, Any]:
+def _renamed(kwargs: dict[str, Any], names: dict[str, str], where: str, stacklevel: int = 3) -> dict[str, Any]:
     """Old keyword arguments under their new names, each with a DeprecationWarning; unknown ones are errors."""
     out = {}
     for old, value in kwargs.items():
         if old not in names:
             raise TypeError(f"{where}() got an unexpected keyword argument {old!r}")
         warnings.warn(f"{where}({old}=...) is deprecated and will be removed in the next release; use "
-                      f"{names[old]}=...", DeprecationWarning, stacklevel=3)
+                      f"{names[old]}=...", DeprecationWarning, stacklevel=stacklevel)
         out[names[old]] = value
     return out
+
+
+def _image_model_args(where: str, deprecated: dict[str, Any], image_model: Any, image_model_weights: str | None,
+                      torch_dtype: torch.dtype | None) -> tuple[Any, str | None, torch.dtype | None]:
+    """The image model's arguments, old names (generator=, generator_weights=, dtype=) accepted with a warning."""
+    old = _renamed(deprecated, {"generator": "image_model", "generator_weights": "image_model_weights",
+                                "dtype": "torch_dtype"}, where, stacklevel=4)
+    image_model = _set("image_model", image_model, None, old)
+    image_model_weights = _set("image_model_weights", image_model_weights, None, old)
+    torch_dtype = _set("torch_dtype", torch_dtype, None, old)
+    if isinstance(image_model, torch.Generator):
+        raise MindEyeError(f"{where}() takes no torch.Generator as image_model=: a torch.Generator seeds sampling, "
+                           "pass it to the call, pipe(voxels, generator=...); image_model= names the image model "
+                           "(e.g. \"versatile-diffusion\")")
+    return image_model, image_model_weights, torch_dtype
 
 
 def _set(name: str, value: Any, default: Any, renamed: dict[str, Any]) -> Any:
@@ -326,14 +341,8 @@ class MindEyePipeline:
     def __init__(self, high: Run, lowlevel: Run | None = None, image_model: Any = None, device: str = "cpu",
                  image_model_weights: str | None = None, judge_weights: str | None = None,
                  torch_dtype: torch.dtype | None = None, **deprecated: Any) -> None:
-        old = _renamed(deprecated, {"generator": "image_model", "generator_weights": "image_model_weights",
-                                    "dtype": "torch_dtype"}, "MindEyePipeline")
-        image_model = _set("image_model", image_model, None, old)
-        image_model_weights = _set("image_model_weights", image_model_weights, None, old)
-        torch_dtype = _set("torch_dtype", torch_dtype, None, old)
-        if isinstance(image_model, torch.Generator):
-            raise MindEyeError("a torch.Generator seeds sampling: pass it to the call, pipe(voxels, generator=...); "
-                               "image_model= names the image model (e.g. \"versatile-diffusion\")")
+        image_model, image_model_weights, torch_dtype = _image_model_args(
+            "MindEyePipeline", deprecated, image_model, image_model_weights, torch_dtype)
         if high.kind == "lowlevel":
             raise MindEyeError(f"{high.path} is a low-level run; pass it as lowlevel= and a high-level run first")
         if lowlevel is not None:
@@ -368,14 +377,8 @@ class MindEyePipeline:
         """
         from mindeye.devices import resolve_device
 
-        old = _renamed(deprecated, {"generator": "image_model", "generator_weights": "image_model_weights",
-                                    "dtype": "torch_dtype"}, "from_run")
-        image_model = _set("image_model", image_model, None, old)
-        image_model_weights = _set("image_model_weights", image_model_weights, None, old)
-        torch_dtype = _set("torch_dtype", torch_dtype, None, old)
-        if isinstance(image_model, torch.Generator):
-            raise MindEyeError("from_run() takes no torch.Generator: pass it to the call, pipe(voxels, "
-                               "generator=...); image_model= names the image model")
+        image_model, image_model_weights, torch_dtype = _image_model_args(
+            "from_run", deprecated, image_model, image_model_weights, torch_dtype)
         device = resolve_device(device)
         high = _load(high_run, device, subject)
         return cls(high, _load(lowlevel, device) if lowlevel is not None else None, image_model, device,

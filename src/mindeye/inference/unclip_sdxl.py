@@ -195,25 +195,25 @@ def convert_sgm_unet(sd: dict[str, torch.Tensor], config: dict[str, Any]) -> UNe
     """``model.diffusion_model.*`` of an sgm state dict -> a diffusers UNet of ``config`` (strict)."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    unet = UNet2DConditionModel(**config)
-    converted = convert_ldm_unet_checkpoint(sd, dict(unet.config))
-    missing, unexpected = unet.load_state_dict(converted, strict=False)
-    if missing or unexpected:
-        raise MindEyeError(f"the sgm UNet does not fit the unCLIP-SDXL architecture ({len(missing)} missing, e.g. "
-                           f"{sorted(missing)[:3]}; {len(unexpected)} unexpected, e.g. {sorted(unexpected)[:3]})")
-    return unet
+    return _load_converted(UNet2DConditionModel(**config), convert_ldm_unet_checkpoint, sd,
+                           "the sgm UNet does not fit the unCLIP-SDXL architecture")
 
 
 def convert_sgm_vae(sd: dict[str, torch.Tensor], config: dict[str, Any]) -> AutoencoderKL:
+    """``first_stage_model.*`` of an sgm state dict -> a diffusers VAE of ``config`` (strict)."""
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-    vae = AutoencoderKL(**config)
-    converted = convert_ldm_vae_checkpoint(sd, dict(vae.config))
-    missing, unexpected = vae.load_state_dict(converted, strict=False)
+    return _load_converted(AutoencoderKL(**config), convert_ldm_vae_checkpoint, sd,
+                           "the sgm VAE (first_stage_model.*) does not fit the SDXL VAE")
+
+
+def _load_converted(model: Any, convert: Any, sd: dict[str, torch.Tensor], what: str) -> Any:
+    """diffusers' single-file converter applied to ``sd``, loaded strictly into ``model`` (a clear error)."""
+    missing, unexpected = model.load_state_dict(convert(sd, dict(model.config)), strict=False)
     if missing or unexpected:
-        raise MindEyeError(f"the sgm VAE (first_stage_model.*) does not fit the SDXL VAE ({len(missing)} missing, "
-                           f"e.g. {sorted(missing)[:3]}; {len(unexpected)} unexpected)")
-    return vae
+        raise MindEyeError(f"{what} ({len(missing)} missing, e.g. {sorted(missing)[:3]}; {len(unexpected)} "
+                           f"unexpected, e.g. {sorted(unexpected)[:3]})")
+    return model
 
 
 def from_sgm_state_dict(sd: dict[str, torch.Tensor], unet_config: dict[str, Any] | None = None,
