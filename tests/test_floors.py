@@ -230,3 +230,51 @@ def test_generative_ceiling_is_conditioned_on_the_true_embeddings(tiny_store, lo
     assert index["config"]["ceiling"].startswith("the generator conditioned on the true image")
     true = get_encoder("standin-clip-hidden").encode(np.asarray(store.images[np.sort(test)]))
     assert torch.cat(seen).float() == pytest.approx(true.float(), abs=1e-4)  # one sample each: the true embedding
+
+
+def test_blurry_bottleneck_curve_against_hand_projection(tiny_store, lowlevel_ridge, tmp_path, capsys):
+    """`evaluate bottleneck-blurry`: at k = rank the curve equals the unprojected model, whose values equal
+    `evaluate recon` on the run's `reconstruct-blurry` output; k = 1 equals a numpy rank-1 projection decoded."""
+    from mindeye.encoders.registry import get_encoder
+    from mindeye.evaluation.recon_eval import read_recon_dir
+    from mindeye.inference.blurry import blurry_path
+
+    run = lowlevel_ridge / "ridge-low"
+    assert main(["evaluate", "bottleneck-blurry", "--run", str(run), "--data", str(tiny_store), "--limit", "6",
+                 "--no-progress", "--out", str(tmp_path / "b.json")]) == 0
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert "model (no bottleneck)" in (tmp_path / "b.md").read_text()
+    ks = [p["k"] for p in res["points"]]
+    assert ks[:3] == [1, 2, 4] and ks[-1] == res["rank"] and res["n_scored"] == 6
+    # the unprojected model = `evaluate recon` on the blurry directory of the same run (first 6 test images)
+    assert main(["evaluate", "recon", "--recons", str(lowlevel_ridge / "blurry"), "--data", str(tiny_store),
+                 "--pixel-only", "--no-progress", "--out", str(tmp_path / "m.json")]) == 0
+    recon_metrics = json.loads((tmp_path / "m.json").read_text())["rows"][0]["metrics"]
+    assert res["image_index"] == read_recon_dir(lowlevel_ridge / "blurry").image_index.tolist()
+    for m in ("pixcorr", "ssim"):
+        assert res["model"][m] == pytest.approx(recon_metrics[m]["value"], abs=1e-5)
+        assert res["points"][-1][m] == pytest.approx(res["model"][m], abs=1e-4)  # full rank: the identity
+    assert res["points"][-1]["explained_variance"] == pytest.approx(1.0)
+    # k = 1 by hand: numpy SVD of the centred test latents, rank-1 projection, the stand-in VAE decoder
+    bp = blurry_path(run, tiny_store)
+    with torch.no_grad():
+        lat = bp.predict(bp.split.voxels).double().numpy()
+    x = lat.reshape(len(lat), -1)
+    mu = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+    one = ((x - mu) @ vt[0])[:, None] * vt[0][None] + mu
+    assert res["points"][0]["explained_variance"] == pytest.approx(s[0] ** 2 / (s ** 2).sum())
+    vae = get_encoder("standin-vae")
+    decode = getattr(vae, "decode_float", None) or vae.decode
+    fakes = decode(torch.from_numpy(one[:6]).float().view(6, *lat.shape[1:]))
+    if isinstance(fakes, torch.Tensor) and fakes.is_floating_point():
+        fakes = fakes.half().float().clamp(0, 1)
+    reals = np.asarray(SubjectStore(tiny_store).images[bp.split.image_index[:6]])
+    hand = M.evaluate_reconstructions(reals, fakes, pixel_only_nets(), metrics=["pixcorr", "ssim"], progress=False)
+    for m in ("pixcorr", "ssim"):
+        assert res["points"][0][m] == pytest.approx(hand[m]["value"], abs=1e-5)
+    assert res["points"][0]["pixcorr"] != pytest.approx(res["model"]["pixcorr"], abs=1e-3)  # the bottleneck bites
+    capsys.readouterr()
+    assert main(["evaluate", "bottleneck-blurry", "--run", str(run), "--data", str(tiny_store), "--ks", "0,2",
+                 "--no-progress", "--out", str(tmp_path / "c.json")]) != 0
+    assert f"k must be between 1 and {res['n_fitted']}" in capsys.readouterr().err

@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     except ModuleNotFoundError:
         return
     add_recon_parser(esub)
+    from mindeye.commands.evaluate_bottleneck import add_bottleneck_parser
+
+    add_bottleneck_parser(esub)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:

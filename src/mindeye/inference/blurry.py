@@ -14,6 +14,7 @@ present on this machine; otherwise one clear error names what to download. Outpu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,28 @@ def reconstruct_blurry(
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N); a MindEye2 run
     (model.kind mindeye2) decodes the latents of its blurry head."""
+    bp = blurry_path(run_dir, store, weights, device, subject)
+    rows = slice(0, limit) if limit else slice(None)
+    return decode_latents_to_pngs(bp.predict, bp.decode, bp.split.voxels[rows], bp.split.image_index[rows], out_dir,
+                                  bp.config, batch_size, bp.store.image_ids, progress)
+
+
+@dataclass
+class BlurryPath:
+    """A low-level run's blurry path: ``predict`` (voxels -> latents), ``decode`` (latents -> images), the test
+    split and the store it came from, and the config a blurry index records."""
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    split: Any
+    store: Any
+    config: dict[str, Any]
+
+
+def blurry_path(run_dir: str | Path, store: str | Path | None = None, weights: str | None = None,
+                device: str = "cpu", subject: str | None = None) -> BlurryPath:
+    """Load a low-level run (or low-level ridge run, or MindEye2 run with a blurry head), its test split and
+    its blurry decoder: what :func:`reconstruct_blurry` and the blurry bottleneck curve share."""
     from mindeye.data.splits import load_eval_split
     from mindeye.encoders.registry import get_encoder
     from mindeye.runs import load_run_model, read_run
@@ -116,7 +139,6 @@ def reconstruct_blurry(
                                             subject=subject)
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
                             cfg.data.test_repetitions, average=cfg.data.test_average)
-    rows = slice(0, limit) if limit else slice(None)
     dec_weights = weights or blurry_decoder_weights(cfg)
     try:
         decoder = get_encoder(cfg.targets.lowlevel_encoder, weights=dec_weights, device=device)
@@ -146,8 +168,7 @@ def reconstruct_blurry(
               "test_mode": cfg.data.test_mode}
     # float images where the decoder has them (the SD VAE: unclamped, as the authors' blurry images)
     decode = getattr(decoder, "decode_float", None) or decoder.decode
-    return decode_latents_to_pngs(predict, decode, split.voxels[rows], split.image_index[rows], out_dir,
-                                  config, batch_size, store_obj.image_ids, progress)
+    return BlurryPath(predict, decode, split, store_obj, config)
 
 
 def resolve_store(store: str | Path | None, info: dict[str, Any], cfg: Any) -> Path:
