@@ -270,6 +270,18 @@ def test_evaluate_recon_on_a_view_reports_id_and_ood_means_and_gap(tiny_store, v
     html = _environment().from_string(section).render(ood=[], ood_recon=[rrow], ood_explanation="E")
     assert 'id="ood-recon-table"' in html and "and reconstruction</h2>" in html and rrow["cells"][1]["gap"] in html
     assert html.count("<section") == html.count("</section>") == 1
+    # images made by a run trained on another store (the parent) are warned about
+    from mindeye.evaluation.recon_eval import evaluate_recon_dirs
+    from mindeye.inference.reconstruct import write_index
+
+    (tmp_path / "parent-run").mkdir()
+    (tmp_path / "parent-run" / "run.json").write_text(json.dumps({"store": str(tiny_store)}))
+    index = json.loads((tmp_path / "rec" / "index.json").read_text())
+    index["config"]["run"] = str(tmp_path / "parent-run")
+    write_index(tmp_path / "rec", index)
+    warned = evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, ood_bootstrap=0)
+    assert "may have been training images" in warned["rows"][0]["ood"]["warning"]
+    assert warned["rows"][0]["ood"]["metrics"]["ssim"]["gap_ci95_bootstrap"] is None
 
 
 def test_recon_ood_is_sign_aware_and_matches_a_hand_computation():
