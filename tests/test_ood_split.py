@@ -202,3 +202,107 @@ def test_a_run_trained_on_the_parent_is_warned_about(tiny_store, view, tmp_path)
     res = evaluate_retrieval(run, store=view, device="cpu", write=False, n_boot=50)
     assert "may have been training images" in res["ood"]["warning"]
     assert "ood" not in evaluate_retrieval(run, device="cpu", write=False)  # its own store: no groups
+
+
+# -- reconstruction metrics, in- vs out-of-distribution (`mindeye evaluate recon` on a view) ----------------------
+def _noisy_recon_dir(out: Path, store: SubjectStore, images: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """A `mindeye reconstruct`-format directory of noisy copies of ``images`` (noise level per image)."""
+    from mindeye.inference.reconstruct import save_png, write_index
+
+    rng = np.random.default_rng(0)
+    index = {"kind": "reconstruction", "config": {"generator": "test-noise", "store": str(store.path)}, "images": {}}
+    fakes = []
+    for i, sd in zip(images.tolist(), noise.tolist()):
+        img = np.asarray(store.images[i], dtype=np.float64)
+        img = np.clip(img + rng.normal(0, sd, img.shape), 0, 255).astype(np.uint8)
+        save_png(img, out / f"images/{i:05d}.png")
+        index["images"][str(i)] = {"image_index": i, "file": f"images/{i:05d}.png", "image_id": store.image_ids[i]}
+        fakes.append(img)
+    write_index(out, index)
+    return np.stack(fakes)
+
+
+def test_evaluate_recon_on_a_view_reports_id_and_ood_means_and_gap(tiny_store, view, tmp_path, capsys):
+    from mindeye.evaluation import metrics as M
+
+    v = SubjectStore(view)
+    test = np.sort(v.image_indices("test"))
+    held = np.isin(_main_category(tiny_store)[test], ["ring", "star"])  # independent of test_groups
+    test = np.sort(np.concatenate([test[~held][:6], test[held][:5]]))  # 11 images keep the test fast
+    held = np.isin(_main_category(tiny_store)[test], ["ring", "star"])
+    assert held.sum() == 5 and (~held).sum() == 6
+    fakes = _noisy_recon_dir(tmp_path / "rec", v, test, np.where(held, 90.0, 10.0))  # OOD images much noisier
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "recon", "--recons", str(tmp_path / "rec"), "--pixel-only", "--bootstrap", "300",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    [row] = json.loads(out.read_text())["rows"]
+    ood = row["ood"]
+    assert ood["n"] == {"in-distribution": int((~held).sum()), "out-of-distribution": int(held.sum())}
+    assert ood["held_out_clusters"] == ["ring", "star"] and set(ood["metrics"]) == {"pixcorr", "ssim"}
+    reals = np.asarray(v.images[test])
+    for m, fn in (("pixcorr", M.pixcorr), ("ssim", M.ssim)):
+        c = ood["metrics"][m]
+        # the group means equal the metric computed on each group's images alone (pairwise metrics) ...
+        assert c["in-distribution"] == pytest.approx(fn(reals[~held], fakes[~held]), abs=1e-6)
+        assert c["out-of-distribution"] == pytest.approx(fn(reals[held], fakes[held]), abs=1e-6)
+        # ... and the per-image values split by the groups
+        per = np.asarray(row["per_image"][m])
+        assert c["gap"] == pytest.approx(per[~held].mean() - per[held].mean(), abs=1e-12)
+        lo, hi = c["gap_ci95_bootstrap"]
+        assert lo <= c["gap"] <= hi and lo > 0  # the noisier OOD images score clearly worse
+        assert c["better"] == "in-distribution" and c["ci_excludes_zero"] and not c["lower_is_better"]
+    assert "In- vs out-of-distribution" in text and "held out of training: ring, star" in text
+    # a normal store (the view's parent, same images): no in- vs out-of-distribution block
+    assert main(["evaluate", "recon", "--recons", str(tmp_path / "rec"), "--data", str(tiny_store), "--pixel-only",
+                 "--out", str(tmp_path / "p.json"), "--no-progress"]) == 0
+    assert "ood" not in json.loads((tmp_path / "p.json").read_text())["rows"][0]
+    assert "In- vs out-of-distribution" not in capsys.readouterr().out
+    # the report's section shows the same cells
+    from mindeye.evaluation.report import _environment
+    from mindeye.evaluation.report_sections import ood_recon_rows
+
+    [rrow] = ood_recon_rows([json.loads(out.read_text())])
+    assert [c["metric"] for c in rrow["cells"]] == ["PixCorr ↑", "SSIM ↑"]
+    assert rrow["cells"][0]["id"] == f"{ood['metrics']['pixcorr']['in-distribution']:.3f}"
+    source = (REPO / "src/mindeye/templates/report.html.j2").read_text()
+    section = source[source.index("{%- if ood or ood_recon %}"):source.index('<section id="published">')]
+    html = _environment().from_string(section).render(ood=[], ood_recon=[rrow], ood_explanation="E")
+    assert 'id="ood-recon-table"' in html and "and reconstruction</h2>" in html and rrow["cells"][1]["gap"] in html
+    assert html.count("<section") == html.count("</section>") == 1
+    # images made by a run trained on another store (the parent) are warned about
+    from mindeye.evaluation.recon_eval import evaluate_recon_dirs
+    from mindeye.inference.reconstruct import write_index
+
+    (tmp_path / "parent-run").mkdir()
+    (tmp_path / "parent-run" / "run.json").write_text(json.dumps({"store": str(tiny_store)}))
+    index = json.loads((tmp_path / "rec" / "index.json").read_text())
+    index["config"]["run"] = str(tmp_path / "parent-run")
+    write_index(tmp_path / "rec", index)
+    warned = evaluate_recon_dirs([tmp_path / "rec"], pixel_only=True, progress=False, ood_bootstrap=0)
+    assert "may have been training images" in warned["rows"][0]["ood"]["warning"]
+    assert warned["rows"][0]["ood"]["metrics"]["ssim"]["gap_ci95_bootstrap"] is None
+
+
+def test_recon_ood_is_sign_aware_and_matches_a_hand_computation():
+    from mindeye.evaluation.recon_eval import ood_cells, recon_ood
+
+    mask = np.array([True] * 5 + [False] * 4)
+    swav = [0.2, 0.3, 0.25, 0.2, 0.3, 0.6, 0.7, 0.65, 0.6]  # a distance: ID (first 5) better = lower
+    two_way = [1.0, 0.5, 0.75, 1.0, 0.5, 1.0, 0.75, 1.0, 1.0]  # ID worse here
+    res = recon_ood({"image_index": list(range(9)), "swav": swav, "alexnet2": two_way},
+                    {"in-distribution": mask, "out-of-distribution": ~mask}, {"held_out_clusters": ["x"]}, n_boot=500)
+    s = res["metrics"]["swav"]
+    assert s["in-distribution"] == pytest.approx(np.mean(swav[:5])) and s["out-of-distribution"] == pytest.approx(0.6375)
+    assert s["gap"] == pytest.approx(0.25 - 0.6375) and s["lower_is_better"] and s["better"] == "in-distribution"
+    a = res["metrics"]["alexnet2"]
+    assert a["gap"] == pytest.approx(0.75 - 0.9375) and a["better"] == "out-of-distribution"
+    for c in (s, a):
+        assert c["gap_ci95_bootstrap"][0] <= c["gap"] <= c["gap_ci95_bootstrap"][1]
+    cells = {c["metric"]: c for c in ood_cells(res)}
+    assert cells["Alex(2) ↑"]["gap"].startswith("-18.8 [") and cells["Alex(2) ↑"]["id"] == "75.0%"
+    assert cells["SwAV ↓"]["better"].startswith("ID")
+    res0 = recon_ood({"swav": swav}, {"in-distribution": mask, "out-of-distribution": ~mask}, n_boot=0)
+    assert res0["metrics"]["swav"]["gap_ci95_bootstrap"] is None and ood_cells(res0)[0]["gap"].endswith("[n/a]")
+    with pytest.raises(MindEyeError, match="per-image values"):
+        recon_ood({"swav": swav[:3]}, {"in-distribution": mask, "out-of-distribution": ~mask})

@@ -57,6 +57,9 @@ def add_recon_parser(esub: argparse._SubParsersAction) -> None:
                    help="score every reconstruction as (1 - w) x recon + w x this blurry directory's image, both at "
                         "256 px: MindEye2's 'enhanced' evaluation (final_evaluations.ipynb, w = 0.25)")
     p.add_argument("--blend-weight", type=float, default=0.25, help="w of --blend-blurry (default 0.25, theirs)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="on a category-disjoint store view: bootstrap resamples for the CI of each metric's "
+                        "in- vs out-of-distribution gap (default 1000)")
     add_progress(p)
     p.set_defaults(func=run_recon)
 
@@ -78,13 +81,15 @@ def run_recon(args: argparse.Namespace) -> int:
     ceilings = [None if c.lower() == "none" else c for c in args.ceiling] or None
     if args.batch_size < 1:
         raise MindEyeError("--batch-size must be at least 1")
+    if args.bootstrap < 0:
+        raise MindEyeError("--bootstrap must be 0 (no CI) or more resamples")
     result = evaluate_recon_dirs(
         args.recons, names=args.name or None, store=args.data, weights_dir=args.weights_dir, clip=args.clip,
         device=resolve_device(args.device), metrics=metrics, pixel_only=args.pixel_only,
         retrieval=args.retrieval, batch_size=args.batch_size, progress=not args.no_progress,
         first_resize=args.first_resize, offline_net=args.offline_net, net_resize=args.net_resize,
         blend_blurry=args.blend_blurry, blend_weight=args.blend_weight,
-        floors=args.floors, ceilings=ceilings, floor_seeds=args.floor_seeds)
+        floors=args.floors, ceilings=ceilings, floor_seeds=args.floor_seeds, ood_bootstrap=args.bootstrap)
     json_path, md_path = write_metrics(result, args.out, title=args.title)
     print(md_path.read_text())
     print(json.dumps({"metrics": str(json_path), "table": str(md_path),

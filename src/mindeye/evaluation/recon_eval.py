@@ -11,7 +11,8 @@ Result of :func:`evaluate_recon_dirs` (also the metrics.json format)::
     {"mindeye_version": ..., "metrics_order": [...],
      "rows": [{"name", "recons", "kind", "generator", "generator_weights", "store", "high_run",
                "n_images", "image_index": [...], "metrics": {metric: {"value"} | {"unavailable"}},
-               "retrieval": {"brain_to_image", "image_to_brain", ...} (when given)}, ...],
+               "retrieval": {"brain_to_image", "image_to_brain", ...} (when given),
+               "ood": {...} (on a category-disjoint store view: recon_ood)}, ...],
      "mean": {metric: value, ...} (with several rows; only metrics every row has)}
 """
 
@@ -231,6 +232,7 @@ def evaluate_recon_dirs(
     floors: bool = False,
     ceilings: Sequence[str | os.PathLike | None] | None = None,
     floor_seeds: int = 3,
+    ood_bootstrap: int = 1000,
 ) -> dict[str, Any]:
     """Table 1 metrics for one or more reconstruction directories (one row each, plus the mean).
 
@@ -255,6 +257,8 @@ def evaluate_recon_dirs(
         long as ``recons`` pairs up with them.
     offline_net: also score each row with the offline substitute network (EfficientNet-Lite0, extra
         mindeye[offline]) into ``row["offline_metrics"]``, apart from the paper's metrics.
+    ood_bootstrap: on a category-disjoint store view, each row gets ``row["ood"]`` (:func:`recon_ood`): in- vs
+        out-of-distribution means per metric and the gap's bootstrap CI with this many resamples.
     """
     from mindeye.data.store import SubjectStore
 
@@ -367,6 +371,14 @@ def evaluate_recon_dirs(
             row["offline_metrics"] = offline_metrics(reals, fakes, device, batch_size, progress)
         if retrievals[k] is not None:
             row["retrieval"] = _retrieval_summary(retrievals[k])
+        groups = subject.test_groups(recon.image_index)
+        if groups is not None and all(m.any() for m in groups.values()) and per_image:
+            row["ood"] = recon_ood(per_image, groups, subject.view, n_boot=ood_bootstrap)
+            trained_on = _trained_on(recon)
+            if trained_on and Path(trained_on).resolve() != subject.path.resolve():
+                row["ood"]["warning"] = (f"the images were made by a run trained on {trained_on}, not on this view "
+                                         f"{subject.path}: its 'out-of-distribution' images may have been training "
+                                         "images; train on the view for a real in- vs out-of-distribution comparison")
         rows.append(row)
 
     result: dict[str, Any] = {"mindeye_version": __version__, "metrics_order": list(metrics),
@@ -381,6 +393,113 @@ def evaluate_recon_dirs(
                 mean[m] = float(np.mean(nums))
         result["mean"] = mean
     return result
+
+
+OOD_TWO_WAY_NOTE = ("two-way identification per image is the share of ALL the row's other images (ID and OOD "
+                    "together) that its own image beats: both groups face the same distractors, as the same "
+                    "candidate pools in retrieval's in- vs out-of-distribution comparison")
+
+
+def recon_ood(per_image: dict[str, list[float]], groups: dict[str, np.ndarray], view: dict[str, Any] | None = None,
+              n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """In- vs out-of-distribution reconstruction metrics of a category-disjoint view's test images.
+
+    ``per_image``: {metric: per-image values} (the row's ``per_image``; an ``image_index`` entry is skipped);
+    ``groups``: {"in-distribution": mask, "out-of-distribution": mask} over those images
+    (SubjectStore.test_groups). Per metric: both groups' means, ``gap`` = ID mean - OOD mean, its percentile
+    bootstrap 95% CI (each group's images resampled apart, ``n_boot`` times, the same seeded draws for every
+    metric), whether lower is better (Eff, SwAV), which group scores ``better`` and whether the CI excludes 0.
+    """
+    from mindeye.evaluation.floors import LOWER_IS_BETTER
+
+    ida = np.asarray(groups["in-distribution"], dtype=bool)
+    ood = np.asarray(groups["out-of-distribution"], dtype=bool)
+    view = view or {}
+    out: dict[str, Any] = {"view": view.get("description"), "held_out_clusters": view.get("held_out_clusters"),
+                           "n": {"in-distribution": int(ida.sum()), "out-of-distribution": int(ood.sum())},
+                           "n_boot": int(n_boot), "seed": int(seed), "two_way": OOD_TWO_WAY_NOTE, "metrics": {}}
+    for m, vals in per_image.items():
+        if m == "image_index":
+            continue
+        v = np.asarray(vals, dtype=np.float64)
+        if len(v) != len(ida):
+            raise MindEyeError(f"metric {m} has {len(v)} per-image values for {len(ida)} images")
+        a, b = v[ida], v[ood]
+        gap = float(a.mean() - b.mean())
+        ci: list[float] | None = None
+        if len(a) > 1 and len(b) > 1 and n_boot > 0:
+            rng = np.random.default_rng(seed)
+            diffs = (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
+                     - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1))
+            ci = [float(q) for q in np.quantile(diffs, [0.025, 0.975])]
+        lower = m in LOWER_IS_BETTER
+        advantage = -gap if lower else gap  # > 0: the in-distribution images score better
+        out["metrics"][m] = {
+            "in-distribution": float(a.mean()), "out-of-distribution": float(b.mean()), "gap": gap,
+            "gap_ci95_bootstrap": ci, "lower_is_better": lower,
+            "better": "in-distribution" if advantage > 0 else "out-of-distribution" if advantage < 0 else "neither",
+            "ci_excludes_zero": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}
+    return out
+
+
+def _trained_on(recon: ReconDir) -> str | None:
+    """The store the run that made ``recon`` was trained on (its run.json), if known."""
+    run = recon.config.get("high_run") or recon.config.get("run")
+    if run and (Path(run) / "run.json").exists():
+        from mindeye.runs import read_run_json
+
+        try:
+            return read_run_json(run).get("store")
+        except MindEyeError:
+            return None
+    return None
+
+
+def ood_cells(ood: dict[str, Any]) -> list[dict[str, str]]:
+    """Printable cells of a row's ``ood`` block, one per metric in Table 1 order: label, ID, OOD, gap [CI],
+    better (two-way identification in percent and points, the rest with 3 decimals)."""
+    from mindeye.evaluation.tables import COLUMNS
+
+    cells = []
+    for key, label, percent in COLUMNS:
+        c = (ood.get("metrics") or {}).get(key)
+        if c is None:
+            continue
+        unit = "%" if percent else ""
+
+        def num(x: float, sign: str = "", percent: bool = percent) -> str:
+            return f"{100 * x:{sign}.1f}" if percent else f"{x:{sign}.3f}"
+
+        ci = c.get("gap_ci95_bootstrap")
+        gap = num(c["gap"], "+") + (f" [{num(ci[0], '+')}, {num(ci[1], '+')}]" if ci else " [n/a]")
+        better = {"in-distribution": "ID", "out-of-distribution": "OOD"}.get(c["better"], "neither")
+        if c.get("ci_excludes_zero") is False:
+            better += " (CI includes 0)"
+        cells.append({"metric": label, "id": num(c["in-distribution"]) + unit, "ood": num(c["out-of-distribution"]) + unit,
+                      "gap": gap + (" points" if percent else ""), "better": better})
+    return cells
+
+
+def ood_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The "In- vs out-of-distribution" block of metrics.md for the rows that have ``ood``."""
+    from mindeye.evaluation.tables import md_cell
+
+    rows = [r for r in rows if r.get("ood")]
+    first = rows[0]["ood"]
+    lines = ["### In- vs out-of-distribution", "",
+             f"{first.get('view') or 'category-disjoint store view'}; held out of training: "
+             f"{', '.join(map(str, first.get('held_out_clusters') or [])) or '?'}. ID: test images of trained "
+             "clusters; OOD: images of the held-out clusters. Gap = ID - OOD with a bootstrap 95% CI over images "
+             f"({first.get('n_boot')} resamples); for Eff and SwAV lower is better, so a negative gap favours ID. "
+             f"Note: {first.get('two_way')}.", "",
+             "| Method | metric | ID | OOD | ID − OOD [95% CI] | better |", "|---|---|:-:|:-:|:-:|:-:|"]
+    for r in rows:
+        n = r["ood"]["n"]
+        name = md_cell(f"{r.get('name', '?')} (ID n={n['in-distribution']}, OOD n={n['out-of-distribution']})")
+        lines += [f"| {name} | {c['metric']} | {c['id']} | {c['ood']} | {c['gap']} | {c['better']} |"
+                  for c in ood_cells(r["ood"])]
+    lines += [f"\nWARNING ({r.get('name')}): {r['ood']['warning']}" for r in rows if r["ood"].get("warning")]
+    return "\n".join(lines)
 
 
 def blend_with_blurry(fakes: np.ndarray | torch.Tensor, recon: ReconDir, blurry: ReconDir, weight: float,
@@ -436,6 +555,8 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
         from mindeye.evaluation.floors import floors_markdown
 
         lines += ["", floors_markdown([(r["name"], r["floors"]) for r in result["rows"] if r.get("floors")])]
+    if any(r.get("ood") for r in result["rows"]):
+        lines += ["", ood_markdown(result["rows"])]
     return text + "\n".join(lines) + "\n"
 
 

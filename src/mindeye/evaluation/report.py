@@ -49,6 +49,7 @@ from mindeye.evaluation.report_data import (  # noqa: F401  (re-exported: the re
 )
 from mindeye.evaluation.report_sections import (
     OOD_EXPLANATION,
+    ood_recon_rows,
     ood_rows,
     published_section,
     table1_caption,
@@ -370,7 +371,7 @@ def build_report(
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
         "bottleneck_figure": embed(bottleneck_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
-        "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION,
+        "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION, "ood_recon": ood_recon_rows(metric_files),
         "published": published_section(rows, meta, high.retrieval),
         "brain_figure": embed(brain_fig), "brain_note": brain_note,
     }

@@ -53,6 +53,18 @@ def ood_rows(runs: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def ood_recon_rows(metric_files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per metrics.json row (`mindeye evaluate recon`) with an ``ood`` block: name, group sizes,
+    view and one cell per metric (recon_eval.ood_cells: ID, OOD, gap [CI], the better group)."""
+    from mindeye.evaluation.recon_eval import ood_cells
+
+    return [{"name": str(row.get("name", "?")), "n_id": row["ood"]["n"]["in-distribution"],
+             "n_ood": row["ood"]["n"]["out-of-distribution"], "cells": ood_cells(row["ood"]),
+             "view": row["ood"].get("view"), "held_out": ", ".join(map(str, row["ood"].get("held_out_clusters") or [])),
+             "warning": row["ood"].get("warning"), "two_way": row["ood"].get("two_way")}
+            for mf in metric_files for row in mf.get("rows", []) if row.get("ood")]
+
+
 def published_section(rows: Sequence[dict[str, Any]], store_meta: dict[str, Any],
                       retrieval: dict[str, Any] | None) -> dict[str, Any]:
     """Our first model row placed among the published NSD rows (or why that does not apply)."""
