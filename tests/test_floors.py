@@ -275,6 +275,115 @@ def test_blurry_bottleneck_curve_against_hand_projection(tiny_store, lowlevel_ri
         assert res["points"][0][m] == pytest.approx(hand[m]["value"], abs=1e-5)
     assert res["points"][0]["pixcorr"] != pytest.approx(res["model"]["pixcorr"], abs=1e-3)  # the bottleneck bites
     capsys.readouterr()
-    assert main(["evaluate", "bottleneck-blurry", "--run", str(run), "--data", str(tiny_store), "--ks", "0,2",
+    assert main(["evaluate", "bottleneck-blurry", "--run", str(run), "--data", str(tiny_store), "--ks", "2,1000",
                  "--no-progress", "--out", str(tmp_path / "c.json")]) != 0
     assert f"k must be between 1 and {res['n_fitted']}" in capsys.readouterr().err
+    assert main(["evaluate", "bottleneck-blurry", "--run", str(run), "--data", str(tiny_store), "--ks", "0,2",
+                 "--no-progress", "--out", str(tmp_path / "c.json")]) == 2
+    assert "--ks values must be at least 1" in capsys.readouterr().err
+
+
+def test_top_k_projection_equals_the_svd_projection():
+    """mindeye.utils.pca (Gram matrix, column chunks) against floors.project_top_k on a numpy-free SVD basis."""
+    from mindeye.utils import pca
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 5, 9, generator=g) @ torch.randn(9, 9, generator=g)
+    fit = pca.fit_top_k(x)
+    flat = x.flatten(1).double()
+    mean = flat.mean(0)
+    _, s, vh = torch.linalg.svd(flat - mean, full_matrices=False)
+    assert fit.rank == 11  # 12 centred rows
+    for k in (1, 3, 11, 12):
+        got = fit.project(x, k)
+        assert got.shape == x.shape
+        assert got.flatten(1).double().numpy() == pytest.approx(fl.project_top_k(flat, k, vh, mean).numpy(), abs=1e-5)
+        assert fit.explained_variance(k) == pytest.approx(float((s[:k] ** 2).sum() / (s ** 2).sum()))
+    with pytest.raises(MindEyeError, match="between 1 and 12"):
+        fit.project(x, 13)
+    with pytest.raises(MindEyeError, match="NaN"):
+        pca.fit_top_k(torch.full((3, 2), float("nan")))
+
+
+@pytest.fixture(scope="module")
+def high_run(tiny_store, tmp_path_factory) -> Path:
+    """A tiny 1-epoch high-level run with a diffusion prior (a few seconds)."""
+    tiny = ["model.backbone.hidden=64", "model.backbone.n_blocks=1", "model.projector.hidden=32", "model.prior.depth=1",
+            "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32", "data.val_images=0",
+            "train.val_every=100", "train.epochs=1"]
+    run = tmp_path_factory.mktemp("bneck") / "high"
+    assert main(["train", "--config", str(REPO / "src/mindeye/configs/demo-highlevel.yaml"), "--data", str(tiny_store),
+                 "--out", str(run), "--no-progress", "-q", *[a for o in tiny for a in ("--set", o)]]) == 0
+    return run
+
+
+def test_generative_bottleneck_curve_feeds_rank_k_embeddings(tiny_store, lowlevel_ridge, high_run, tmp_path,
+                                                             monkeypatch, capsys):
+    """`evaluate bottleneck-recon`: at k = 1 the prior reads the backbone embeddings' rank-1 projection (checked
+    against a numpy SVD of the run's own embeddings of every test sample) and the judge compares to the
+    projector's; the blurry images go through the same k; a second call resumes without generating."""
+    from mindeye.data.splits import load_eval_split
+    from mindeye.inference import reconstruct as rec
+    from mindeye.runs import embed_voxels, load_run_model
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = rec.reconstruct
+
+    def recording(backbone, projector, *args, **kwargs):
+        seen.append((backbone.double().numpy(), projector.double().numpy()))
+        return real(backbone, projector, *args, **kwargs)
+
+    monkeypatch.setattr(rec, "reconstruct", recording)
+    out = tmp_path / "curve"
+    argv = ["evaluate", "bottleneck-recon", "--run", str(high_run), "--lowlevel", str(lowlevel_ridge / "ridge-low"),
+            "--data", str(tiny_store), "--ks", "1,2", "--limit", "4", "--samples", "2", "--steps", "2",
+            "--prior-steps", "2", "--batch-brains", "4", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((out / "curve.json").read_text())
+    assert [p["k"] for p in res["points"]] == [1, 2] and res["n_scored"] == 4 and res["blurry_through_bottleneck"]
+    assert {"pixcorr", "ssim"} <= set(res["model"]) and "blurry" in res["points"][0]
+    assert "model (no bottleneck)" in (out / "curve.md").read_text()
+
+    cfg, _, model, store = load_run_model(high_run, "cpu", tiny_store)
+    split = load_eval_split(store, store.image_indices("test"), cfg.data.test_mode, cfg.data.test_repetitions)
+    for which, got in (("backbone", seen[0][0]), ("projector", seen[0][1])):
+        x = embed_voxels(model, split.voxels, "cpu", which=which).double().numpy().reshape(len(split.voxels), -1)
+        mu = x.mean(0)
+        _, s, vt = np.linalg.svd(x - mu, full_matrices=False)
+        one = ((x - mu) @ vt[0])[:, None] * vt[0][None] + mu  # rank 1, fitted on all test samples
+        assert got.reshape(len(got), -1) == pytest.approx(one[:4], abs=2e-3 * np.abs(one).max())  # float16
+        key = f"{which}_explained_variance"
+        assert json.loads((out / "k0001" / "index.json").read_text())["config"]["bottleneck"][key] == pytest.approx(
+            s[0] ** 2 / (s ** 2).sum())
+    assert seen[2][0].shape == seen[0][0].shape and "bottleneck" not in json.loads(
+        (out / "model" / "index.json").read_text())["config"]  # the last directory: the model as it is
+    blurry = json.loads((out / "k0002" / "blurry" / "index.json").read_text())["config"]["bottleneck"]
+    assert blurry["k"] == 2 and 0 < blurry["explained_variance"] <= 1
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert main(argv) == 0  # resumes: every image is there, nothing is made again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+    assert json.loads((out / "curve.json").read_text())["points"] == res["points"]
+    capsys.readouterr()
+    assert main([*argv[:-2], "--ks", "0,2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ks values must be at least 1" in capsys.readouterr().err
+    assert main(["reconstruct", "--run", str(high_run), "--bottleneck", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "--bottleneck must be at least 1" in capsys.readouterr().err
+
+    # the report draws the curve from curve.json: one line per metric and path, the points' own values
+    from mindeye.evaluation.report import _recon_bottleneck_figure
+    from mindeye.evaluation.report_data import read_bottleneck_curve
+
+    fig = _recon_bottleneck_figure([read_bottleneck_curve(out)])
+    lines = {ln.get_label(): ln.get_ydata().tolist() for ln in fig.figure.axes[0].get_lines()}
+    assert lines["high: reconstructions pixcorr"] == pytest.approx([p["pixcorr"] for p in res["points"]])
+    assert lines["high: blurry ssim"] == pytest.approx([p["blurry"]["ssim"] for p in res["points"]])
+    assert main(["report", "--run", str(high_run), "--data", str(tiny_store), "--no-umap", "--images", "1",
+                 "--bottleneck", str(out), "--out", str(tmp_path / "rep" / "report.html"), "--device", "cpu",
+                 "-q"]) == 0
+    assert 'id="bottleneck-recon"' in (tmp_path / "rep" / "report.html").read_text()
+    (tmp_path / "bad.json").write_text(json.dumps({"points": [{"k": "one"}], "model": {}}))
+    with pytest.raises(MindEyeError, match="is not a bottleneck curve"):
+        read_bottleneck_curve(tmp_path / "bad.json")
+    with pytest.raises(MindEyeError, match="evaluate bottleneck-recon"):
+        read_bottleneck_curve(tmp_path / "missing")

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", default=None, metavar="JSON",
                    help="accuracy vs training sessions points for a figure: a JSON list of {\"sessions\": N, "
                         "\"method\": name, <Table-1 key>: value, <key>_std: spread} (docs/evaluation.md)")
+    p.add_argument("--bottleneck", nargs="+", action="extend", default=[], metavar="JSON",
+                   help="reconstruction bottleneck curve(s): `evaluate bottleneck-recon` OUT (or OUT/curve.json) or "
+                        "`evaluate bottleneck-blurry` JSON, drawn as a figure")
     add_data(p, help="subject store (default: the run's)")
     p.add_argument("--images", type=int, default=12, help="test images in the image grid")
     p.add_argument("--umap-samples", type=int, default=100,
@@ -50,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
                        metrics=args.metrics, out=args.out, retrieved=args.retrieved, store=args.data,
                        umap=not args.no_umap, n_images=args.images, embed_samples=args.umap_samples,
                        device=resolve_device(args.device), seed=args.seed, title=args.title,
-                       sessions=args.sessions)
+                       sessions=args.sessions, bottlenecks=args.bottleneck)
     print(f"report: {out}")
     return 0

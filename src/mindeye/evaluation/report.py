@@ -41,6 +41,7 @@ from mindeye.evaluation.report_data import (  # noqa: F401  (re-exported: the re
     curve_series,
     grid_images,
     png_data_uri,
+    read_bottleneck_curve,
     read_run_info,
     read_sessions,
     test_embeddings,
@@ -137,6 +138,7 @@ def build_report(
     title: str | None = None,
     sessions: str | os.PathLike | None = None,
     umap_cache: str | os.PathLike | None = None,
+    bottlenecks: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Write the HTML report for a high-level run (and optional low-level / ridge runs, reconstructions,
     blurry images and reconstruction metrics); returns its path (default RUN/report.html). The
@@ -146,6 +148,8 @@ def build_report(
     source, when those hold blurry images. retrieved: a directory in the reconstruction index format
     holding retrieved images. embed_samples caps the test images in the UMAP (and the prior samples
     drawn for it). sessions: a JSON file of accuracy-vs-training-sessions points (see read_sessions).
+    bottlenecks: reconstruction bottleneck curves (`evaluate bottleneck-recon` / `bottleneck-blurry` JSON), drawn
+    beside the retrieval bottleneck curve.
     umap_cache: a directory of UMAP layouts computed earlier for the same points (see umap_points).
     """
     from mindeye.runs import load_run_model
@@ -174,6 +178,7 @@ def build_report(
     retrieved_dir = read_recon_dir(retrieved) if retrieved is not None else None
     metric_files = [read_metrics(p) for p in metrics]
     session_points = read_sessions(sessions) if sessions is not None else None
+    bottleneck_curves = [read_bottleneck_curve(p) for p in bottlenecks]
 
     log.info(f"report: test-set embeddings of {run}" + (f" and {embed_samples} prior samples for the UMAP"
                                                          if umap else "") + f" ({device})")
@@ -259,7 +264,8 @@ def build_report(
         sessions_fig = figs.sessions_chart("sessions", session_points, present,
                                            f"Accuracy vs training sessions (from {sessions})")
     bottleneck_fig = _bottleneck_figure(runs)
-    figures += [f for f in (retrieval_fig, sessions_fig, bottleneck_fig) if f is not None]
+    recon_bottleneck_fig = _recon_bottleneck_figure(bottleneck_curves)
+    figures += [f for f in (retrieval_fig, sessions_fig, bottleneck_fig, recon_bottleneck_fig) if f is not None]
 
     # -- image grid ----------------------------------------------------------------------------------
     log.info(f"report: image grid of {n_images} test images ({time.perf_counter() - t0:.0f} s so far)")
@@ -369,7 +375,7 @@ def build_report(
         "table_md": markdown_table(rows), "missing": MISSING, "floor_blocks": floor_blocks,
         "curves": [{**b, "figures": [embed(f) for f in b["figures"]]} for b in curves],
         "retrieval_figure": embed(retrieval_fig), "sessions_figure": embed(sessions_fig),
-        "bottleneck_figure": embed(bottleneck_fig),
+        "bottleneck_figure": embed(bottleneck_fig), "recon_bottleneck_figure": embed(recon_bottleneck_fig),
         "grid": grid, "grid_notes": grid_notes, "umap_figure": embed(umap_fig), "umap_notes": umap_notes,
         "ood": ood_rows(runs), "ood_explanation": OOD_EXPLANATION, "ood_recon": ood_recon_rows(metric_files),
         "published": published_section(rows, meta, high.retrieval),
@@ -397,6 +403,29 @@ def _bottleneck_figure(runs: list[RunInfo]) -> figs.FigureFile | None:
                           "principal components kept (k)", "top-1 of the test set (%)",
                           "BrainBits-style bottleneck: the brain embeddings projected onto their top-k principal "
                           "components (fitted on the test embeddings), k on a log grid")
+    if fig is not None:
+        fig.figure.axes[0].set_xscale("log", base=2)
+    return fig
+
+
+def _recon_bottleneck_figure(curves: list[dict[str, Any]]) -> figs.FigureFile | None:
+    """PixCorr / SSIM vs the number of principal components kept (`evaluate bottleneck-recon` / -blurry), or None."""
+    series = []
+    for c in curves:
+        name = Path(str(c.get("run") or c["path"])).name
+        kind = "blurry" if c.get("kind") == "blurry" else "reconstructions"
+        for m in ("pixcorr", "ssim"):
+            if c["model"].get(m) is not None:
+                series.append(figs.Series(f"{name}: {kind} {m}", [p["k"] for p in c["points"]],
+                                          [p[m] for p in c["points"]]))
+            blurry = [p.get("blurry") or {} for p in c["points"]]
+            if all(b.get(m) is not None for b in blurry):  # bottleneck-recon made its blurry images through k
+                series.append(figs.Series(f"{name}: blurry {m}", [p["k"] for p in c["points"]],
+                                          [b[m] for b in blurry]))
+    fig = figs.line_chart("bottleneck_recon", series, "Reconstructions through a k-dimensional bottleneck",
+                          "principal components kept (k)", "metric value",
+                          "BrainBits-style bottleneck of the reconstructions: the brain embeddings (and the predicted "
+                          "latents) kept to their top-k principal components, fitted on the test set, k on a log grid")
     if fig is not None:
         fig.figure.axes[0].set_xscale("log", base=2)
     return fig

@@ -211,6 +211,27 @@ def read_sessions(path: str | os.PathLike) -> list[dict[str, Any]]:
     return points
 
 
+def read_bottleneck_curve(path: str | os.PathLike) -> dict[str, Any]:
+    """A reconstruction bottleneck curve: `evaluate bottleneck-recon`'s OUT/curve.json (or a directory holding it)
+    or `evaluate bottleneck-blurry`'s JSON: {"kind", "model": {metric: value}, "points": [{"k", metric: value}]}."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "curve.json"
+    if not path.is_file():
+        raise MindEyeError(f"bottleneck curve {path} not found; make it with `mindeye evaluate bottleneck-recon` "
+                           "(OUT/curve.json) or `mindeye evaluate bottleneck-blurry --out JSON`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MindEyeError(f"{path} is not valid JSON ({exc})") from None
+    points = data.get("points") if isinstance(data, dict) else None
+    if (not isinstance(points, list) or not points or not isinstance(data.get("model"), dict)
+            or not all(isinstance(q, dict) and isinstance(q.get("k"), int) for q in points)):
+        raise MindEyeError(f"{path} is not a bottleneck curve (expected 'model' and 'points' with an integer 'k' "
+                           "each, as `mindeye evaluate bottleneck-recon` / `bottleneck-blurry` write)")
+    return {**data, "path": str(path)}
+
+
 def grid_images(subject, shown: np.ndarray, sources: list[tuple[str, dict[int, Any]]]) -> list[tuple[str, list]]:
     """(row label, [uint8 image or None per shown column])."""
     out = []

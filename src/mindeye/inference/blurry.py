@@ -94,13 +94,45 @@ def reconstruct_blurry(
     batch_size: int = 32,
     progress: bool = True,
     subject: str | None = None,
+    bottleneck: int | None = None,
 ) -> dict[str, Any]:
     """Blurry reconstructions of a low-level run's test images (``limit``: only the first N); a MindEye2 run
-    (model.kind mindeye2) decodes the latents of its blurry head."""
+    (model.kind mindeye2) decodes the latents of its blurry head. ``bottleneck`` k: the predicted latents are
+    first projected onto their own top-k principal components (fitted on every test sample, even under
+    ``limit``; BrainBits-style, docs/evaluation.md)."""
     bp = blurry_path(run_dir, store, weights, device, subject)
     rows = slice(0, limit) if limit else slice(None)
-    return decode_latents_to_pngs(bp.predict, bp.decode, bp.split.voxels[rows], bp.split.image_index[rows], out_dir,
-                                  bp.config, batch_size, bp.store.image_ids, progress)
+    if bottleneck is None:
+        return decode_latents_to_pngs(bp.predict, bp.decode, bp.split.voxels[rows], bp.split.image_index[rows],
+                                      out_dir, bp.config, batch_size, bp.store.image_ids, progress)
+    from mindeye.utils.pca import fit_top_k
+
+    latents = predicted_latents(bp, batch_size)
+    pca = fit_top_k(latents)
+    kept = pca.project(latents, bottleneck)
+    config = {**bp.config, "bottleneck": {"k": int(bottleneck), "explained_variance": pca.explained_variance(bottleneck),
+                                          "rank": pca.rank, "fitted_on": LATENTS_FITTED_ON}}
+    image_index = bp.split.image_index[rows]
+
+    def predict(positions: torch.Tensor) -> torch.Tensor:
+        return kept[positions.long()].to(device)
+
+    return decode_latents_to_pngs(predict, bp.decode, torch.arange(len(image_index)), image_index, out_dir, config,
+                                  batch_size, bp.store.image_ids, progress)
+
+
+LATENTS_FITTED_ON = "the test set's predicted VAE latents (unsupervised PCA over every test sample)"
+
+
+def predicted_latents(bp: BlurryPath, batch_size: int = 32) -> torch.Tensor:
+    """The low-level model's predicted latents of every test sample (CPU), checked finite."""
+    voxels = bp.split.voxels
+    with torch.no_grad():
+        latents = torch.cat([bp.predict(voxels[i:i + batch_size]).detach().cpu()
+                             for i in range(0, len(voxels), batch_size)])
+    if not torch.isfinite(latents).all():
+        raise MindEyeError("the low-level model predicted non-finite latents (check the run's weights)")
+    return latents
 
 
 @dataclass

@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # diffusers takes seconds to import; database retrieval only 
     from mindeye.inference.generators import ImageGenerator
 
 INIT_ENCODINGS = ("reference", "vae")
+BOTTLENECK_FITTED_ON = "the test set's brain embeddings (unsupervised PCA over every test sample)"
 
 
 @dataclass
@@ -265,8 +266,14 @@ def reconstruct_run(
     subject: str | None = None,
     caption_weights: str | None = None,
     caption_converter: str | None = None,
+    bottleneck: int | None = None,
 ) -> dict[str, Any]:
     """`mindeye reconstruct`: a trained high-level run's test set -> reconstructions in ``out_dir``.
+
+    ``bottleneck`` k (BrainBits-style, docs/evaluation.md): the brain embeddings (the backbone output the prior
+    reads and the projector output the judge compares to) are first projected onto their own top-k principal
+    components, fitted on every test sample (even under ``limit``); a low-level *run* given as ``lowlevel``
+    makes its blurry images through the same k (:func:`~mindeye.inference.blurry.reconstruct_blurry`).
 
     ``caption_weights`` / ``caption_converter`` (MindEye2): GIT and the authors' bigG -> CLIP-L converter;
     when given, every image's prior output is captioned too (:mod:`mindeye.inference.captions`).
@@ -331,18 +338,39 @@ def reconstruct_run(
     split = load_eval_split(store_obj, store_obj.image_indices("test"), cfg.data.test_mode,
                             cfg.data.test_repetitions, average=cfg.data.test_average)
     rows = slice(0, limit) if limit else slice(None)
-    voxels, image_index = split.voxels[rows], split.image_index[rows]
-    backbone = embed_voxels(model, voxels, device, which="backbone").half()
-    projector = embed_voxels(model, voxels, device, which="projector").half()
+    bottleneck_desc = None
+    if bottleneck is None:
+        voxels, image_index = split.voxels[rows], split.image_index[rows]
+        backbone = embed_voxels(model, voxels, device, which="backbone").half()
+        projector = embed_voxels(model, voxels, device, which="projector").half()
+    else:  # the PCA sees every test sample; only the first `limit` are then reconstructed
+        from mindeye.utils.pca import fit_top_k
+
+        image_index = split.image_index[rows]
+        embs, bottleneck_desc = {}, {"k": int(bottleneck), "fitted_on": BOTTLENECK_FITTED_ON}
+        for which in ("backbone", "projector"):
+            full = embed_voxels(model, split.voxels, device, which=which)
+            pca = fit_top_k(full)
+            embs[which] = pca.project(full, bottleneck)[rows].half()
+            bottleneck_desc[f"{which}_explained_variance"] = pca.explained_variance(bottleneck)
+            bottleneck_desc[f"{which}_rank"] = pca.rank
+        backbone, projector = embs["backbone"], embs["projector"]
 
     blurry = None
     lowlevel_desc = None
     if lowlevel is not None:
         low = Path(lowlevel)
         if (low / "config.yaml").exists():  # a low-level run: make its blurry images first
-            reconstruct_blurry(low, out_dir / "blurry", store=store, device=device, limit=limit, progress=progress)
+            reconstruct_blurry(low, out_dir / "blurry", store=store, device=device, limit=limit, progress=progress,
+                               bottleneck=bottleneck)
             low = out_dir / "blurry"
         blurry = BlurryImages(low)
+        made_with = ((blurry.index.get("config") or {}).get("bottleneck") or {}).get("k")
+        if bottleneck is not None and made_with != bottleneck:
+            print(f"note: the blurry images in {low} were made {'without a' if made_with is None else 'through a k='}"
+                  f"{made_with or ''} bottleneck, not k={bottleneck}: img2img gives the generator the low-level "
+                  "path's information as it is there. Pass the low-level run as --lowlevel to make them through "
+                  "the same k", flush=True)
         lowlevel_desc = {"lowlevel": str(Path(lowlevel).resolve()), "blurry_config": blurry.index.get("config")}
     # The judge embeds candidates the way the run's targets were embedded (paper: reference preprocessing).
     if settings.samples == 1:  # nothing to choose between (MindEye2's protocol): no judge to load
@@ -354,6 +382,8 @@ def reconstruct_run(
     config = {"high_run": str(run_dir.resolve()), "store": str(store_obj.path.resolve()),
               "test_mode": cfg.data.test_mode, "judge": spec.condition_encoder if judge is not None else None,
               "judge_fingerprint": getattr(judge, "fingerprint", None), **(lowlevel_desc or {"lowlevel": None})}
+    if bottleneck_desc is not None:
+        config["bottleneck"] = bottleneck_desc
     if settings.prior_steps is None:
         settings.prior_steps = cfg.model.prior.sample_steps
     if settings.prior_guidance is None:
