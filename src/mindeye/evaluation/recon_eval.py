@@ -181,20 +181,20 @@ def load_feature_nets(weights_dir: str | os.PathLike | None = None, clip: str | 
     return FeatureNets.load(weights_dir, clip or DEFAULT_CLIP, device=device, names=names)
 
 
-def _read_json(path: Path, missing: str) -> Any:
+def read_json_file(path: Path, missing: str) -> Any:
     """Parsed JSON of ``path``; a missing file or invalid JSON is a MindEyeError (``missing`` says the fix)."""
     if not path.is_file():
         raise MindEyeError(missing)
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MindEyeError(f"{path} is not valid JSON ({exc})") from None
 
 
 def read_retrieval(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Retrieval results from RUN/eval/retrieval.json (one dict) or `evaluate retrieval --out` (a list)."""
     path = Path(path)
-    data = _read_json(path, f"retrieval results {path} not found; write them with `mindeye evaluate retrieval "
+    data = read_json_file(path, f"retrieval results {path} not found; write them with `mindeye evaluate retrieval "
                             "--run RUN` (RUN/eval/retrieval.json) or its --out option")
     items = data if isinstance(data, list) else [data]
     for r in items:
@@ -575,7 +575,7 @@ def write_metrics(result: dict[str, Any], out: str | os.PathLike, title: str | N
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     """A metrics.json written by :func:`write_metrics`."""
     path = Path(path)
-    data = _read_json(path, f"metrics file {path} not found; write it with `mindeye evaluate recon --recons DIR "
+    data = read_json_file(path, f"metrics file {path} not found; write it with `mindeye evaluate recon --recons DIR "
                             "--out metrics.json`")
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise MindEyeError(f"{path} is not a reconstruction metrics file (no 'rows'); write it with "

@@ -399,10 +399,15 @@ def _bottleneck_figure(runs: list[RunInfo]) -> figs.FigureFile | None:
             if points and key in points[0]:
                 series.append(figs.Series(f"{r.name}: {label}", [p["k"] for p in points],
                                           [100 * p[key] for p in points]))
-    fig = figs.line_chart("bottleneck", series, "Retrieval through a k-dimensional bottleneck",
-                          "principal components kept (k)", "top-1 of the test set (%)",
-                          "BrainBits-style bottleneck: the brain embeddings projected onto their top-k principal "
-                          "components (fitted on the test embeddings), k on a log grid")
+    return _log_k_chart("bottleneck", series, "Retrieval through a k-dimensional bottleneck",
+                        "top-1 of the test set (%)",
+                        "BrainBits-style bottleneck: the brain embeddings projected onto their top-k principal "
+                        "components (fitted on the test embeddings), k on a log grid")
+
+
+def _log_k_chart(stem: str, series: list[figs.Series], title: str, ylabel: str, caption: str) -> figs.FigureFile | None:
+    """A bottleneck curve: metric vs k on a log-2 axis (None without series)."""
+    fig = figs.line_chart(stem, series, title, "principal components kept (k)", ylabel, caption)
     if fig is not None:
         fig.figure.axes[0].set_xscale("log", base=2)
     return fig
@@ -422,13 +427,10 @@ def _recon_bottleneck_figure(curves: list[dict[str, Any]]) -> figs.FigureFile | 
             if all(b.get(m) is not None for b in blurry):  # bottleneck-recon made its blurry images through k
                 series.append(figs.Series(f"{name}: blurry {m}", [p["k"] for p in c["points"]],
                                           [b[m] for b in blurry]))
-    fig = figs.line_chart("bottleneck_recon", series, "Reconstructions through a k-dimensional bottleneck",
-                          "principal components kept (k)", "metric value",
-                          "BrainBits-style bottleneck of the reconstructions: the brain embeddings (and the predicted "
-                          "latents) kept to their top-k principal components, fitted on the test set, k on a log grid")
-    if fig is not None:
-        fig.figure.axes[0].set_xscale("log", base=2)
-    return fig
+    return _log_k_chart("bottleneck_recon", series, "Reconstructions through a k-dimensional bottleneck",
+                        "metric value",
+                        "BrainBits-style bottleneck of the reconstructions: the brain embeddings (and the predicted "
+                        "latents) kept to their top-k principal components, fitted on the test set, k on a log grid")
 
 
 def _floor_blocks(runs: list[RunInfo], metric_files: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mindeye.errors import MindEyeError
-from mindeye.evaluation.recon_eval import load_pngs
+from mindeye.evaluation.recon_eval import load_pngs, read_json_file
 from mindeye.evaluation.report_figures import Series
 from mindeye.evaluation.report_tables import RETRIEVAL
 from mindeye.evaluation.tables import COLUMNS
@@ -217,13 +217,8 @@ def read_bottleneck_curve(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "curve.json"
-    if not path.is_file():
-        raise MindEyeError(f"bottleneck curve {path} not found; make it with `mindeye evaluate bottleneck-recon` "
-                           "(OUT/curve.json) or `mindeye evaluate bottleneck-blurry --out JSON`")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MindEyeError(f"{path} is not valid JSON ({exc})") from None
+    data = read_json_file(path, f"bottleneck curve {path} not found; make it with `mindeye evaluate bottleneck-recon` "
+                                "(OUT/curve.json) or `mindeye evaluate bottleneck-blurry --out JSON`")
     points = data.get("points") if isinstance(data, dict) else None
     if (not isinstance(points, list) or not points or not isinstance(data.get("model"), dict)
             or not all(isinstance(q, dict) and isinstance(q.get("k"), int) for q in points)):
