@@ -48,6 +48,10 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "demo-latent-diffusion" in html and "NOT Versatile Diffusion" in html
     # the offline substitute network: its own table (or the reason it is missing), never the paper's columns
     assert set(metrics["rows"][0]["offline_metrics"]) == {"effnet_lite0_2way", "effnet_lite0_distance"}
+    if "value" in metrics["rows"][0]["offline_metrics"]["effnet_lite0_2way"]:  # with the extra: its floors too
+        assert all(set(r["offline_floors"]["metrics"]) == {"effnet_lite0_2way", "effnet_lite0_distance"}
+                   and r["offline_floors"]["ceiling"] for r in metrics["rows"])
+        assert "offline EfficientNet-Lite0, not a paper metric" in (out / "metrics.md").read_text()
     offline = results["offline_target"]
     if "skipped" in offline:
         assert "mindeye[offline]" in offline["skipped"]

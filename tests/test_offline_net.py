@@ -93,6 +93,35 @@ def test_two_way_and_distance_on_real_features(net):
 
 
 @needs_extra
+def test_offline_floors_from_the_same_features(net):
+    """Chance, mean image, shuffled brain and ceiling of the offline metrics, each against the metric run on the
+    re-paired images themselves (an independent feature pass)."""
+    from mindeye.data.scenes import generate_scenes
+    from mindeye.evaluation import floors as fl
+
+    images, _, _ = generate_scenes(0, range(10), 64)
+    recons, _, _ = generate_scenes(1, range(10), 64)  # other scenes stand in for reconstructions
+    ceiling = images[:, ::-1].copy()  # upside down: close to, not equal to, the true images
+    mean_image = torch.from_numpy(images.mean(0)).permute(2, 0, 1).float() / 255
+    out = offline_metrics(images, recons, progress=False, net=net,
+                          floors={"mean_image": mean_image, "ceiling": ceiling, "seeds": [0, 1]})
+    f = out["floors"]
+    assert f["model"]["effnet_lite0_distance"] == pytest.approx(out["effnet_lite0_distance"]["value"])
+    assert f["chance"]["effnet_lite0_2way"] == 0.5
+    deranged = offline_metrics(images, images[fl.derangement(10, 0)], progress=False, net=net)
+    assert f["chance"]["effnet_lite0_distance"] == pytest.approx(deranged["effnet_lite0_distance"]["value"], abs=1e-6)
+    shuffled = [offline_metrics(images, recons[fl.derangement(10, s)], progress=False, net=net) for s in (0, 1)]
+    for key in OFFLINE_METRICS:
+        assert f["shuffled_brain"]["mean"][key] == pytest.approx(np.mean([x[key]["value"] for x in shuffled]), abs=1e-6)
+    ceil = offline_metrics(images, ceiling, progress=False, net=net)
+    assert f["ceiling"]["effnet_lite0_2way"] == pytest.approx(ceil["effnet_lite0_2way"]["value"])
+    mean_uint8 = np.repeat((mean_image.permute(1, 2, 0).numpy() * 255)[None], 10, 0)
+    mean_row = offline_metrics(images, mean_uint8.astype(np.float32) / 255, progress=False, net=net)
+    assert f["mean_train_image"]["effnet_lite0_distance"] == pytest.approx(
+        mean_row["effnet_lite0_distance"]["value"], abs=1e-4)
+
+
+@needs_extra
 def test_encoder_and_semantic_neighbours_on_simulated_scenes(net):
     """In EfficientNet-Lite0 space an image's nearest other image shares its main object's category more
     often than in the stand-in space (the scene attributes are ground truth no encoder sees)."""

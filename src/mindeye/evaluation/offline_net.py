@@ -42,28 +42,75 @@ def unavailable_offline(reason: str) -> dict[str, dict]:
     return {key: {"unavailable": reason} for key in OFFLINE_METRICS}
 
 
+def offline_features(images: ImageBatch, net, device: str | torch.device = "cpu", batch_size: int = 32,
+                     progress: bool = False) -> torch.Tensor:
+    """Pooled EfficientNet-Lite0 features (n, 1280) of an image batch, by the protocol of the module doc."""
+    from mindeye.encoders import effnet_lite
+
+    feats = []
+    for start in tqdm(range(0, len(images), batch_size), desc="offline EfficientNet-Lite0 features",
+                      disable=not progress):
+        x = resize_short_side(prepare(images[start:start + batch_size], device), effnet_lite.IMAGE_SIZE,
+                              antialias=True)
+        feats.append(net.pooled(x).float().cpu())
+    return torch.cat(feats)
+
+
+def _values(real: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
+    return {"effnet_lite0_2way": two_way_identification(real, other),
+            "effnet_lite0_distance": correlation_distance(real, other)}
+
+
 def offline_metrics(reals: ImageBatch, recons: ImageBatch, device: str | torch.device = "cpu",
-                    batch_size: int = 32, progress: bool = True, net=None) -> dict[str, dict]:
+                    batch_size: int = 32, progress: bool = True, net=None, floors: dict | None = None) -> dict[str, dict]:
     """{"effnet_lite0_2way": {"value"}, "effnet_lite0_distance": {"value"}}, or both
-    {"unavailable": reason} when the extra is not installed."""
+    {"unavailable": reason} when the extra is not installed.
+
+    ``floors``: {"mean_image": float (3, S, S) or None, "ceiling": images paired with ``reals`` or None,
+    "seeds": derangement seeds}: the result then also holds ``"floors"``, the same block as the paper metrics'
+    (mindeye.evaluation.floors.summarise) from the same features re-paired: chance (the true images against a
+    derangement of themselves; two-way exactly 0.5), the mean training image, the shuffled brain and the ceiling.
+    """
     from mindeye.encoders import effnet_lite
     from mindeye.errors import WeightsUnavailableError
 
-    n = _check_pair(reals, recons)
+    _check_pair(reals, recons)
     if net is None:
         try:
             net = effnet_lite.load_effnet_lite0(device)
         except WeightsUnavailableError as exc:
             return unavailable_offline(str(exc))
-    feats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
-    for start in tqdm(range(0, n, batch_size), desc="offline EfficientNet-Lite0 metrics", disable=not progress):
-        for k, batch in enumerate((reals, recons)):
-            x = resize_short_side(prepare(batch[start:start + batch_size], device), effnet_lite.IMAGE_SIZE,
-                                  antialias=True)
-            feats[k].append(net.pooled(x).float().cpu())
-    real, recon = torch.cat(feats[0]), torch.cat(feats[1])
-    return {"effnet_lite0_2way": {"value": two_way_identification(real, recon)},
-            "effnet_lite0_distance": {"value": correlation_distance(real, recon)}}
+    real = offline_features(reals, net, device, batch_size, progress)
+    recon = offline_features(recons, net, device, batch_size, progress)
+    model = _values(real, recon)
+    out: dict[str, dict] = {k: {"value": v} for k, v in model.items()}
+    if floors is not None:
+        out["floors"] = offline_floors(real, recon, model, floors, net, device, batch_size)
+    return out
+
+
+def offline_floors(real: torch.Tensor, recon: torch.Tensor, model: dict[str, float], spec: dict, net,
+                   device: str | torch.device = "cpu", batch_size: int = 32) -> dict:
+    """The floors block of the offline metrics from features (see :func:`offline_metrics`)."""
+    from mindeye.evaluation import floors as fl
+
+    n = len(real)
+    seeds = list(spec.get("seeds") or fl.SHUFFLE_SEEDS)
+    chance = _values(real, real[fl.derangement(n, 0)])
+    chance["effnet_lite0_2way"] = 0.5
+    mean_values = None
+    if spec.get("mean_image") is not None:
+        mean_f = offline_features(spec["mean_image"].unsqueeze(0), net, device, batch_size)
+        mean_values = _values(real, mean_f.expand(n, -1))
+    ceiling = None
+    if spec.get("ceiling") is not None:
+        ceiling = _values(real, offline_features(spec["ceiling"], net, device, batch_size))
+    shuffled = [_values(real, recon[fl.derangement(n, s)]) for s in seeds]
+    return fl.summarise(model, chance, mean_values, shuffled, ceiling, seeds, notes={
+        "chance": "the true images' features paired with a derangement of themselves (two-way: exactly 0.5)",
+        "shuffled_brain": "each image paired with the reconstruction of another test sample (a derangement per seed)",
+        "mean_train_image": "the mean training image as every reconstruction",
+    })
 
 
 def _cells(row: dict) -> list[tuple[float | None, str | None, bool]]:

@@ -345,22 +345,28 @@ def evaluate_recon_dirs(
                 cache[set_key] = fl.Pairings(reals, nets, keys, **kwargs)
             pairs = cache[set_key]
         ceiling_values = None
-        if ceiling_dirs and ceiling_dirs[k] is not None and pairs is not None:
+        ceil_images = None
+        if ceiling_dirs and ceiling_dirs[k] is not None:
             ceil = ceiling_dirs[k]
-            key = ("ceiling", str(ceil.path.resolve()), set_key)
-            if key not in cache:  # one ceiling serves several rows (the blurry and the ridge blurry rows)
-                ceil_images = ceil.load_images()
+            images_key = ("ceiling images", str(ceil.path.resolve()), tuple(recon.image_index.tolist()))
+            if images_key not in cache:  # one ceiling serves several rows (the blurry and the ridge blurry rows)
                 pos = {int(i): j for j, i in enumerate(ceil.image_index.tolist())}
-                ceil_images = ceil_images[[pos[int(i)] for i in recon.image_index]]
+                cache[images_key] = ceil.load_images()[[pos[int(i)] for i in recon.image_index]]
+            ceil_images = cache[images_key]
+        if ceil_images is not None and pairs is not None:
+            key = ("ceiling", str(ceil.path.resolve()), set_key)
+            if key not in cache:
                 cache[key] = {m: {"value": v} for m, v in pairs.values(pairs.prepare(ceil_images)).items()}
             ceiling_values = cache[key]
             row["ceiling"] = {"recons": str(ceil.path.resolve()), "what": ceil.config.get("ceiling", ceil.kind),
                               "metrics": ceiling_values}
+        if floors and store_path not in mean_images:
+            from mindeye.evaluation import floors as fl
+
+            mean_images[store_path] = fl.mean_train_image(subject)
         if floors and pairs is not None:
             key = ("floors", set_key)
             if key not in cache:  # chance and the mean image: once per image set
-                if store_path not in mean_images:
-                    mean_images[store_path] = fl.mean_train_image(subject)
                 cache[key] = (fl.recon_chance(pairs), fl.recon_mean_image(pairs, mean_images[store_path]))
             chance, mean_values = cache[key]
             row["floors"] = fl.recon_floors(pairs, fakes, values, chance, mean_values, ceiling_values,
@@ -368,7 +374,13 @@ def evaluate_recon_dirs(
         if offline_net:
             from mindeye.evaluation.offline_net import offline_metrics
 
-            row["offline_metrics"] = offline_metrics(reals, fakes, device, batch_size, progress)
+            spec = None
+            if floors or ceil_images is not None:  # the same floors and ceiling, on the offline network's features
+                spec = {"mean_image": mean_images.get(store_path) if floors else None, "ceiling": ceil_images,
+                        "seeds": list(range(floor_seeds))}
+            row["offline_metrics"] = offline_metrics(reals, fakes, device, batch_size, progress, floors=spec)
+            if "floors" in row["offline_metrics"]:
+                row["offline_floors"] = row["offline_metrics"].pop("floors")
         if retrievals[k] is not None:
             row["retrieval"] = _retrieval_summary(retrievals[k])
         groups = subject.test_groups(recon.image_index)
@@ -538,6 +550,17 @@ def table_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+OFFLINE_FLOORS_LABEL = "offline EfficientNet-Lite0, not a paper metric"
+
+
+def floor_blocks(rows: Sequence[dict[str, Any]], suffix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(title, floors block) of every metrics.json row that has them: the paper metrics', then the offline
+    network's (``row["offline_floors"]``)."""
+    blocks = [(f"{r.get('name')}{suffix}", r["floors"]) for r in rows if r.get("floors")]
+    return blocks + [(f"{r.get('name')}{suffix} ({OFFLINE_FLOORS_LABEL})", r["offline_floors"]) for r in rows
+                     if r.get("offline_floors")]
+
+
 def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
     """Paper-Table-1 Markdown table of an :func:`evaluate_recon_dirs` result (mean row with several rows)."""
     from mindeye.evaluation.tables import markdown_table
@@ -551,10 +574,11 @@ def metrics_markdown(result: dict[str, Any], title: str | None = None) -> str:
         from mindeye.evaluation.offline_net import offline_markdown
 
         lines += ["", offline_markdown(result["rows"])]
-    if any(r.get("floors") for r in result["rows"]):
+    blocks = floor_blocks(result["rows"])
+    if blocks:
         from mindeye.evaluation.floors import floors_markdown
 
-        lines += ["", floors_markdown([(r["name"], r["floors"]) for r in result["rows"] if r.get("floors")])]
+        lines += ["", floors_markdown(blocks)]
     if any(r.get("ood") for r in result["rows"]):
         lines += ["", ood_markdown(result["rows"])]
     return text + "\n".join(lines) + "\n"

@@ -436,11 +436,11 @@ def _recon_bottleneck_figure(curves: list[dict[str, Any]]) -> figs.FigureFile | 
 def _floor_blocks(runs: list[RunInfo], metric_files: list[dict[str, Any]]) -> dict[str, Any]:
     """Floors / ceilings of every run's retrieval and every reconstruction row that has them (evaluation/floors.py)."""
     from mindeye.evaluation.floors import FLOOR_COLUMNS, FLOOR_NOTE, floor_table_rows, outside_lines
+    from mindeye.evaluation.recon_eval import floor_blocks
 
     pairs = [(f"{r.role} run '{r.name}': retrieval", r.retrieval["floors"]) for r in runs
              if r.retrieval and r.retrieval.get("floors")]
-    pairs += [(f"{mrow.get('name')}: reconstruction metrics", mrow["floors"])
-              for mf in metric_files for mrow in mf["rows"] if mrow.get("floors")]
+    pairs += [pair for mf in metric_files for pair in floor_blocks(mf["rows"], ": reconstruction metrics")]
     blocks = [{"name": name, "rows": floor_table_rows(f), "outside": outside_lines(name, f)} for name, f in pairs]
     return {"pairs": pairs, "blocks": blocks, "columns": ["metric", *FLOOR_COLUMNS], "note": FLOOR_NOTE}
 
