@@ -387,3 +387,53 @@ def test_generative_bottleneck_curve_feeds_rank_k_embeddings(tiny_store, lowleve
         read_bottleneck_curve(tmp_path / "bad.json")
     with pytest.raises(MindEyeError, match="evaluate bottleneck-recon"):
         read_bottleneck_curve(tmp_path / "missing")
+
+
+class _TinyConv(torch.nn.Module):
+    """A fixed random conv net standing in for a metric network: 'avgpool' = pooled conv features."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+        self.images_seen = 0
+
+    def forward(self, x):
+        self.images_seen += len(x)
+        return {"avgpool": torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)}
+
+
+def test_network_metric_floors_reuse_features_and_equal_full_passes():
+    """Floors of network metrics (a two-way one and a distance) from cached features: each equals the full
+    metric pass on the re-paired images (chance, shuffled brain, mean image, ceiling)."""
+    from mindeye.evaluation.feature_nets import FeatureExtractor, FeatureNets
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    nets = FeatureNets({"inceptionv3": FeatureExtractor("inceptionv3", _TinyConv(0), 64, mean, std),
+                        "swav": FeatureExtractor("swav", _TinyConv(1), 64, mean, std)})
+    g = torch.Generator().manual_seed(0)
+    reals = torch.rand(9, 3, 48, 48, generator=g)
+    fakes = (0.6 * reals + 0.4 * torch.rand(9, 3, 48, 48, generator=g)).clamp(0, 1)
+    ceiling = (0.9 * reals + 0.1 * torch.rand(9, 3, 48, 48, generator=g)).clamp(0, 1)
+    mean_image = reals.mean(0)
+    keys = ["pixcorr", "inceptionv3", "swav"]
+
+    def full(others):
+        res = M.evaluate_reconstructions(reals, others, nets, metrics=keys, progress=False, batch_size=4)
+        return {m: res[m]["value"] for m in keys}
+
+    pairs = fl.Pairings(reals, nets, keys, batch_size=4)
+    model = full(fakes)
+    chance = fl.recon_chance(pairs)
+    assert chance["inceptionv3"] == 0.5
+    assert chance["swav"] == pytest.approx(full(reals[fl.derangement(9, 0)])["swav"], abs=1e-6)
+    assert fl.recon_mean_image(pairs, mean_image) == pytest.approx(full(mean_image.expand(9, -1, -1, -1)), abs=1e-5)
+    ceil = pairs.values(pairs.prepare(ceiling))
+    assert ceil == pytest.approx(full(ceiling), abs=1e-5)
+    seen = nets.nets["swav"].net.images_seen
+    f = fl.recon_floors(pairs, fakes, {m: {"value": v} for m, v in model.items()}, chance, None,
+                        {m: {"value": v} for m, v in ceil.items()}, seeds=[0, 1])
+    assert nets.nets["swav"].net.images_seen - seen == 9  # the reconstructions once, whatever the seeds
+    for m in keys:
+        hand = np.mean([full(fakes[fl.derangement(9, s)])[m] for s in (0, 1)])
+        assert f["shuffled_brain"]["mean"][m] == pytest.approx(hand, abs=1e-5)

@@ -181,42 +181,41 @@ def mean_train_image(store: Any, chunk: int = 256) -> torch.Tensor:
     return (total / len(idx) / 255.0).permute(2, 0, 1).float()
 
 
-def pairing_values(reals: Any, others: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> dict[str, float]:
-    """The metrics ``keys`` of ``reals`` paired with ``others`` (same code as the model's row)."""
-    from mindeye.evaluation.metrics import evaluate_reconstructions
-
-    res = evaluate_reconstructions(reals, others, nets, metrics=list(keys), progress=False, **metric_kwargs)
-    return {m: float(res[m]["value"]) for m in keys if "value" in res[m]}
-
-
 class Pairings:
-    """Scores ``reals`` against re-paired image sets. With PixCorr / SSIM only, every image set is prepared
-    once (:class:`mindeye.evaluation.metrics.PixelCache`) and a pairing costs one SSIM cross term per pair;
-    with network metrics each pairing is a full :func:`evaluate_reconstructions` pass."""
+    """Scores ``reals`` against re-paired image sets. Every image set is prepared once: PixCorr / SSIM inputs
+    (:class:`mindeye.evaluation.metrics.PixelCache`) and the feature networks' features
+    (:class:`~mindeye.evaluation.metrics.NetFeatureCache`), so a pairing costs one comparison per metric."""
 
     def __init__(self, reals: Any, nets: Any, keys: Sequence[str], **metric_kwargs: Any) -> None:
-        from mindeye.evaluation.metrics import PIXEL_METRICS, PixelCache
+        from mindeye.evaluation.metrics import PIXEL_METRICS
 
         self.reals, self.nets, self.keys, self.kwargs = reals, nets, list(keys), metric_kwargs
-        self.pixel = set(self.keys) <= set(PIXEL_METRICS)
-        self._cache_args = {k: metric_kwargs[k] for k in ("batch_size", "device", "first_resize") if k in metric_kwargs}
-        self.real_cache = PixelCache(reals, **self._cache_args) if self.pixel else None
+        self.pixel_keys = [k for k in self.keys if k in PIXEL_METRICS]
+        self.net_keys = [k for k in self.keys if k not in PIXEL_METRICS]
+        self.real_cache = self.prepare(reals)
 
-    def prepare(self, images: Any) -> Any:
-        """An image set ready for :meth:`values` (its pixel cache, or the images themselves)."""
-        from mindeye.evaluation.metrics import PixelCache
+    def prepare(self, images: Any) -> tuple[Any, Any]:
+        """An image set ready for :meth:`values`: (its pixel cache, its network features), each None if unused."""
+        from mindeye.evaluation.metrics import NetFeatureCache, PixelCache
 
-        return PixelCache(images, **self._cache_args) if self.pixel else images
+        kw = self.kwargs
+        pixel = (PixelCache(images, **{k: kw[k] for k in ("batch_size", "device", "first_resize") if k in kw})
+                 if self.pixel_keys else None)
+        net = (NetFeatureCache(images, self.nets, self.net_keys, **{k: kw[k] for k in (
+            "batch_size", "device", "first_resize", "net_resize") if k in kw}) if self.net_keys else None)
+        return pixel, net
 
-    def values(self, prepared: Any, rows: np.ndarray | None = None) -> dict[str, float]:
+    def values(self, prepared: tuple[Any, Any], rows: np.ndarray | None = None) -> dict[str, float]:
         """Mean metrics of real i paired with image ``rows[i]`` of ``prepared`` (default: image i)."""
-        from mindeye.evaluation.metrics import paired_pixel_values
+        from mindeye.evaluation.metrics import paired_net_values, paired_pixel_values
 
         rows = np.arange(len(self.reals)) if rows is None else np.asarray(rows)
-        if self.pixel:
-            vals = paired_pixel_values(self.real_cache, prepared, rows, self.keys)
-            return {m: float(v.mean()) for m, v in vals.items()}
-        return pairing_values(self.reals, prepared[rows], self.nets, self.keys, **self.kwargs)
+        vals: dict[str, Any] = {}
+        if self.pixel_keys:
+            vals.update(paired_pixel_values(self.real_cache[0], prepared[0], rows, self.pixel_keys))
+        if self.net_keys:
+            vals.update(paired_net_values(self.real_cache[1], prepared[1], rows))
+        return {m: float(vals[m].mean()) for m in self.keys if m in vals}
 
 
 def recon_chance(pairs: Pairings) -> dict[str, float]:
@@ -224,18 +223,14 @@ def recon_chance(pairs: Pairings) -> dict[str, float]:
     exactly 0.5."""
     from mindeye.evaluation.metrics import TWO_WAY_METRICS
 
-    prepared = pairs.real_cache if pairs.pixel else pairs.reals
-    out = pairs.values(prepared, derangement(len(pairs.reals), 0))
+    out = pairs.values(pairs.real_cache, derangement(len(pairs.reals), 0))
     out.update({m: 0.5 for m in pairs.keys if m in TWO_WAY_METRICS})
     return out
 
 
 def recon_mean_image(pairs: Pairings, mean_image: torch.Tensor) -> dict[str, float]:
     """The mean training image (float (3, S, S)) as every reconstruction."""
-    n = len(pairs.reals)
-    if pairs.pixel:
-        return pairs.values(pairs.prepare(mean_image.unsqueeze(0)), np.zeros(n, dtype=np.int64))
-    return pairs.values(mean_image.unsqueeze(0).expand(n, -1, -1, -1).contiguous())
+    return pairs.values(pairs.prepare(mean_image.unsqueeze(0)), np.zeros(len(pairs.reals), dtype=np.int64))
 
 
 def recon_floors(pairs: Pairings, fakes: Any, model_values: Mapping[str, dict], chance: Mapping[str, float],

@@ -369,3 +369,44 @@ def paired_pixel_values(reals: PixelCache, recons: PixelCache, recon_rows: Seque
             s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
             out["ssim"].append(s.double().mean(dim=(1, 2)))
     return {m: torch.cat(v) for m, v in out.items()}
+
+
+class NetFeatureCache:
+    """The feature networks' features of a set of images (per metric, flattened, float32 on the CPU), computed
+    once, so that any pairing of two sets costs one comparison per metric (two-way identification or correlation
+    distance) instead of a network pass: the floors re-pair the same images several times. The features are
+    those :func:`evaluate_reconstructions` computes (same preparation, resize and layers)."""
+
+    def __init__(self, images: ImageBatch, nets: FeatureNets, metrics: Sequence[str], batch_size: int = 32,
+                 device: str | torch.device = "cpu", first_resize: str = "reference",
+                 net_resize: str = "reference") -> None:
+        extractors = [nets.nets.get(name) for name, provides in NET_METRICS.items()
+                      if any(m in metrics for m in provides)]
+        extractors = [net.to(device) for net in extractors if isinstance(net, FeatureExtractor)]
+        feats: dict[str, list[torch.Tensor]] = {}
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                x = prepare(images[start:start + batch_size], device, first_resize)
+                for net in extractors:
+                    for m, f in net(x, antialias=net_resize == "antialias").items():
+                        if m in metrics:
+                            feats.setdefault(m, []).append(f.float().flatten(1).cpu())
+        self.features = {m: torch.cat(v) for m, v in feats.items()}
+        self.n = len(images)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def paired_net_values(reals: NetFeatureCache, recons: NetFeatureCache,
+                      recon_rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+    """Per-pair network metrics of real i with reconstruction ``recon_rows[i]`` (float64 (N,) each), as
+    :func:`evaluate_reconstructions` computes them for ``recons[recon_rows]``."""
+    rows = torch.as_tensor(np.asarray(recon_rows), dtype=torch.long)
+    if len(rows) != len(reals):
+        raise MindEyeError(f"{len(rows)} pairings for {len(reals)} real images")
+    out = {}
+    for m, real in reals.features.items():
+        fn = two_way_per_image if m in TWO_WAY_METRICS else correlation_distance_per_image
+        out[m] = fn(real, recons.features[m][rows])
+    return out
