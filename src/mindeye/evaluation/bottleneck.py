@@ -2,7 +2,7 @@
 
 :func:`bottleneck_blurry`: a low-level run's predicted VAE latents of the test set, projected onto their top-k
 principal components (fitted on these test predictions, unsupervised, as `evaluate retrieval --bottleneck`
-does for the brain embeddings: :func:`mindeye.evaluation.floors.project_top_k`), decoded by the run's blurry
+does for the brain embeddings: :func:`mindeye.utils.pca.fit_top_k`), decoded by the run's blurry
 decoder and scored against the true images (PixCorr, SSIM, and the network metrics when ``nets`` has them),
 k on a log grid up to the predictions' rank. The unprojected model's values come with the curve (``model``);
 at k = rank the projection is the identity and the point equals them. The decoded images are scored as
@@ -76,15 +76,14 @@ def bottleneck_blurry(run_dir: str | Path, store: str | Path | None = None, nets
         raise MindEyeError("reconstruction metrics need at least 2 images; raise --limit")
     reals = np.asarray(bp.store.images[image_index])
 
-    x = latents.flatten(1).double()
-    mean = x.mean(0)
-    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    rank = int((s > s.max() * 1e-10).sum()) if len(s) else 0
-    grid = ks or fl.log_grid(max(rank, 1))
-    bad = [int(k) for k in grid if not 1 <= int(k) <= len(s)]
+    from mindeye.utils.pca import fit_top_k
+
+    pca = fit_top_k(latents)
+    grid = ks or fl.log_grid(max(pca.rank, 1))
+    bad = [int(k) for k in grid if not 1 <= int(k) <= n]
     if bad:
-        raise MindEyeError(f"k must be between 1 and {len(s)} (the number of principal components of {n} test "
-                           f"predictions of dimension {x.shape[1]}); got {bad}")
+        raise MindEyeError(f"k must be between 1 and {n} (the number of test predictions the components are "
+                           f"fitted on); got {bad}")
     ks = sorted({int(k) for k in grid})
 
     def score(lat: torch.Tensor) -> dict[str, Any]:
@@ -92,15 +91,13 @@ def bottleneck_blurry(run_dir: str | Path, store: str | Path | None = None, nets
         return _values(evaluate_reconstructions(reals, fakes, nets, batch_size=batch_size, device=device,
                                                 progress=False, metrics=list(metrics)))
 
-    shape = latents.shape[1:]
     points = []
     for k in ks:
-        proj = fl.project_top_k(x, k, vh, mean).reshape(n, *shape)
-        points.append({"k": k, "explained_variance": float((s[:k] ** 2).sum() / (s ** 2).sum()), **score(proj)})
+        points.append({"k": k, "explained_variance": pca.explained_variance(k), **score(pca.project(latents, k))})
         if progress:
             print(f"bottleneck k={k}: " + ", ".join(f"{m} {v:.4f}" for m, v in points[-1].items()
                                                      if m not in ("k",) and isinstance(v, float)))
-    return {"kind": "blurry", "run": str(Path(run_dir).resolve()), "fitted_on": FITTED_ON, "rank": rank,
+    return {"kind": "blurry", "run": str(Path(run_dir).resolve()), "fitted_on": FITTED_ON, "rank": pca.rank,
             "n_fitted": n, "n_scored": len(image_index), "image_index": image_index.tolist(),
             "decoder": bp.config.get("decoder"), "decoder_weights": bp.config.get("decoder_weights"),
             "model": score(latents), "points": points}
@@ -151,15 +148,17 @@ def bottleneck_recon(run_dir: str | Path, out_dir: str | Path, ks: Sequence[int]
                                weights=weights, judge_weights=judge_weights, store=store, device=device,
                                dtype=dtype, limit=limit, progress=progress, subject=subject, bottleneck=k)
 
+    indexes: dict[int | None, dict[str, Any]] = {}
     if ks is None:  # the grid needs the rank: the first point (k = 1) reports it
-        first = make(1)
-        rank = int(first["config"]["bottleneck"]["backbone_rank"])
-        grid = fl.log_grid(max(rank, 1))
+        indexes[1] = make(1)
+        grid = fl.log_grid(max(int(indexes[1]["config"]["bottleneck"]["backbone_rank"]), 1))
     else:
         grid = sorted({int(k) for k in ks})
         if not grid or grid[0] < 1:
             raise MindEyeError(f"k must be at least 1; got {list(ks)}")
-    indexes = {k: make(k) for k in grid}
+    for k in grid:
+        if k not in indexes:
+            indexes[k] = make(k)
     indexes[None] = make(None)
 
     def score(dirs: list[Path]) -> list[dict[str, Any]]:

@@ -295,27 +295,22 @@ def log_grid(n_max: int) -> list[int]:
     return [*ks, n_max]
 
 
-def project_top_k(x: torch.Tensor, k: int, basis: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """x (N, D) projected onto the first k principal directions (rows of ``basis``), mean added back."""
-    v = basis[:k]
-    return (x - mean) @ v.T @ v + mean
-
-
 def bottleneck_curve(brain: torch.Tensor, images: torch.Tensor, pool: int, draws: int, seed: int, ci: str,
                      draw_mode: str, ks: Sequence[int] | None = None) -> dict[str, Any]:
     """Retrieval when the brain embeddings are projected onto their top-k principal components (fitted on
-    these test embeddings; no target is used), k on a log grid up to the embeddings' rank."""
-    x = torch.as_tensor(brain).flatten(1).double()
+    these test embeddings; no target is used; :func:`mindeye.utils.pca.fit_top_k`), k on a log grid up to the
+    embeddings' rank."""
+    from mindeye.utils.pca import fit_top_k
+
+    x = torch.as_tensor(brain).flatten(1)
     images = torch.as_tensor(images).flatten(1)
-    mean = x.mean(0)
-    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    rank = int((s > s.max() * 1e-10).sum()) if len(s) else 0
-    ks = sorted({int(k) for k in (ks or log_grid(max(rank, 1))) if 1 <= int(k) <= len(s)})
+    pca = fit_top_k(x)
+    ks = sorted({int(k) for k in (ks or log_grid(max(pca.rank, 1))) if 1 <= int(k) <= len(x)})
     points = []
     for k in ks:
-        vals = retrieval_values(project_top_k(x, k, vh, mean).float(), images, pool, draws, seed, ci, draw_mode)
-        points.append({"k": k, "explained_variance": float((s[:k] ** 2).sum() / (s ** 2).sum()), **vals})
-    return {"fitted_on": "the test brain embeddings (unsupervised PCA)", "rank": rank, "points": points}
+        vals = retrieval_values(pca.project(x, k), images, pool, draws, seed, ci, draw_mode)
+        points.append({"k": k, "explained_variance": pca.explained_variance(k), **vals})
+    return {"fitted_on": "the test brain embeddings (unsupervised PCA)", "rank": pca.rank, "points": points}
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
