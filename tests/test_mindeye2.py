@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from launch import TORCHRUN_2, run_ok
 from mindeye.cli import main
 from mindeye.config import load_config
 from mindeye.models.convert import expected_v1_shapes
@@ -320,20 +320,14 @@ def test_resume_is_exact(cohort3, tmp_path):
 @OPT_IN
 def test_ddp_two_processes_match_single_process(cohort3, tmp_path):
     """gloo, 2 processes, 2 subjects, blurry head on (BiMixCo then SoftCLIP)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     extra = TINY_TRAIN + ["train.epochs=2", "train.mixco_fraction=0.5", "model.prior.enabled=false",
                           "model.backbone.dropout_block=0.0", "model.blurry.dropout=0.0", "train.epoch_trials=120"]
     sets = sum((["--set", o] for o in extra), [])
     data = sum((["--data", str(cohort3 / f"subj0{j}")] for j in (1, 2)), [])
     common = ["-m", "mindeye", "train", "--config", "demo-cohort-mindeye2", *data, "--device", "cpu", "--no-progress", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                    *common, "--out", str(tmp_path / "two")], check=True, env=env, capture_output=True)
+    run_ok([sys.executable, *common, "--out", str(tmp_path / "one")], env)
+    run_ok([*TORCHRUN_2, *common, "--out", str(tmp_path / "two")], env)
 
     def parts(run: Path) -> list[float]:  # the global contrastive loss (the logged total has rank 0's L1 only)
         return [json.loads(x)["contrastive"] for x in (run / "metrics.jsonl").read_text().splitlines()

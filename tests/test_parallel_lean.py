@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from launch import TORCHRUN_2, run_ok
 from mindeye.config import load_config
 from mindeye.models.factory import build_model
 from mindeye.training.trainer import set_activation_checkpointing
@@ -21,12 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_HIGH = ["model.backbone.hidden=128", "model.backbone.n_blocks=2", "model.projector.hidden=64",
              "model.prior.depth=2", "model.prior.heads=2", "model.prior.dim_head=16", "train.batch_size=32",
              "train.val_every=100", "data.val_images=0"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run: Path) -> list[float]:
@@ -50,12 +43,8 @@ def test_fsdp_two_processes_match_single_process(config, tiny_store, tmp_path):
     common = ["-m", "mindeye", "train", "--config", str(REPO / "src/mindeye/configs" / config), "--data", str(tiny_store),
               "--device", "cpu", "--no-progress", *cfg_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env,
-                   capture_output=True)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(_free_port()), *common, "--set", "train.parallel=fsdp",
-                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_ok([sys.executable, *common, "--out", str(tmp_path / "one")], env)
+    run_ok([*TORCHRUN_2, *common, "--set", "train.parallel=fsdp", "--out", str(tmp_path / "two")], env)
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(a) == len(b) > 4
     if "high" in config:  # the low-level loss is logged from rank 0's half batch, so only its weights compare
@@ -117,12 +106,9 @@ def test_fsdp_run_stopped_mid_epoch_resumes_exactly(tiny_store, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch(out: Path, *extra: str) -> None:
-        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                              "--master_port", str(_free_port()), "-m", "mindeye", "train", "--config",
-                              str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"), "--data", str(tiny_store),
-                              "--device", "cpu", "--no-progress", *cfg_args, "--out", str(out), *extra],
-                             env=env, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr[-3000:]
+        run_ok([*TORCHRUN_2, "-m", "mindeye", "train", "--config",
+                str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"), "--data", str(tiny_store),
+                "--device", "cpu", "--no-progress", *cfg_args, "--out", str(out), *extra], env)
 
     launch(tmp_path / "full")
     launch(tmp_path / "part", "--set", "train.max_steps=30")  # 20 steps per epoch: killed in epoch 2

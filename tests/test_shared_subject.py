@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launch import TORCHRUN_2, run_ok
 from mindeye.config import load_config
 from mindeye.errors import MindEyeError
 from mindeye.models.factory import build_model, parameter_counts
@@ -178,14 +179,6 @@ def test_cli_train_several_stores_and_evaluate_a_subject(cohort, tmp_path):
     assert (tmp_path / "run/eval/retrieval-subj02.json").exists()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process_on_several_subjects(cohort, tmp_path):
     """gloo, 2 processes, 3 subjects (a rank's half of the batch crosses a subject boundary)."""
@@ -196,10 +189,8 @@ def test_ddp_two_processes_match_single_process_on_several_subjects(cohort, tmp_
     data = sum((["--data", str(cohort / f"subj0{j}")] for j in (1, 2, 3)), [])
     common = ["-m", "mindeye", "train", "--config", "demo-cohort-highlevel", *data, "--device", "cpu", "--no-progress", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(_free_port()), *common, "--out", str(tmp_path / "two")], check=True, env=env,
-                   capture_output=True)
+    run_ok([sys.executable, *common, "--out", str(tmp_path / "one")], env)
+    run_ok([*TORCHRUN_2, *common, "--out", str(tmp_path / "two")], env)
 
     def losses(run: Path) -> list[float]:
         return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

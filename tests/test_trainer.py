@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from launch import TORCHRUN_2, run_ok
 from mindeye.config import load_config
 from mindeye.errors import MindEyeError
 from mindeye.training.trainer import Trainer
@@ -131,12 +130,6 @@ def test_finished_ridge_run_is_not_silently_refitted(tiny_store, tmp_path):
         Trainer(cfg, tmp_path / "ridge", store=tiny_store, device="cpu", progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tiny_store, tmp_path):
     """gloo, 2 processes, same global batch: the loss trajectory equals the 1-process run."""
@@ -147,12 +140,8 @@ def test_ddp_two_processes_match_single_process(tiny_store, tmp_path):
     common = ["-m", "mindeye", "train", "--config", str(REPO / "src/mindeye/configs" / "demo-highlevel.yaml"),
               "--data", str(tiny_store), "--device", "cpu", "--no-progress", *cfg_args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], check=True, env=env,
-                   capture_output=True)
-    port = _free_port()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(port), *common, "--out", str(tmp_path / "two")],
-                   check=True, env=env, capture_output=True)
+    run_ok([sys.executable, *common, "--out", str(tmp_path / "one")], env)
+    run_ok([*TORCHRUN_2, *common, "--out", str(tmp_path / "two")], env)
     a = [m["loss"] for m in _metrics(tmp_path / "one") if "loss" in m]
     b = [m["loss"] for m in _metrics(tmp_path / "two") if "loss" in m]
     assert len(a) == len(b) > 4
